@@ -1,0 +1,45 @@
+"""keystone-multiregion: one Pulumi program, one stack per region plus a shared stack.
+
+A region stack's config names its region (`keystone-multiregion:region`); the shared
+stack says `keystone-multiregion:shared: true`. Everything else comes from topology.yaml.
+"""
+
+import pulumi
+
+from components.region import RegionArgs, RegionDeployment
+from components.shared import SharedSecrets
+from keystone_multiregion.topology import TopologyError, load_topology_file
+
+config = pulumi.Config()
+
+try:
+    # Validate the whole topology before a single resource is declared.
+    topology = load_topology_file(config.get("topology") or "topology.yaml")
+    region_name = config.get("region")
+    if region_name:
+        region = topology.region(region_name)
+except TopologyError as exc:
+    raise pulumi.RunError(str(exc)) from None
+
+if config.get_bool("shared"):
+    if region_name:
+        raise pulumi.RunError("config: keystone-multiregion:shared and keystone-multiregion:region are both set; "
+                              "a stack is either the shared stack or one region's stack, so remove one")
+    shared = SharedSecrets("shared")
+    pulumi.export("secrets", shared.secrets)
+elif region_name:
+    # Secrets come from the shared stack, never from this stack's file.
+    shared_stack = config.get("sharedStack") or f"{pulumi.get_organization()}/{pulumi.get_project()}/shared"
+    secrets = pulumi.StackReference(shared_stack).get_output("secrets")
+    deployment = RegionDeployment(region.name, RegionArgs(topology=topology, region=region.name,
+                                                          secrets=secrets, cloud=config.get("cloud")))
+    pulumi.export("region", region.name)
+    pulumi.export("public_hostname", region.public_hostname)
+    pulumi.export("addresses", deployment.addresses)
+    pulumi.export("vips", {v.name: v.address for v in topology.vips(region.name)})
+    # Publish these as A records of public_hostname (DNS round-robin over the VIPs).
+    pulumi.export("public_ips", deployment.public_ips)
+else:
+    raise pulumi.RunError("config: keystone-multiregion:region is not set; run "
+                          "`pulumi config set region <name>` with a region from topology.yaml, "
+                          "or `pulumi config set shared true` for the shared stack")

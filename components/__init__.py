@@ -1,0 +1,1 @@
+"""Pulumi ComponentResources: thin shells that wire resources to the core's plain data."""

@@ -1,0 +1,116 @@
+"""The VMs of one role in one region: anti-affinity group, fixed-IP ports, volumes, instances."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import pulumi
+import pulumi_openstack as openstack
+
+from keystone_multiregion.render import render_node
+from keystone_multiregion.topology import ARBITRATOR, Topology
+
+# Roles whose VMs hold state: never replaced because their cloud-init changed.
+STATEFUL_ROLES = ("galera", ARBITRATOR)
+
+
+@dataclass
+class NodeGroupArgs:
+    topology: Topology
+    region: str
+    role: str
+    network_id: pulumi.Input[str]
+    subnet_id: pulumi.Input[str]
+    security_group_id: pulumi.Input[str]
+    image_id: pulumi.Input[str]
+    secrets: pulumi.Input[Mapping[str, str]]
+    # Extra addresses the ports may carry (the proxies' VRRP addresses).
+    allowed_addresses: list[str] = field(default_factory=list)
+
+
+def user_data_output(topo: Topology, node_name: str, secrets: pulumi.Input[Mapping[str, str]]) -> pulumi.Output[str]:
+    """The node's cloud-init document, a secret Output when it carries secrets."""
+    rendered = pulumi.Output.from_input(secrets).apply(lambda s: render_node(topo, node_name, s))
+    user_data = rendered.apply(lambda r: r.user_data)
+    # Whether a role carries secrets is known before any value is (ROLE_SECRETS).
+    from keystone_multiregion.secrets import ROLE_SECRETS
+    return pulumi.Output.secret(user_data) if ROLE_SECRETS[topo.node(node_name).role] else user_data
+
+
+class NodeGroup(pulumi.ComponentResource):
+    addresses: dict[str, str]
+    instance_ids: dict[str, pulumi.Output[str]]
+    port_ids: dict[str, pulumi.Output[str]]
+
+    def __init__(self, name: str, args: NodeGroupArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("keystone-multiregion:nodes:NodeGroup", name, None, opts)
+        topo, role = args.topology, args.role
+        child = pulumi.ResourceOptions(parent=self)
+        nodes = topo.nodes(args.region, role)
+
+        server_group = openstack.compute.ServerGroup(
+            f"servergroup-{role}-{args.region}", name=f"{topo.name}-{args.region}-{role}",
+            # Two nodes of a role never share a hypervisor: one host failure costs one node.
+            policies="anti-affinity", opts=child)
+
+        self.addresses, self.instance_ids, self.port_ids = {}, {}, {}
+        for node in nodes:
+            port = openstack.networking.Port(
+                f"port-{node.name}", name=f"{topo.name}-{node.name}",
+                network_id=args.network_id,
+                fixed_ips=[openstack.networking.PortFixedIpArgs(subnet_id=args.subnet_id, ip_address=node.address)],
+                security_group_ids=[args.security_group_id],
+                allowed_address_pairs=[openstack.networking.PortAllowedAddressPairArgs(ip_address=a)
+                                       for a in args.allowed_addresses] or None,
+                opts=child)
+
+            block_devices = None
+            image_id = args.image_id
+            if node.volume_gb:
+                volume = openstack.blockstorage.Volume(
+                    f"volume-{node.name}", name=f"{topo.name}-{node.name}-data", size=node.volume_gb,
+                    description=f"Galera data of {node.name}",
+                    # The database lives here: never deleted by Pulumi, even by `destroy`.
+                    opts=pulumi.ResourceOptions(parent=self, protect=True, retain_on_delete=True))
+                # Boot from the image and attach the data volume at boot, so cloud-init finds
+                # the device on first boot; the volume outlives the instance.
+                block_devices = [
+                    openstack.compute.InstanceBlockDeviceArgs(
+                        source_type="image", destination_type="local", uuid=args.image_id,
+                        boot_index=0, delete_on_termination=True),
+                    openstack.compute.InstanceBlockDeviceArgs(
+                        source_type="volume", destination_type="volume", uuid=volume.id,
+                        boot_index=-1, delete_on_termination=False),
+                ]
+                image_id = None
+
+            if role in STATEFUL_ROLES:
+                # A template change never rebuilds a database node (layers push changes to
+                # running nodes instead), and a newer image never replaces them all at once.
+                instance_opts = pulumi.ResourceOptions(
+                    parent=self, ignore_changes=["user_data", "image_id", "block_devices"])
+            else:
+                # Stateless: a new cloud-init means a fresh VM. The fixed-IP port is reused,
+                # so the old VM must release it first.
+                instance_opts = pulumi.ResourceOptions(
+                    parent=self, delete_before_replace=True, ignore_changes=["image_id"])
+
+            instance = openstack.compute.Instance(
+                f"instance-{node.name}", name=node.name,
+                flavor_name=node.flavor,
+                image_id=image_id,
+                block_devices=block_devices,
+                key_pair=topo.key_pair,
+                networks=[openstack.compute.InstanceNetworkArgs(port=port.id)],
+                scheduler_hints=[openstack.compute.InstanceSchedulerHintArgs(group=server_group.id)],
+                user_data=user_data_output(topo, node.name, args.secrets),
+                metadata={"keystone-multiregion-role": role, "keystone-multiregion-region": node.region},
+                # Let MariaDB shut down cleanly before the VM is deleted.
+                stop_before_destroy=role in STATEFUL_ROLES,
+                opts=instance_opts)
+            self.addresses[node.name] = node.address
+            self.instance_ids[node.name] = instance.id
+            self.port_ids[node.name] = port.id
+        self.server_group_id = server_group.id
+        self.register_outputs({"addresses": self.addresses, "server_group_id": server_group.id})

@@ -1,0 +1,3 @@
+"""keystone-multiregion core: topology model, validation and rendering. Never imports Pulumi."""
+
+from .topology import Node, Region, Topology, TopologyError, Vip, load_topology  # noqa: F401

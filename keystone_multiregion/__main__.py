@@ -1,0 +1,81 @@
+"""Command line of the core: validate the topology and render nodes offline.
+
+    python -m keystone_multiregion validate [--topology topology.yaml]
+    python -m keystone_multiregion render --stack region-a [--out build/render] [--secrets FILE]
+    python -m keystone_multiregion render --all [--out build/render]
+
+The render needs neither a cloud nor the Pulumi CLI. Without --secrets, secrets are
+written as visible placeholders (<secret:NAME>), so the output is safe to diff in a pull
+request; the local lab passes a secrets file of its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+import yaml
+
+from .render import render_region, write_rendered
+from .secrets import SecretsError, placeholder_secrets
+from .stacks import region_stacks, stack_config
+from .topology import TopologyError, load_topology_file
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m keystone_multiregion", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--topology", default=str(PROJECT_DIR / "topology.yaml"), help="topology file")
+    parser.add_argument("--project-dir", default=str(PROJECT_DIR), help="where the Pulumi.<stack>.yaml files are")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("validate", help="validate the topology and print a summary")
+    render = sub.add_parser("render", help="render every node of a stack (or all stacks) into a directory")
+    which = render.add_mutually_exclusive_group(required=True)
+    which.add_argument("--stack", help="a region stack, e.g. region-a")
+    which.add_argument("--region", help="a region of the topology (no stack file needed)")
+    which.add_argument("--all", action="store_true", help="every region of the topology")
+    render.add_argument("--out", default="build/render", help="output directory (replaced per region)")
+    render.add_argument("--secrets", help="YAML map of secret name -> value (default: placeholders)")
+    args = parser.parse_args(argv)
+
+    try:
+        topo = load_topology_file(args.topology)
+        if args.command == "validate":
+            voters = topo.galera_voters
+            print(f"{args.topology}: valid. {len(topo.regions)} regions, {voters} Galera voters, "
+                  f"bootstrap region {topo.bootstrap_region}")
+            for r in topo.regions:
+                counts = ", ".join(f"{role} {spec.count}" for role, spec in r.roles.items())
+                print(f"  {r.name} (index {r.index}, {r.cidr}): {counts}")
+            return 0
+        if args.all:
+            regions = [r.name for r in topo.regions]
+        elif args.region:
+            regions = [topo.region(args.region, source="--region").name]
+        else:
+            region = stack_config(Path(args.project_dir), args.stack).get("region")
+            if not region:
+                known = ", ".join(region_stacks(Path(args.project_dir)))
+                raise ValueError(f"stack {args.stack!r} is not a region stack (region stacks: {known})")
+            regions = [topo.region(region, source=f"Pulumi.{args.stack}.yaml: keystone-multiregion:region").name]
+        secrets = placeholder_secrets()
+        if args.secrets:
+            secrets = yaml.safe_load(Path(args.secrets).read_text()) or {}
+        out = Path(args.out)
+        for region in regions:
+            shutil.rmtree(out / region, ignore_errors=True)
+            for rendered in render_region(topo, region, secrets):
+                node_dir = write_rendered(rendered, out)
+                print(f"{node_dir}: user-data and {len(rendered.files)} files")
+        return 0
+    except (TopologyError, SecretsError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""Run the real Pulumi program in-process under pulumi.runtime.set_mocks and record
+every resource registration, with the resource options the engine would receive."""
+
+from __future__ import annotations
+
+import os
+import runpy
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pulumi
+from pulumi.runtime import rpc
+from pulumi.runtime.mocks import MockMonitor
+from pulumi.runtime.settings import SETTINGS
+from pulumi.runtime.stack import run_pulumi_func
+from pulumi.runtime.sync_await import _sync_await
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+PROJECT = "keystone-multiregion"
+
+# What the mocked shared stack exports: real-looking, distinct values per secret.
+MOCK_SECRETS = {
+    "galera_root_password": "mock-root-pw-1",
+    "galera_sst_password": "mock-sst-pw-2",
+    "keystone_db_password": "mock-ksdb-pw-3",
+    "keystone_admin_password": "mock-admin-pw-4",
+}
+
+
+@dataclass
+class Registered:
+    type: str
+    name: str
+    inputs: dict
+    parent: str
+    protect: bool
+    retain_on_delete: bool
+    ignore_changes: list[str]
+    delete_before_replace: bool
+    secret_inputs: set[str] = field(default_factory=set)
+    provider: str = ""
+
+
+class _Mocks(pulumi.runtime.Mocks):
+    def __init__(self, shared_outputs: dict):
+        self.shared_outputs = shared_outputs
+        self.calls: list[tuple[str, dict]] = []
+        self._fip = 0
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs):
+        state = dict(args.inputs)
+        if args.typ == "pulumi:pulumi:StackReference":
+            return f"{args.name}-id", {"name": args.name, "outputs": self.shared_outputs}
+        if args.typ == "openstack:networking/floatingIp:FloatingIp":
+            self._fip += 1
+            state["address"] = f"203.0.113.{self._fip}"
+        if args.typ == "random:index/randomPassword:RandomPassword":
+            state["result"] = f"random-{args.name}"
+        return f"{args.name}-id", state
+
+    def call(self, args: pulumi.runtime.MockCallArgs):
+        self.calls.append((args.token, dict(args.args)))
+        if args.token == "openstack:images/getImage:getImage":
+            return {"id": f"image-id-{args.args.get('name')}", "name": args.args.get("name")}
+        if args.token == "openstack:networking/getNetwork:getNetwork":
+            return {"id": f"extnet-id-{args.args.get('name')}", "name": args.args.get("name")}
+        return {}
+
+
+class _RecordingMonitor(MockMonitor):
+    def __init__(self, mocks):
+        super().__init__(mocks)
+        self.registered: list[Registered] = []
+
+    def RegisterResource(self, request):
+        response = super().RegisterResource(request)
+        secret_inputs = set()
+        for key, value in request.object.fields.items():
+            sv = value.struct_value if value.HasField("struct_value") else None
+            if sv is not None and sv.fields.get(rpc._special_sig_key) is not None and \
+                    sv.fields[rpc._special_sig_key].string_value == rpc._special_secret_sig:
+                secret_inputs.add(key)
+        self.registered.append(Registered(
+            type=request.type, name=request.name, inputs=rpc.deserialize_properties(request.object),
+            parent=request.parent, protect=request.protect, retain_on_delete=request.retainOnDelete,
+            ignore_changes=list(request.ignoreChanges), delete_before_replace=request.deleteBeforeReplace,
+            secret_inputs=secret_inputs, provider=request.provider))
+        return response
+
+
+@dataclass
+class ProgramRun:
+    resources: list[Registered]
+    calls: list[tuple[str, dict]]
+
+    def of_type(self, typ: str) -> list[Registered]:
+        return [r for r in self.resources if r.type == typ]
+
+    def named(self, name: str) -> Registered:
+        matches = [r for r in self.resources if r.name == name]
+        assert len(matches) == 1, f"{len(matches)} resources named {name!r}"
+        return matches[0]
+
+    def urn_of(self, name: str) -> str:
+        r = self.named(name)
+        return f"urn:pulumi:stack::{PROJECT}::"  # prefix only; parents are compared by name below
+
+
+def run_program(stack: str, config: dict[str, str], shared_outputs: dict | None = None) -> ProgramRun:
+    """Run __main__.py as the Pulumi engine would for `stack`, against mocks."""
+    mocks = _Mocks({"secrets": dict(MOCK_SECRETS)} if shared_outputs is None else shared_outputs)
+    monitor = _RecordingMonitor(mocks)
+    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor)
+    pulumi.runtime.set_all_config({f"{PROJECT}:{k}": str(v) for k, v in config.items()})
+    SETTINGS.rpc_manager.clear()
+    SETTINGS.outputs.clear()
+    cwd = os.getcwd()
+    os.chdir(PROJECT_DIR)
+    try:
+        _sync_await(run_pulumi_func(lambda: runpy.run_path(str(PROJECT_DIR / "__main__.py"), run_name="__main__")))
+    finally:
+        os.chdir(cwd)
+    return ProgramRun(resources=monitor.registered, calls=mocks.calls)
