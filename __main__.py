@@ -29,7 +29,10 @@ if config.get_bool("shared"):
     pulumi.export("secrets", shared.secrets)
 elif region_name:
     # Secrets come from the shared stack, never from this stack's file.
-    shared_stack = config.get("sharedStack") or f"{pulumi.get_organization()}/{pulumi.get_project()}/shared"
+    # Default: the stack named "shared" of this project, in this organization (a self-managed
+    # backend calls its only organization "organization").
+    org = pulumi.get_organization() or "organization"
+    shared_stack = config.get("sharedStack") or f"{org}/{pulumi.get_project()}/shared"
     secrets = pulumi.StackReference(shared_stack).get_output("secrets")
     deployment = RegionDeployment(region.name, RegionArgs(topology=topology, region=region.name,
                                                           secrets=secrets, cloud=config.get("cloud")))

@@ -9,6 +9,7 @@ import pulumi
 import pulumi_openstack as openstack
 
 from keystone_multiregion.render import render_node
+from keystone_multiregion.secrets import ROLE_SECRETS
 from keystone_multiregion.topology import ARBITRATOR, Topology
 
 # Roles whose VMs hold state: never replaced because their cloud-init changed.
@@ -34,7 +35,6 @@ def user_data_output(topo: Topology, node_name: str, secrets: pulumi.Input[Mappi
     rendered = pulumi.Output.from_input(secrets).apply(lambda s: render_node(topo, node_name, s))
     user_data = rendered.apply(lambda r: r.user_data)
     # Whether a role carries secrets is known before any value is (ROLE_SECRETS).
-    from keystone_multiregion.secrets import ROLE_SECRETS
     return pulumi.Output.secret(user_data) if ROLE_SECRETS[topo.node(node_name).role] else user_data
 
 

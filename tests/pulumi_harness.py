@@ -17,6 +17,7 @@ from pulumi.runtime.sync_await import _sync_await
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 PROJECT = "keystone-multiregion"
+ORGANIZATION = "acme"
 
 # What the mocked shared stack exports: real-looking, distinct values per secret.
 MOCK_SECRETS = {
@@ -39,6 +40,7 @@ class Registered:
     delete_before_replace: bool
     secret_inputs: set[str] = field(default_factory=set)
     provider: str = ""
+    read: bool = False
 
 
 class _Mocks(pulumi.runtime.Mocks):
@@ -67,6 +69,17 @@ class _Mocks(pulumi.runtime.Mocks):
         return {}
 
 
+def _unwrap_secrets(value):
+    """Inputs as the provider would see them: secret markers removed (recorded separately)."""
+    if isinstance(value, dict):
+        if value.get(rpc._special_sig_key) == rpc._special_secret_sig:
+            return _unwrap_secrets(value["value"])
+        return {k: _unwrap_secrets(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_unwrap_secrets(v) for v in value]
+    return value
+
+
 class _RecordingMonitor(MockMonitor):
     def __init__(self, mocks):
         super().__init__(mocks)
@@ -81,10 +94,19 @@ class _RecordingMonitor(MockMonitor):
                     sv.fields[rpc._special_sig_key].string_value == rpc._special_secret_sig:
                 secret_inputs.add(key)
         self.registered.append(Registered(
-            type=request.type, name=request.name, inputs=rpc.deserialize_properties(request.object),
+            type=request.type, name=request.name, inputs=_unwrap_secrets(rpc.deserialize_properties(request.object)),
             parent=request.parent, protect=request.protect, retain_on_delete=request.retainOnDelete,
             ignore_changes=list(request.ignoreChanges), delete_before_replace=request.deleteBeforeReplace,
             secret_inputs=secret_inputs, provider=request.provider))
+        return response
+
+    def ReadResource(self, request):
+        # Reads (a StackReference is one) change nothing; record them as such.
+        response = super().ReadResource(request)
+        self.registered.append(Registered(
+            type=request.type, name=request.name, inputs=rpc.deserialize_properties(request.properties),
+            parent=request.parent, protect=False, retain_on_delete=False, ignore_changes=[],
+            delete_before_replace=False, provider=request.provider, read=True))
         return response
 
 
@@ -101,16 +123,13 @@ class ProgramRun:
         assert len(matches) == 1, f"{len(matches)} resources named {name!r}"
         return matches[0]
 
-    def urn_of(self, name: str) -> str:
-        r = self.named(name)
-        return f"urn:pulumi:stack::{PROJECT}::"  # prefix only; parents are compared by name below
-
 
 def run_program(stack: str, config: dict[str, str], shared_outputs: dict | None = None) -> ProgramRun:
     """Run __main__.py as the Pulumi engine would for `stack`, against mocks."""
     mocks = _Mocks({"secrets": dict(MOCK_SECRETS)} if shared_outputs is None else shared_outputs)
     monitor = _RecordingMonitor(mocks)
-    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor)
+    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor,
+                             organization=ORGANIZATION)
     pulumi.runtime.set_all_config({f"{PROJECT}:{k}": str(v) for k, v in config.items()})
     SETTINGS.rpc_manager.clear()
     SETTINGS.outputs.clear()

@@ -1,0 +1,237 @@
+"""The real Pulumi program, run in-process under pulumi.runtime.set_mocks for every stack."""
+
+import pytest
+import yaml
+
+from helpers import ROOT, example
+from keystone_multiregion.render import render_node
+from keystone_multiregion.secrets import SECRETS
+from keystone_multiregion.stacks import region_stacks, stack_config
+from keystone_multiregion.topology import load_topology_file
+from pulumi_harness import MOCK_SECRETS, run_program
+
+TOPO = load_topology_file(ROOT / "topology.yaml")
+REGION_STACKS = region_stacks(ROOT)
+SG_RULE = "openstack:networking/secGroupRule:SecGroupRule"
+PORT = "openstack:networking/port:Port"
+INSTANCE = "openstack:compute/instance:Instance"
+
+
+def test_example_stacks():
+    assert REGION_STACKS == {"region-a": "region-a", "region-b": "region-b", "region-c": "region-c"}
+    assert stack_config(ROOT, "shared") == {"shared": True}
+
+
+@pytest.fixture(scope="module", params=sorted(REGION_STACKS))
+def stack(request):
+    region = REGION_STACKS[request.param]
+    run = run_program(request.param, stack_config(ROOT, request.param))
+    return region, run
+
+
+def _rules(run, region, role):
+    group_id = f"sg-{role}-{region}-id"
+    return {(r.inputs["protocol"], r.inputs.get("portRangeMin"), r.inputs["remoteIpPrefix"])
+            for r in run.of_type(SG_RULE) if r.inputs["securityGroupId"] == group_id}
+
+
+def _hosts(nodes):
+    return {f"{n.address}/32" for n in nodes}
+
+
+def test_security_group_rules(stack):
+    region, run = stack
+    for r in run.of_type(SG_RULE):
+        assert r.inputs["direction"] == "ingress" and r.inputs["ethertype"] == "IPv4"
+        assert r.inputs.get("portRangeMin") == r.inputs.get("portRangeMax")
+    galera_peers = _hosts(TOPO.nodes(role="galera"))
+    local_proxies = _hosts(TOPO.nodes(region, "proxy"))
+    local_keystone = _hosts(TOPO.nodes(region, "keystone"))
+    admin = {("tcp", 22, TOPO.admin_cidr)}
+
+    galera = _rules(run, region, "galera")
+    assert len(galera_peers) == 9
+    assert galera == admin | {("tcp", 3306, p) for p in galera_peers | local_proxies} \
+        | {(proto, 4567, p) for proto in ("tcp", "udp") for p in galera_peers} \
+        | {("tcp", 4568, p) for p in galera_peers} | {("tcp", 4444, p) for p in galera_peers} \
+        | {("tcp", 9200, p) for p in local_proxies}
+    assert _rules(run, region, "keystone") == admin | {("tcp", 5000, p) for p in local_proxies}
+    assert _rules(run, region, "memcached") == admin | {("tcp", 11211, p) for p in local_keystone}
+    assert _rules(run, region, "proxy") == admin | {("tcp", 443, "0.0.0.0/0")} \
+        | {("tcp", 5000, r.cidr) for r in TOPO.regions} | {("tcp", 3306, p) for p in local_keystone} \
+        | {("112", None, p) for p in local_proxies}
+    # Nothing but HTTPS on the proxies is open to the world.
+    world = [r for r in run.of_type(SG_RULE) if r.inputs["remoteIpPrefix"] in ("0.0.0.0/0", "::/0")]
+    assert [(w.inputs["securityGroupId"], w.inputs["portRangeMin"]) for w in world] == [(f"sg-proxy-{region}-id", 443)]
+
+
+def test_fixed_addresses_and_server_groups(stack):
+    region, run = stack
+    for node in TOPO.nodes(region):
+        port = run.named(f"port-{node.name}")
+        assert port.inputs["fixedIps"] == [{"subnetId": f"subnet-{region}-id", "ipAddress": node.address}]
+        assert port.inputs["networkId"] == f"net-{region}-id"
+        assert port.inputs["securityGroupIds"] == [f"sg-{node.role}-{region}-id"]
+        instance = run.named(f"instance-{node.name}")
+        assert instance.inputs["networks"] == [{"port": f"port-{node.name}-id"}]
+        assert instance.inputs["schedulerHints"] == [{"group": f"servergroup-{node.role}-{region}-id"}]
+        assert instance.inputs["flavorName"] == node.flavor
+    groups = run.of_type("openstack:compute/serverGroup:ServerGroup")
+    assert sorted(g.name for g in groups) == sorted(f"servergroup-{role}-{region}"
+                                                    for role in ("proxy", "galera", "keystone", "memcached"))
+    assert all(g.inputs["policies"] == "anti-affinity" for g in groups)
+    # Every instance of the stack is in the anti-affinity group of its role.
+    for instance in run.of_type(INSTANCE):
+        role = instance.inputs["metadata"]["keystone-multiregion-role"]
+        assert instance.inputs["schedulerHints"] == [{"group": f"servergroup-{role}-{region}-id"}]
+    assert len(run.of_type(INSTANCE)) == len(TOPO.nodes(region))
+
+
+def test_network_subnet_router(stack):
+    region, run = stack
+    r = TOPO.region(region)
+    subnet = run.named(f"subnet-{region}")
+    assert subnet.inputs["cidr"] == r.cidr and subnet.inputs["gatewayIp"] == r.gateway
+    start, end = TOPO.dhcp_pool(region)
+    assert subnet.inputs["allocationPools"] == [{"start": start, "end": end}]
+    router = run.named(f"router-{region}")
+    assert router.inputs["externalNetworkId"] == "extnet-id-public"
+    assert run.named(f"router-if-{region}").inputs == {"routerId": f"router-{region}-id",
+                                                       "subnetId": f"subnet-{region}-id"}
+    # Every OpenStack resource goes through this region's explicit provider.
+    provider = run.named(f"openstack-{region}")
+    assert provider.inputs["region"] == region
+    assert all(res.provider.startswith(f"urn:pulumi:{region}::keystone-multiregion::")
+               and f"::openstack-{region}::" in res.provider
+               for res in run.resources if res.type.startswith("openstack:"))
+
+
+def test_galera_volumes_are_protected_and_attached_at_boot(stack):
+    region, run = stack
+    volumes = run.of_type("openstack:blockstorage/volume:Volume")
+    assert sorted(v.name for v in volumes) == sorted(f"volume-{n.name}" for n in TOPO.nodes(region, "galera"))
+    for node in TOPO.nodes(region, "galera"):
+        volume = run.named(f"volume-{node.name}")
+        assert volume.inputs["size"] == 20
+        assert volume.protect is True and volume.retain_on_delete is True
+        instance = run.named(f"instance-{node.name}")
+        assert instance.inputs["blockDevices"] == [
+            {"sourceType": "image", "destinationType": "local", "uuid": "image-id-debian-12", "bootIndex": 0,
+             "deleteOnTermination": True},
+            {"sourceType": "volume", "destinationType": "volume", "uuid": f"volume-{node.name}-id",
+             "bootIndex": -1, "deleteOnTermination": False},
+        ]
+        assert "imageId" not in instance.inputs
+        # Stateful: a changed template or image never rebuilds a database node.
+        assert set(instance.ignore_changes) >= {"userData", "imageId", "blockDevices"}
+        assert instance.delete_before_replace is False
+        assert instance.inputs["stopBeforeDestroy"] is True
+
+
+def test_stateless_nodes_release_their_fixed_port_before_replacement(stack):
+    region, run = stack
+    for role in ("keystone", "memcached", "proxy"):
+        for node in TOPO.nodes(region, role):
+            instance = run.named(f"instance-{node.name}")
+            assert instance.delete_before_replace is True
+            assert instance.ignore_changes == ["imageId"]
+            assert instance.inputs["imageId"] == "image-id-debian-12"
+
+
+def test_vips_are_reserved_ports_with_address_pairs_and_floating_ips(stack):
+    region, run = stack
+    vips = TOPO.vips(region)
+    for node in TOPO.nodes(region, "proxy"):
+        port = run.named(f"port-{node.name}")
+        assert port.inputs["allowedAddressPairs"] == [{"ipAddress": v.address} for v in vips]
+    for node in TOPO.nodes(region):
+        if node.role != "proxy":
+            assert "allowedAddressPairs" not in run.named(f"port-{node.name}").inputs
+    for vip in vips:
+        port = run.named(f"port-{vip.name}")
+        assert port.inputs["fixedIps"] == [{"subnetId": f"subnet-{region}-id", "ipAddress": vip.address}]
+        assert port.inputs["securityGroupIds"] == [f"sg-proxy-{region}-id"]
+        assert "deviceId" not in port.inputs
+    public = [v for v in vips if v.kind == "public"]
+    fips = run.of_type("openstack:networking/floatingIp:FloatingIp")
+    assert sorted(f.name for f in fips) == sorted(f"fip-{v.name}" for v in public)
+    assert all(f.inputs["pool"] == "public" for f in fips)
+    for vip in public:
+        assoc = run.named(f"fip-assoc-{vip.name}")
+        assert assoc.inputs["portId"] == f"port-{vip.name}-id"
+        assert assoc.inputs["fixedIp"] == vip.address
+        assert assoc.inputs["floatingIp"].startswith("203.0.113.")
+    assert not any(f"fip-{v.name}" == f.name for v in vips if v.kind == "internal" for f in fips)
+
+
+def test_user_data_is_exactly_the_rendered_document(stack):
+    region, run = stack
+    for node in TOPO.nodes(region):
+        instance = run.named(f"instance-{node.name}")
+        expected = render_node(TOPO, node.name, MOCK_SECRETS)
+        assert instance.inputs["userData"] == expected.user_data
+        assert ("userData" in instance.secret_inputs) is expected.secret
+    galera = run.named(f"instance-galera-{region}-1")
+    assert "userData" in galera.secret_inputs
+    assert MOCK_SECRETS["galera_root_password"] in galera.inputs["userData"]
+
+
+def test_components_are_named_from_the_topology_and_nested(stack):
+    region, run = stack
+    top = run.named(region)
+    assert top.type == "keystone-multiregion:region:Region"
+    for name, typ in [(f"network-{region}", "keystone-multiregion:network:RegionNetwork"),
+                      (f"security-{region}", "keystone-multiregion:security:SecurityGroups"),
+                      (f"vips-{region}", "keystone-multiregion:proxy:Vips"),
+                      (f"galera-{region}", "keystone-multiregion:nodes:NodeGroup")]:
+        component = run.named(name)
+        assert component.type == typ
+        assert component.parent.endswith(f"keystone-multiregion:region:Region::{region}")
+    assert run.named(f"volume-galera-{region}-1").parent.endswith(f"keystone-multiregion:nodes:NodeGroup::galera-{region}")
+    ref = run.of_type("pulumi:pulumi:StackReference")
+    assert [r.name for r in ref] == ["acme/keystone-multiregion/shared"]
+    assert ref[0].read is True
+
+
+def test_shared_stack_generates_every_secret_once():
+    run = run_program("shared", stack_config(ROOT, "shared"))
+    passwords = run.of_type("random:index/randomPassword:RandomPassword")
+    assert sorted(p.name for p in passwords) == sorted(s.replace("_", "-") for s in SECRETS)
+    for p in passwords:
+        assert p.protect is True
+        assert p.inputs["length"] >= 32 and p.inputs["special"] is False
+    assert not [r for r in run.resources if r.type.startswith("openstack:")]
+
+
+def _bad_run(tmp_path, config, topology=None):
+    if topology is not None:
+        path = tmp_path / "topology.yaml"
+        path.write_text(yaml.safe_dump(topology))
+        config = {**config, "topology": str(path)}
+    with pytest.raises(Exception) as info:
+        run_program("region-a", config)
+    return info
+
+
+def test_unknown_region_fails_before_any_resource(tmp_path):
+    info = _bad_run(tmp_path, {"region": "region-d"})
+    assert "region 'region-d' is not in the topology (regions: region-a, region-b, region-c)" in str(info.value)
+
+
+def test_broken_topology_fails_before_any_resource(tmp_path):
+    data = example()
+    data["regions"][2]["roles"] = {"galera": {"count": 2}}
+    info = _bad_run(tmp_path, {"region": "region-a"}, data)
+    assert "8 Galera nodes make 8 voters, an even number" in str(info.value)
+
+
+def test_stack_without_region_says_how_to_fix_it(tmp_path):
+    info = _bad_run(tmp_path, {})
+    assert "keystone-multiregion:region is not set; run `pulumi config set region <name>`" in str(info.value)
+
+
+def test_missing_shared_secret_names_it(tmp_path):
+    partial = {k: v for k, v in MOCK_SECRETS.items() if k != "galera_root_password"}
+    with pytest.raises(Exception) as info:
+        run_program("region-b", {"region": "region-b"}, shared_outputs={"secrets": partial})
+    assert "galera_root_password is missing or empty" in str(info.value)

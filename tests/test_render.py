@@ -1,0 +1,180 @@
+"""Rendering: parsed results, StrictUndefined, secrets, cloud-init schema, offline render CLI."""
+
+import configparser
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jinja2
+import pytest
+import yaml
+
+from helpers import ROOT, example, five_regions
+from keystone_multiregion.render import render_node, render_region, render_template
+from keystone_multiregion.secrets import SecretsError, placeholder_secrets
+from keystone_multiregion.topology import load_topology
+
+SECRETS = {"galera_root_password": "s3cretRoot", "galera_sst_password": "sst",
+           "keystone_db_password": "db", "keystone_admin_password": "adm"}
+
+
+@pytest.fixture(scope="module")
+def topo():
+    return load_topology(example())
+
+
+def _doc(user_data):
+    assert user_data.startswith("#cloud-config\n")
+    return yaml.safe_load(user_data)
+
+
+def test_write_files_carry_rendered_files_byte_for_byte(topo):
+    for node in topo.nodes():
+        rendered = render_node(topo, node.name, SECRETS)
+        doc = _doc(rendered.user_data)
+        assert doc["hostname"] == node.name
+        assert [(w["path"], w["content"], w["permissions"]) for w in doc["write_files"]] == \
+               [(f.path, f.content, f.permissions) for f in rendered.files]
+
+
+def test_node_facts(topo):
+    facts = json.loads(render_node(topo, "keystone-region-b-2", SECRETS).files[0].content)
+    assert facts["address"] == "10.10.2.59"
+    assert facts["region_index"] == 2
+    assert facts["bootstrap_region"] == "region-a"
+    assert len(facts["galera_peers"]) == 9
+
+
+def test_galera_node_mounts_its_data_volume_without_reformatting(topo):
+    rendered = render_node(topo, "galera-region-a-1", SECRETS)
+    doc = _doc(rendered.user_data)
+    assert doc["fs_setup"] == [{"label": "galera-data", "filesystem": "ext4", "device": "/dev/vdb",
+                                "partition": "none", "overwrite": False}]
+    assert doc["mounts"][0][:2] == ["LABEL=galera-data", "/var/lib/mysql"]
+    assert "mariadb-server" in doc["packages"] and "galera-4" in doc["packages"]
+    mycnf = {f.path: f for f in rendered.files}["/root/.my.cnf"]
+    assert mycnf.permissions == "0600"
+    parser = configparser.ConfigParser()
+    parser.read_string(mycnf.content)
+    assert parser["client"]["password"] == "s3cretRoot"
+    assert rendered.secret is True
+
+
+def test_memcached_settings_follow_the_source_design(topo):
+    rendered = render_node(topo, "memcached-region-c-2", SECRETS)
+    conf = {f.path: f.content for f in rendered.files}["/etc/memcached.conf"]
+    options = [line.split(None, 1) for line in conf.splitlines() if line.startswith("-")]
+    opts = {k: (v[0] if v else None) for k, *v in options}
+    assert opts["-m"] == "512"
+    assert opts["-t"] == "1"  # one thread per core of an m1.small
+    assert opts["-l"] == "10.10.3.75"  # private address only
+    assert opts["-U"] == "0"
+    assert rendered.secret is False
+
+
+def test_proxy_may_bind_addresses_it_does_not_hold(topo):
+    rendered = render_node(topo, "proxy-region-b-1", SECRETS)
+    sysctl = {f.path: f.content for f in rendered.files}["/etc/sysctl.d/60-keystone-multiregion.conf"]
+    assert "net.ipv4.ip_nonlocal_bind = 1" in sysctl.splitlines()
+    assert _doc(rendered.user_data)["runcmd"] == [["sysctl", "--system"]]
+
+
+def test_missing_secret_is_one_clear_error(topo):
+    with pytest.raises(SecretsError) as info:
+        render_node(topo, "galera-region-a-1", {"galera_sst_password": "x"})
+    assert str(info.value).startswith("secrets: galera_root_password is missing or empty (needed by the galera "
+                                      "nodes: root on every MariaDB node (local socket only))")
+    # Roles that carry no secret render without any.
+    assert render_node(topo, "proxy-region-a-1", {}).secret is False
+
+
+def test_templates_are_strict():
+    with pytest.raises(jinja2.UndefinedError):
+        render_template("memcached/memcached.conf.j2", node=None, memory_mb=512)
+
+
+def _schema(paths):
+    cloud_init = shutil.which("cloud-init")
+    assert cloud_init, "cloud-init is not installed: run tests/setup.sh (Debian package cloud-init)"
+    return [subprocess.run([cloud_init, "schema", "--config-file", str(p)], capture_output=True, text=True)
+            for p in paths]
+
+
+def test_every_rendered_document_passes_cloud_init_schema(tmp_path):
+    paths = []
+    for data in (example(), five_regions()):
+        topo = load_topology(data)
+        for r in topo.regions:
+            for rendered in render_region(topo, r.name, placeholder_secrets()):
+                path = tmp_path / f"{rendered.node.name}.yaml"
+                path.write_text(rendered.user_data)
+                paths.append(path)
+    assert len(paths) == 33 + 5 * 7
+    failures = [(p.name, r.stdout + r.stderr) for p, r in zip(paths, _schema(paths)) if r.returncode != 0]
+    assert failures == []
+
+
+def test_cloud_init_schema_check_can_fail(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("#cloud-config\npackages: 5\nwrite_files: [{content: x}]\n")
+    (result,) = _schema([bad])
+    assert result.returncode != 0
+    assert "packages" in result.stdout + result.stderr
+
+
+def _cli(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "keystone_multiregion", *args], cwd=cwd,
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def test_offline_render_of_one_stack(tmp_path, topo):
+    out = tmp_path / "render"
+    result = _cli("render", "--stack", "region-b", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    nodes = sorted(p.name for p in (out / "region-b").iterdir())
+    assert nodes == sorted(n.name for n in topo.nodes("region-b"))
+    assert not (out / "region-a").exists()
+    expected = render_node(topo, "galera-region-b-3", placeholder_secrets())
+    node_dir = out / "region-b" / "galera-region-b-3"
+    assert (node_dir / "user-data").read_text() == expected.user_data
+    mycnf = node_dir / "files" / "root" / ".my.cnf"
+    assert "<secret:galera_root_password>" in mycnf.read_text()
+    assert oct(mycnf.stat().st_mode & 0o777) == "0o600"
+
+
+def test_offline_render_of_all_stacks_with_a_secrets_file(tmp_path, topo):
+    secrets = tmp_path / "secrets.yaml"
+    secrets.write_text(yaml.safe_dump(SECRETS))
+    out = tmp_path / "render"
+    result = _cli("render", "--all", "--out", str(out), "--secrets", str(secrets))
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["region-a", "region-b", "region-c"]
+    written = sorted(p.parent.name for p in out.glob("*/*/user-data"))
+    assert written == sorted(n.name for n in topo.nodes())
+    assert (out / "region-c/galera-region-c-1/user-data").read_text() == \
+        render_node(topo, "galera-region-c-1", SECRETS).user_data
+
+
+def test_offline_render_errors_are_one_line(tmp_path):
+    result = _cli("render", "--stack", "region-z", "--out", str(tmp_path))
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: stack 'region-z': there is no Pulumi.region-z.yaml")
+    assert result.stderr.count("\n") == 1
+    data = example()
+    data["regions"][1]["cidr"] = "10.10.1.128/25"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(data))
+    result = _cli("--topology", str(bad), "validate")
+    assert result.returncode == 2
+    assert result.stderr == (f"error: {bad}: regions[1].cidr: 10.10.1.128/25 overlaps regions[0].cidr "
+                             "10.10.1.0/24; give every region its own non-overlapping range\n")
+    result = _cli("render", "--region", "region-a", "--out", str(tmp_path), "--secrets", str(bad))
+    assert result.returncode == 2 and "galera_root_password is missing" in result.stderr
+
+
+def test_validate_command_summarises_the_topology():
+    result = _cli("validate")
+    assert result.returncode == 0, result.stderr
+    assert "3 regions, 9 Galera voters, bootstrap region region-a" in result.stdout

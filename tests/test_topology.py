@@ -1,0 +1,222 @@
+"""The topology core: the good examples, and one clear error for each bad input."""
+
+import ipaddress
+
+import pytest
+import yaml
+
+from helpers import ROOT, example, five_regions
+from keystone_multiregion.security import ANYWHERE, VRRP_PROTOCOL, security_rules
+from keystone_multiregion.topology import TopologyError, load_topology, load_topology_file
+
+
+def test_example_topology_nodes_and_addresses():
+    topo = load_topology_file(ROOT / "topology.yaml")
+    assert [r.name for r in topo.regions] == ["region-a", "region-b", "region-c"]
+    assert topo.bootstrap_region == "region-a"
+    assert topo.galera_voters == 9
+    assert len(topo.nodes()) == 3 * (2 + 3 + 3 + 3)
+    # Stable names and addresses from the region CIDR and the role's block.
+    assert topo.node("galera-region-b-2").address == "10.10.2.43"
+    assert topo.node("proxy-region-c-1").address == "10.10.3.26"
+    assert topo.node("keystone-region-a-3").address == "10.10.1.60"
+    assert topo.node("memcached-region-a-1").address == "10.10.1.74"
+    # Every address is unique, inside its region, and outside the DHCP pool.
+    addresses = [n.address for n in topo.nodes()] + [v.address for r in topo.regions for v in topo.vips(r.name)]
+    assert len(addresses) == len(set(addresses))
+    for r in topo.regions:
+        start, end = topo.dhcp_pool(r.name)
+        assert (start, end) == (str(r.network.network_address + 106), str(r.network.broadcast_address - 1))
+        for n in topo.nodes(r.name):
+            addr = ipaddress.ip_address(n.address)
+            assert addr in r.network and addr < ipaddress.ip_address(start) and addr != ipaddress.ip_address(r.gateway)
+
+
+def test_vips_rotate_masters_over_the_proxies():
+    topo = load_topology(example())
+    vips = topo.vips("region-a")
+    assert [(v.name, v.kind, v.address, v.master) for v in vips] == [
+        ("vip-region-a-public-1", "public", "10.10.1.10", "proxy-region-a-1"),
+        ("vip-region-a-public-2", "public", "10.10.1.11", "proxy-region-a-2"),
+        ("vip-region-a-internal-1", "internal", "10.10.1.12", "proxy-region-a-1"),
+    ]
+    assert len({v.vrid for v in vips}) == len(vips)
+
+
+def test_adding_a_node_does_not_move_its_neighbours():
+    before = load_topology(example())
+    data = example()
+    data["regions"][1]["roles"] = {"keystone": {"count": 5}}
+    after = load_topology(data)
+    for n in before.nodes():
+        assert after.node(n.name).address == n.address
+    assert after.node("keystone-region-b-5").address == "10.10.2.62"
+
+
+def test_five_region_topology():
+    topo = load_topology(five_regions())
+    assert topo.galera_voters == 5
+    assert [r.index for r in topo.regions] == [1, 2, 3, 4, 5]
+    assert topo.node("galera-waw-1").address == "172.20.20.42"
+    assert len(topo.nodes(role="keystone")) == 10
+    # Each region's Galera group admits the five peers for replication, and nothing else.
+    rules = security_rules(topo, "par")
+    repl = {r.remote for r in rules if r.group == "galera" and r.port == 4567 and r.protocol == "tcp"}
+    assert repl == {f"{n.address}/32" for n in topo.nodes(role="galera")}
+
+
+def test_arbitrator_makes_an_even_layout_odd():
+    data = five_regions()
+    data["regions"] = data["regions"][:4]
+    with pytest.raises(TopologyError, match="4 Galera nodes make 4 voters, an even number"):
+        load_topology(data)
+    data["arbitrator"] = {"region": "par"}
+    topo = load_topology(data)
+    assert topo.galera_voters == 5
+    garbd = topo.node("arbitrator-par-1")
+    assert garbd.address == "172.20.16.90"
+    rules = security_rules(topo, "fra")
+    assert f"{garbd.address}/32" in {r.remote for r in rules if r.group == "galera" and r.port == 4567}
+    # SST and IST are between data nodes only: the arbitrator holds no data.
+    assert f"{garbd.address}/32" not in {r.remote for r in rules if r.port in (4444, 4568)}
+
+
+def test_security_rules_never_open_internal_ports_to_the_world():
+    topo = load_topology(example())
+    for region in topo.regions:
+        for rule in security_rules(topo, region.name):
+            if rule.remote == ANYWHERE:
+                assert (rule.group, rule.protocol, rule.port) == ("proxy", "tcp", 443)
+            if rule.port == 22:
+                assert rule.remote == topo.admin_cidr
+            if rule.protocol == VRRP_PROTOCOL:
+                assert rule.group == "proxy"
+                assert rule.remote in {f"{n.address}/32" for n in topo.nodes(region.name, "proxy")}
+
+
+def test_cidr_peer_rules_are_one_per_region():
+    data = example()
+    data["defaults"]["peer_rules"] = "cidr"
+    topo = load_topology(data)
+    sst = [r.remote for r in security_rules(topo, "region-a") if r.port == 4444]
+    assert sst == ["10.10.1.0/24", "10.10.2.0/24", "10.10.3.0/24"]
+
+
+def _mutate(fn):
+    data = example()
+    fn(data)
+    return data
+
+
+BAD = [
+    ("even voters",
+     lambda d: d["regions"][0].update(roles={"galera": {"count": 2}}),
+     "topology: regions[*].roles.galera.count: 8 Galera nodes make 8 voters, an even number: a split into two "
+     "halves leaves no Primary component; add an arbitrator (arbitrator.region) or change a region's galera "
+     "count by one"),
+    ("even voters counting the arbitrator",
+     lambda d: d.update(arbitrator={"region": "region-c"}),
+     "topology: regions[*].roles.galera.count: 9 Galera nodes + 1 arbitrator make 10 voters, an even number: "
+     "a split into two halves leaves no Primary component; remove the arbitrator or change a region's galera "
+     "count by one"),
+    ("one region holds half or more of the voters",
+     lambda d: d["regions"][0].update(roles={"galera": {"count": 7}}),
+     "topology: regions[0].roles.galera.count: region region-a holds 7 of 13 Galera voters: losing it would leave "
+     "the others without quorum; add Galera nodes in other regions, or an arbitrator in another region"),
+    ("overlapping CIDRs",
+     lambda d: d["regions"][2].update(cidr="10.10.0.0/16"),
+     "topology: regions[2].cidr: 10.10.0.0/16 overlaps regions[0].cidr 10.10.1.0/24; give every region its own "
+     "non-overlapping range"),
+    ("malformed CIDR",
+     lambda d: d["regions"][1].update(cidr="10.10.2.0/33"),
+     "topology: regions[1].cidr: '10.10.2.0/33' is not a valid CIDR; write an IPv4 network such as 10.10.1.0/24"),
+    ("CIDR with host bits",
+     lambda d: d["regions"][1].update(cidr="10.10.2.5/24"),
+     "topology: regions[1].cidr: '10.10.2.5/24' has host bits set; write the network address, 10.10.2.0/24"),
+    ("duplicate region names",
+     lambda d: d["regions"][2].update(name="region-a"),
+     "topology: regions[2].name: 'region-a' is also the name of regions[0]; give every region its own name"),
+    ("duplicate region index",
+     lambda d: d["regions"][2].update(index=2),
+     "topology: regions[2].index: 2 is also the index of regions[1]; give every region its own index"),
+    ("duplicate public host name",
+     lambda d: d["regions"][1].update(public_hostname="identity.region-a.example.com"),
+     "topology: regions[1].public_hostname: 'identity.region-a.example.com' is also the public_hostname of "
+     "regions[0]; give every region its own endpoint name"),
+    ("unknown bootstrap region",
+     lambda d: d.update(bootstrap_region="region-x"),
+     "topology: bootstrap_region: 'region-x' is not a region in this topology; set it to one of region-a, "
+     "region-b, region-c"),
+    ("one proxy",
+     lambda d: d["regions"][1].update(roles={"proxy": {"count": 1}}),
+     "topology: regions[1].roles.proxy.count: 1 is below the minimum of 2; set it to 2 or more (two proxies are "
+     "needed so a VRRP address survives the loss of one)"),
+    ("no keystone node",
+     lambda d: d["regions"][0].update(roles={"keystone": {"count": 0}}),
+     "topology: regions[0].roles.keystone.count: 0 is below the minimum of 1; set it to 1 or more (every region "
+     "runs at least one keystone node)"),
+    ("no memcached node, from defaults",
+     lambda d: d["defaults"].update(memcached={"count": 0}),
+     "topology: defaults.memcached.count: 0 is below the minimum of 1; set it to 1 or more (every region runs at "
+     "least one memcached node)"),
+    ("CIDR too small for the address plan",
+     lambda d: d["regions"][0].update(cidr="10.10.1.0/26"),
+     "topology: regions[0].cidr: 10.10.1.0/26 is too small: fixed addresses need offsets 10-105 plus 8 for DHCP; "
+     "use a larger range (a /25 or bigger) or a smaller defaults.block_size"),
+    ("role count larger than its address block",
+     lambda d: d["regions"][2].update(roles={"keystone": {"count": 17}}),
+     "topology: regions[2].roles.keystone.count: 17 nodes do not fit the address block of 16; lower the count "
+     "or raise defaults.block_size"),
+    ("unknown arbitrator region",
+     lambda d: d.update(arbitrator={"region": "region-z"}),
+     "topology: arbitrator.region: 'region-z' is not a region in this topology; set it to one of region-a, "
+     "region-b, region-c"),
+    ("SSH from anywhere",
+     lambda d: d.update(admin_cidr="0.0.0.0/0"),
+     "topology: admin_cidr: 0.0.0.0/0 opens SSH to the whole internet; give the CIDR of your bastion or operator "
+     "network"),
+    ("missing public host name",
+     lambda d: d["regions"][1].pop("public_hostname"),
+     "topology: regions[1].public_hostname: is missing; give the DNS name of the region's public endpoint"),
+    ("misspelt setting",
+     lambda d: d["regions"][0].update(cdir="10.0.0.0/24"),
+     "topology: regions[0].cdir: is not a known setting; use one of cidr, existing_network, external_network, "
+     "index, name, openstack_region, public_hostname, roles"),
+    ("security group over the rule quota",
+     lambda d: d["defaults"].update(max_rules_per_group=40),
+     "topology: defaults.peer_rules: the galera security group of region-a needs 50 rules, above the quota of 40; "
+     "set defaults.peer_rules: cidr (one rule per region) or raise defaults.max_rules_per_group to your cloud's "
+     "quota"),
+]
+
+
+@pytest.mark.parametrize("mutation,message", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_bad_topology_fails_with_one_clear_line(mutation, message):
+    with pytest.raises(TopologyError) as info:
+        load_topology(_mutate(mutation))
+    assert str(info.value) == message
+    assert "\n" not in str(info.value)
+
+
+def test_stack_region_not_in_topology():
+    topo = load_topology(example())
+    with pytest.raises(TopologyError) as info:
+        topo.region("region-d")
+    assert str(info.value) == (
+        "config: stack config keystone-multiregion:region: region 'region-d' is not in the topology "
+        "(regions: region-a, region-b, region-c); set it to one of those names, or add the region to topology.yaml")
+
+
+def test_file_errors_name_the_file(tmp_path):
+    path = tmp_path / "topology.yaml"
+    path.write_text("name: keystone\nregions: [\n")
+    with pytest.raises(TopologyError, match=r"topology.yaml: line \d+: is not valid YAML"):
+        load_topology_file(path)
+    data = example()
+    data["regions"][0]["cidr"] = "not-a-cidr"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(TopologyError) as info:
+        load_topology_file(path)
+    assert str(info.value).startswith(f"{path}: regions[0].cidr: 'not-a-cidr' is not a valid CIDR")
+    with pytest.raises(TopologyError, match="does not exist"):
+        load_topology_file(tmp_path / "missing.yaml")
