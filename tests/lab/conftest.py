@@ -1,0 +1,53 @@
+"""Fixtures for the lab infrastructure tests (root only; they build network namespaces).
+
+The tests use their own name prefixes ("kslt-", "kslx-", "ksly-", "kslz-") so they never
+touch a developer's running lab ("ksl-"), and temporary lab directories.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+TEST_PREFIX = "kslt-"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "lab: needs root; builds network namespaces "
+                                       "(local lab infrastructure)")
+
+
+@pytest.fixture(scope="session")
+def lab_tools():
+    """Root check + the Debian/PyPI packages the lab needs (installs only what is missing)."""
+    if os.geteuid() != 0:
+        pytest.skip("lab tests need root (network namespaces)")
+    from lab import packages
+    return packages.ensure_lab_base(prefix=TEST_PREFIX)
+
+
+@pytest.fixture(scope="module")
+def lab3(lab_tools, tmp_path_factory):
+    """A 3-region x 1-host lab (prefix kslt-: a1 10.0.1.10, b1 10.0.2.10, c1 10.0.3.10),
+    torn down after the module, also on failure or Ctrl-C; the teardown itself is checked
+    (no namespace, interface, mount or process may be left)."""
+    from lab import HostSpec, session
+    from lab.testing import DEMO_CIDRS, DEMO_HOSTS, assert_clean, ns_inode
+    labdir = str(tmp_path_factory.mktemp("ksl-lab"))
+    pids: list[int] = []
+    inodes: set = set()
+    with session(labdir, TEST_PREFIX, purge=True) as lab:
+        lab.net.build([HostSpec(*h) for h in DEMO_HOSTS], DEMO_CIDRS)
+        lab.started_pids = pids  # tests append the pids they start
+        yield lab
+        # namespaces (tests may have added hosts) and processes still recorded
+        inodes |= {ns_inode(ns) for ns in lab.state.read()["namespaces"]}
+        pids += [rec["pid"] for rec in lab.state.read()["processes"].values()]
+        created = lab.state.read()["created_paths"]
+    assert_clean(TEST_PREFIX, labdir, inodes, pids)
+    assert not [p for p in created if os.path.exists(p)], "mountpoints left on the machine"
