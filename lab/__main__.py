@@ -1,8 +1,12 @@
-"""`python -m lab net-up|net-status|net-down` (root).
+"""`python -m lab up|status|drill|down` (root): the local multi-region lab.
 
-For now only the network layer of the lab, on a built-in demo of 3 regions x 1 host:
-a1 10.0.1.10/24 (region a), b1 10.0.2.10/24 (region b), c1 10.0.3.10/24 (region c).
-The full `up|status|drill|down` will build on lab.net / lab.procs / lab.state.
+    up      render every node of lab/topology.yaml (or --topology), build one namespace
+            per node, enforce the security groups, start the daemons, run the checks
+    status  what runs where
+    drill   run the checks again and print what they measured (--report FILE: JSON)
+    down    tear down every namespace, process and mount the lab started
+
+`net-up|net-status|net-down` build only the network, on a 3-host demo.
 """
 from __future__ import annotations
 
@@ -92,12 +96,75 @@ def _net_down(args: argparse.Namespace) -> int:
     return 1 if (errors or left) else 0
 
 
+def _deployment(args: argparse.Namespace):
+    from keystone_multiregion.topology import load_topology_file
+
+    from . import Lab
+    from .deployment import LabDeployment
+    return LabDeployment(Lab(args.labdir, args.prefix), load_topology_file(args.topology))
+
+
+def _print_checks(checks) -> int:
+    for c in checks:
+        print("  " + c.line())
+    failed = [c for c in checks if not c.ok]
+    print(f"checks: {len(checks) - len(failed)} passed, {len(failed)} failed")
+    return 1 if failed else 0
+
+
+def _up(args: argparse.Namespace) -> int:
+    if os.path.exists(os.path.join(args.labdir, "state.json")) or list_netns(args.prefix):
+        print(f"a lab already exists (state in {args.labdir}): `python -m lab status`, "
+              "or `python -m lab down` first", file=sys.stderr)
+        return 1
+    dep = _deployment(args)
+    try:
+        dep.up(install=not args.no_install)
+    except BaseException:
+        print("lab up failed; tearing down what was created", file=sys.stderr)
+        teardown(args.labdir, prefix=args.prefix)
+        raise
+    for line in dep.status():
+        print("  " + line)
+    rc = _print_checks(dep.checks())
+    print("the lab keeps running: `./run lab status`, `./run lab drill`, `./run lab down`")
+    return rc
+
+
+def _status(args: argparse.Namespace) -> int:
+    if not os.path.exists(os.path.join(args.labdir, "state.json")):
+        print(f"no lab is up (no state in {args.labdir}); start one with `./run lab up`")
+        return 1
+    for line in _deployment(args).status():
+        print("  " + line)
+    return 0
+
+
+def _drill(args: argparse.Namespace) -> int:
+    if not os.path.exists(os.path.join(args.labdir, "state.json")):
+        print(f"no lab is up (no state in {args.labdir}); start one with `./run lab up`", file=sys.stderr)
+        return 1
+    checks = _deployment(args).checks()
+    if args.report:
+        with open(args.report, "w") as fh:
+            json.dump({"checks": [c.__dict__ for c in checks]}, fh, indent=2)
+    return _print_checks(checks)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lab", description=__doc__.splitlines()[0])
     ap.add_argument("--labdir", default=DEFAULT_LAB_DIR,
                     help=f"lab state directory (default {DEFAULT_LAB_DIR}, env KSL_LAB_DIR)")
     ap.add_argument("--prefix", default=DEFAULT_PREFIX, help="name prefix (default ksl-)")
+    from .deployment import LAB_TOPOLOGY
+    ap.add_argument("--topology", default=str(LAB_TOPOLOGY), help="topology file (default lab/topology.yaml)")
     sub = ap.add_subparsers(dest="cmd", required=True)
+    lab_up = sub.add_parser("up", help="bring up the lab of the topology")
+    lab_up.add_argument("--no-install", action="store_true", help="skip apt-get")
+    sub.add_parser("status", help="what runs where")
+    drill = sub.add_parser("drill", help="run the checks against the running lab")
+    drill.add_argument("--report", help="also write the results as JSON to this file")
+    sub.add_parser("down", help="tear everything down (also after a crash)")
     up = sub.add_parser("net-up", help="build the demo network (3 regions x 1 host)")
     up.add_argument("--no-install", action="store_true", help="skip apt-get for tools")
     stp = sub.add_parser("net-status", help="show what exists")
@@ -107,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("python -m lab needs root (network namespaces)", file=sys.stderr)
         return 2
-    return {"net-up": _net_up, "net-status": _net_status, "net-down": _net_down}[args.cmd](args)
+    return {"up": _up, "status": _status, "drill": _drill, "down": _net_down,
+            "net-up": _net_up, "net-status": _net_status, "net-down": _net_down}[args.cmd](args)
 
 
 if __name__ == "__main__":

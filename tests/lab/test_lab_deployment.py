@@ -1,0 +1,84 @@
+"""The lab deployment of lab/topology.yaml: rendered files at VM paths, security groups
+enforced in every node, memcached running on its rendered configuration."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+pytestmark = pytest.mark.lab
+
+PREFIX = "ksld-"
+
+
+@pytest.fixture(scope="module")
+def deployment(lab_tools, tmp_path_factory):
+    from keystone_multiregion.topology import load_topology_file
+    from lab import session
+    from lab.deployment import LAB_TOPOLOGY, LabDeployment
+    from lab.testing import assert_clean, ns_inode
+
+    labdir = str(tmp_path_factory.mktemp("ksl-deploy"))
+    with session(labdir, PREFIX, purge=True) as lab:
+        dep = LabDeployment(lab, load_topology_file(LAB_TOPOLOGY))
+        dep.up()
+        yield dep
+        inodes = {ns_inode(ns) for ns in lab.state.read()["namespaces"]}
+        pids = [rec["pid"] for rec in lab.state.read()["processes"].values()]
+        created = lab.state.read()["created_paths"]
+    assert_clean(PREFIX, labdir, inodes, pids)
+    assert not [p for p in created if os.path.exists(p)], "mountpoints left on the machine"
+
+
+def test_every_check_passes(deployment):
+    checks = deployment.checks()
+    for c in checks:
+        print(c.line())
+    assert len(checks) == 3 + 3 * 2 + 6
+    assert [c.line() for c in checks if not c.ok] == []
+
+
+def test_nodes_see_their_rendered_files_at_vm_paths(deployment):
+    from keystone_multiregion.render import render_node
+
+    secrets = deployment.secrets()
+    for name in ("galera-lab-b-1", "memcached-lab-c-1", "proxy-lab-a-2"):
+        rendered = render_node(deployment.topo, name, secrets)
+        for f in rendered.files:
+            inside = deployment.lab.procs.run(name, ["cat", f.path]).stdout
+            assert inside == f.content, f"{name}:{f.path}"
+    mycnf = deployment.lab.procs.run("galera-lab-b-1", ["cat", "/root/.my.cnf"]).stdout
+    assert secrets["galera_root_password"] in mycnf
+    # The machine's own /root/.my.cnf never carries the lab's secret.
+    if os.path.exists("/root/.my.cnf"):
+        assert secrets["galera_root_password"] not in open("/root/.my.cnf").read()
+
+
+def test_memcached_runs_on_the_rendered_configuration(deployment):
+    stats = deployment.memcached_stats("keystone-lab-a-1", "memcached-lab-a-1")
+    assert stats is not None
+    assert stats["limit_maxbytes"] == str(512 * 1024 * 1024)  # Debian's default is 64 MB
+    assert stats["threads"] == "1"  # one per core of the lab flavor (default is 4)
+    listening = deployment.lab.net.exec("memcached-lab-a-1", ["ss", "-Hltn"]).stdout
+    assert "10.91.1.74:11211" in listening and "0.0.0.0:11211" not in listening
+
+
+def test_security_groups_refuse_other_regions_keystone(deployment):
+    # memcached admits only the Keystone nodes of its own region.
+    assert deployment.memcached_stats("keystone-lab-b-1", "memcached-lab-a-1", timeout=1.0) is None
+    assert deployment.memcached_stats("proxy-lab-a-1", "memcached-lab-a-1", timeout=1.0) is None
+    assert deployment.memcached_stats("keystone-lab-a-1", "memcached-lab-a-1") is not None
+
+
+def test_partitioned_region_keeps_its_local_cache(deployment):
+    net = deployment.lab.net
+    region_c = [n.name for n in deployment.topo.nodes("lab-c")]
+    net.partition(region_c, peers=["10.91.1.0/24", "10.91.2.0/24"])
+    try:
+        assert not net.can_reach("galera-lab-a-1", "galera-lab-c-1")
+        assert net.can_reach("galera-lab-a-1", "galera-lab-b-1")
+        assert deployment.memcached_stats("keystone-lab-c-1", "memcached-lab-c-1") is not None
+    finally:
+        net.heal(region_c)
+    assert net.can_reach("galera-lab-a-1", "galera-lab-c-1")
