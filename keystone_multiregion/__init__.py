@@ -1,3 +1,5 @@
 """keystone-multiregion core: topology model, validation and rendering. Never imports Pulumi."""
 
-from .topology import Node, Region, Topology, TopologyError, Vip, load_topology  # noqa: F401
+from .topology import Node, Region, Topology, TopologyError, Vip, load_topology, load_topology_file
+
+__all__ = ["Node", "Region", "Topology", "TopologyError", "Vip", "load_topology", "load_topology_file"]

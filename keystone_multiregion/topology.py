@@ -14,6 +14,7 @@ node never moves its neighbours.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
@@ -507,7 +508,7 @@ def _check_rule_quota(topo: Topology) -> None:
                                     "defaults.max_rules_per_group to your cloud's quota")
 
 
-def load_topology_file(path: str | "os.PathLike[str]") -> Topology:
+def load_topology_file(path: str | os.PathLike) -> Topology:
     """Read and validate a topology YAML file; errors name the file."""
     import yaml
 

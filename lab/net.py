@@ -43,7 +43,7 @@ import time
 from typing import Any, Iterable, Mapping, Sequence
 
 from .state import LabState, list_netns, netns_pids
-from .util import (NAME_RE, LabError, proc_starttime, run, short_name, spawn_detached,
+from .util import (NAME_RE, LabError, tail, proc_starttime, run, short_name, spawn_detached,
                    stop_process, wait_for)
 
 DELAYER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "delayer.py")
@@ -524,7 +524,7 @@ class Network:
         def bound() -> bool:
             if p.poll() is not None:
                 raise LabError(f"delayer in {ns} exited rc={p.returncode}: "
-                               f"{_tail(log)}")
+                               f"{tail(log)}")
             cp = run(["ip", "netns", "exec", ns, "cat", "/proc/net/netfilter/nfnetlink_queue"],
                      check=False)
             return any(line.split()[:1] == [str(queue)] for line in cp.stdout.splitlines())
@@ -570,13 +570,3 @@ class Network:
             info["link_down"] = bool(r.get("link_down"))
             out["hosts"][name] = info
         return out
-
-
-def _tail(path: str, n: int = 2000) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, 2)
-            f.seek(max(0, f.tell() - n))
-            return f.read().decode(errors="replace")
-    except OSError:
-        return ""

@@ -42,7 +42,7 @@ import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from .state import LabState
-from .util import (LabError, pid_matches, proc_starttime, reap, run, spawn_detached,
+from .util import (LabError, tail, pid_matches, proc_starttime, reap, run, spawn_detached,
                    stop_process, wait_for)
 
 _BIND_WRAPPER = (
@@ -333,14 +333,3 @@ def _clean_vm_path(vm: str) -> str:
 def _mk(path: str):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     return open(path, "a")
-
-
-def tail(path: str, n: int = 3000) -> str:
-    """Last n bytes of a (log) file, '' if missing."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, 2)
-            f.seek(max(0, f.tell() - n))
-            return f.read().decode(errors="replace")
-    except OSError:
-        return ""

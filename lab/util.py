@@ -73,29 +73,29 @@ def short_name(name: str, maxlen: int = IFNAMSIZ) -> str:
     return name[: maxlen - 5].rstrip("-") + "-" + digest
 
 
-def proc_starttime(pid: int) -> int | None:
-    """Start time of pid in clock ticks since boot (field 22 of /proc/PID/stat), None if gone."""
+def _stat_fields(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (state first), None if gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read().decode(errors="replace")
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
     # comm may contain spaces/parens: fields after the last ')' are positional
-    rest = data[data.rfind(")") + 2:].split()
+    return data[data.rfind(")") + 2:].split()
+
+
+def proc_starttime(pid: int) -> int | None:
+    """Start time of pid in clock ticks since boot (field 22 of /proc/PID/stat), None if gone."""
+    rest = _stat_fields(pid)
     try:
-        return int(rest[19])
+        return int(rest[19]) if rest else None
     except (IndexError, ValueError):
         return None
 
 
 def proc_state(pid: int) -> str | None:
     """Single-letter process state (R, S, Z, ...), None if the pid does not exist."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read().decode(errors="replace")
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    rest = data[data.rfind(")") + 2:].split()
+    rest = _stat_fields(pid)
     return rest[0] if rest else None
 
 
@@ -199,3 +199,14 @@ def spawn_detached(argv: Sequence[str], *, log_path: str, env: Mapping[str, str]
                                 stderr=subprocess.STDOUT, start_new_session=True,
                                 env=dict(env) if env is not None else None, cwd=cwd,
                                 close_fds=True)
+
+
+def tail(path: str, n: int = 3000) -> str:
+    """Last n bytes of a (log) file, '' if missing."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - n))
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
