@@ -3,6 +3,7 @@ every resource registration, with the resource options the engine would receive.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import runpy
 from dataclasses import dataclass, field
@@ -124,6 +125,11 @@ class ProgramRun:
         return matches[0]
 
 
+def _quiet_unretrieved(loop, context):
+    if "never retrieved" not in context.get("message", ""):
+        loop.default_exception_handler(context)
+
+
 def run_program(stack: str, config: dict[str, str], shared_outputs: dict | None = None) -> ProgramRun:
     """Run __main__.py as the Pulumi engine would for `stack`, against mocks."""
     mocks = _Mocks({"secrets": dict(MOCK_SECRETS)} if shared_outputs is None else shared_outputs)
@@ -133,6 +139,10 @@ def run_program(stack: str, config: dict[str, str], shared_outputs: dict | None 
     pulumi.runtime.set_all_config({f"{PROJECT}:{k}": str(v) for k, v in config.items()})
     SETTINGS.rpc_manager.clear()
     SETTINGS.outputs.clear()
+    # A program that fails (bad config, a missing secret) leaves the futures of resources it
+    # had declared unresolved; run_program raises the error itself, so their echo at
+    # garbage collection ("exception was never retrieved") is noise.
+    asyncio.get_event_loop().set_exception_handler(_quiet_unretrieved)
     cwd = os.getcwd()
     os.chdir(PROJECT_DIR)
     try:

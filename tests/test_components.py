@@ -235,3 +235,17 @@ def test_missing_shared_secret_names_it(tmp_path):
     with pytest.raises(Exception) as info:
         run_program("region-b", {"region": "region-b"}, shared_outputs={"secrets": partial})
     assert "galera_root_password is missing or empty" in str(info.value)
+
+
+def test_existing_network_is_used_instead_of_creating_one(tmp_path):
+    data = example()
+    data["regions"][1]["existing_network"] = {"network_id": "net-given", "subnet_id": "subnet-given"}
+    path = tmp_path / "topology.yaml"
+    path.write_text(yaml.safe_dump(data))
+    run = run_program("region-b", {"region": "region-b", "topology": str(path)})
+    for typ in ("network/network:Network", "subnet:Subnet", "router:Router", "routerInterface:RouterInterface"):
+        assert run.of_type(f"openstack:networking/{typ}") == []
+    port = run.named("port-galera-region-b-1")
+    assert port.inputs["networkId"] == "net-given"
+    assert port.inputs["fixedIps"] == [{"subnetId": "subnet-given", "ipAddress": "10.10.2.42"}]
+    assert run.named("port-vip-region-b-public-1").inputs["networkId"] == "net-given"
