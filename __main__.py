@@ -25,17 +25,19 @@ if config.get_bool("shared"):
     if region_name:
         raise pulumi.RunError("config: keystone-multiregion:shared and keystone-multiregion:region are both set; "
                               "a stack is either the shared stack or one region's stack, so remove one")
-    shared = SharedSecrets("shared")
+    shared = SharedSecrets("shared", topology.name)
     pulumi.export("secrets", shared.secrets)
+    pulumi.export("galera_ca_key", shared.ca_key)
 elif region_name:
     # Secrets come from the shared stack, never from this stack's file.
     # Default: the stack named "shared" of this project, in this organization (a self-managed
     # backend calls its only organization "organization").
     org = pulumi.get_organization() or "organization"
     shared_stack = config.get("sharedStack") or f"{org}/{pulumi.get_project()}/shared"
-    secrets = pulumi.StackReference(shared_stack).get_output("secrets")
-    deployment = RegionDeployment(region.name, RegionArgs(topology=topology, region=region.name,
-                                                          secrets=secrets, cloud=config.get("cloud")))
+    shared = pulumi.StackReference(shared_stack)
+    deployment = RegionDeployment(region.name, RegionArgs(
+        topology=topology, region=region.name, secrets=shared.get_output("secrets"),
+        ca_key=shared.get_output("galera_ca_key"), cloud=config.get("cloud")))
     pulumi.export("region", region.name)
     pulumi.export("public_hostname", region.public_hostname)
     pulumi.export("addresses", deployment.addresses)

@@ -7,10 +7,11 @@ from typing import Mapping
 
 import pulumi
 import pulumi_openstack as openstack
+import pulumi_tls as tls
 
 from keystone_multiregion.render import render_node
-from keystone_multiregion.secrets import ROLE_SECRETS
-from keystone_multiregion.topology import ARBITRATOR, Topology
+from keystone_multiregion.secrets import CA_CERT, TLS_ROLES, role_has_secrets
+from keystone_multiregion.topology import ARBITRATOR, Node, Topology
 
 # Roles whose VMs hold state: never replaced because their cloud-init changed.
 STATEFUL_ROLES = ("galera", ARBITRATOR)
@@ -26,6 +27,7 @@ class NodeGroupArgs:
     security_group_id: pulumi.Input[str]
     image_id: pulumi.Input[str]
     secrets: pulumi.Input[Mapping[str, str]]
+    ca_key: pulumi.Input[str] = None  # the shared Galera CA's key (TLS roles)
     # Extra addresses the ports may carry (the proxies' VRRP addresses).
     allowed_addresses: list[str] = field(default_factory=list)
 
@@ -34,8 +36,28 @@ def user_data_output(topo: Topology, node_name: str, secrets: pulumi.Input[Mappi
     """The node's cloud-init document, a secret Output when it carries secrets."""
     rendered = pulumi.Output.from_input(secrets).apply(lambda s: render_node(topo, node_name, s))
     user_data = rendered.apply(lambda r: r.user_data)
-    # Whether a role carries secrets is known before any value is (ROLE_SECRETS).
-    return pulumi.Output.secret(user_data) if ROLE_SECRETS[topo.node(node_name).role] else user_data
+    # Whether a role carries secrets is known before any value is.
+    return pulumi.Output.secret(user_data) if role_has_secrets(topo.node(node_name).role) else user_data
+
+
+CERT_VALIDITY_HOURS = 5 * 365 * 24
+
+
+def node_tls(parent: pulumi.Resource, node: Node, secrets: pulumi.Input[Mapping], ca_key: pulumi.Input[str]):
+    """A key and a certificate for the node, signed by the shared CA, with the node's address
+    as subjectAltName (the SST donor checks it); returns the node's secrets with them added."""
+    child = pulumi.ResourceOptions(parent=parent)
+    key = tls.PrivateKey(f"tls-key-{node.name}", algorithm="ECDSA", ecdsa_curve="P256", opts=child)
+    csr = tls.CertRequest(f"tls-csr-{node.name}", private_key_pem=key.private_key_pem,
+                          subject=tls.CertRequestSubjectArgs(common_name=node.name),
+                          ip_addresses=[node.address], dns_names=[node.name], opts=child)
+    ca_cert = pulumi.Output.from_input(secrets).apply(lambda s: s[CA_CERT])
+    cert = tls.LocallySignedCert(
+        f"tls-cert-{node.name}", cert_request_pem=csr.cert_request_pem, ca_private_key_pem=ca_key,
+        ca_cert_pem=ca_cert, validity_period_hours=CERT_VALIDITY_HOURS, early_renewal_hours=30 * 24,
+        allowed_uses=["digital_signature", "key_encipherment", "server_auth", "client_auth"], opts=child)
+    return pulumi.Output.all(secrets, cert.cert_pem, key.private_key_pem).apply(
+        lambda a: {**a[0], "tls": {node.name: {"cert": a[1], "key": a[2]}}})
 
 
 class NodeGroup(pulumi.ComponentResource):
@@ -65,6 +87,8 @@ class NodeGroup(pulumi.ComponentResource):
                                        for a in args.allowed_addresses] or None,
                 opts=child)
 
+            node_secrets = (node_tls(self, node, args.secrets, args.ca_key) if role in TLS_ROLES
+                            else args.secrets)
             block_devices = None
             image_id = args.image_id
             if node.volume_gb:
@@ -104,7 +128,7 @@ class NodeGroup(pulumi.ComponentResource):
                 key_pair=topo.key_pair,
                 networks=[openstack.compute.InstanceNetworkArgs(port=port.id)],
                 scheduler_hints=[openstack.compute.InstanceSchedulerHintArgs(group=server_group.id)],
-                user_data=user_data_output(topo, node.name, args.secrets),
+                user_data=user_data_output(topo, node.name, node_secrets),
                 metadata={"keystone-multiregion-role": role, "keystone-multiregion-region": node.region},
                 # Let MariaDB shut down cleanly before the VM is deleted.
                 stop_before_destroy=role in STATEFUL_ROLES,

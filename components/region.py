@@ -22,6 +22,7 @@ class RegionArgs:
     topology: Topology
     region: str
     secrets: pulumi.Input[Mapping[str, str]]
+    ca_key: pulumi.Input[str]  # signs this region's Galera node certificates
     cloud: str | None = None  # clouds.yaml entry; None: OS_CLOUD / OS_* from the environment
 
 
@@ -48,7 +49,7 @@ class RegionDeployment(pulumi.ComponentResource):
                 NodeGroupArgs(topology=topo, region=region.name, role=role,
                               network_id=network.network_id, subnet_id=network.subnet_id,
                               security_group_id=groups.group_ids[role], image_id=image.id,
-                              secrets=args.secrets,
+                              secrets=args.secrets, ca_key=args.ca_key,
                               allowed_addresses=vip_addresses if role == "proxy" else []),
                 opts=child)
         self.vips = Vips(f"vips-{region.name}",

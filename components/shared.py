@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import pulumi
 import pulumi_random as random
+import pulumi_tls as tls
 
-from keystone_multiregion.secrets import SECRETS
+from keystone_multiregion.secrets import CA_CERT, SECRETS
+
+CA_VALIDITY_HOURS = 10 * 365 * 24
 
 
 class SharedSecrets(pulumi.ComponentResource):
     secrets: pulumi.Output[dict]
 
-    def __init__(self, name: str, opts: pulumi.ResourceOptions | None = None):
+    def __init__(self, name: str, deployment: str, opts: pulumi.ResourceOptions | None = None):
         super().__init__("keystone-multiregion:shared:SharedSecrets", name, None, opts)
         values = {}
         for secret, (length, purpose) in SECRETS.items():
@@ -20,5 +23,16 @@ class SharedSecrets(pulumi.ComponentResource):
             values[secret] = random.RandomPassword(
                 secret.replace("_", "-"), length=length, special=False,
                 opts=pulumi.ResourceOptions(parent=self, protect=True)).result
+        # The CA of Galera's replication and SST TLS: every region issues its nodes'
+        # certificates with it (that traffic crosses the WAN).
+        ca_key = tls.PrivateKey("galera-ca-key", algorithm="ECDSA", ecdsa_curve="P256",
+                                opts=pulumi.ResourceOptions(parent=self, protect=True))
+        ca_cert = tls.SelfSignedCert(
+            "galera-ca", private_key_pem=ca_key.private_key_pem, is_ca_certificate=True,
+            subject=tls.SelfSignedCertSubjectArgs(common_name=f"{deployment} Galera CA"),
+            validity_period_hours=CA_VALIDITY_HOURS, allowed_uses=["cert_signing", "crl_signing", "digital_signature"],
+            opts=pulumi.ResourceOptions(parent=self, protect=True))
+        values[CA_CERT] = ca_cert.cert_pem
         self.secrets = pulumi.Output.secret(pulumi.Output.all(**values))
-        self.register_outputs({"secrets": self.secrets})
+        self.ca_key = pulumi.Output.secret(ca_key.private_key_pem)
+        self.register_outputs({"secrets": self.secrets, "galera_ca_key": self.ca_key})

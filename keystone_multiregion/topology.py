@@ -62,6 +62,28 @@ DEFAULTS: dict[str, Any] = {
     "galera_data_device": "/dev/vdb",
 }
 
+# Galera settings, from the source design and Codership's guidance for WAN clusters.
+DEFAULT_GALERA: dict[str, Any] = {
+    # Codership's WAN guide: keepalives and timeouts well above the worst inter-region
+    # round trip, so a slow link is not taken for a dead node.
+    "evs_keepalive_period": "PT3S",
+    "evs_suspect_timeout": "PT30S",
+    "evs_inactive_timeout": "PT1M",
+    "evs_install_timeout": "PT1M",
+    # Larger windows keep a high-latency link busy (defaults are 4 and 2).
+    "evs_send_window": 512,
+    "evs_user_send_window": 512,
+    # The source design: a "high" max_connections (Keystone workers x regions).
+    "max_connections": 2000,
+    "buffer_pool_mb": 1024,
+    # gcache holds the write-sets a returning node needs for IST instead of a full SST:
+    # sized for `rejoin_window_hours` of writes at `write_rate_kb_s`, twice over.
+    # Keystone writes little (users, projects, roles, revocations).
+    "rejoin_window_hours": 24,
+    "write_rate_kb_s": 2,
+    "gcache_mb": None,  # set to override the computed size
+}
+
 _NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$")
 _HOST_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
 
@@ -139,6 +161,21 @@ class Region:
 
 
 @dataclass(frozen=True)
+class GaleraSettings:
+    evs_keepalive_period: str
+    evs_suspect_timeout: str
+    evs_inactive_timeout: str
+    evs_install_timeout: str
+    evs_send_window: int
+    evs_user_send_window: int
+    max_connections: int
+    buffer_pool_mb: int
+    rejoin_window_hours: int
+    write_rate_kb_s: int
+    gcache_mb: int
+
+
+@dataclass(frozen=True)
 class Arbitrator:
     region: str
     flavor: str
@@ -163,6 +200,7 @@ class Topology:
     galera_data_device: str
     regions: tuple[Region, ...]
     arbitrator: Arbitrator | None = None
+    galera: GaleraSettings | None = None
     _nodes: tuple[Node, ...] = field(default=(), repr=False, compare=False)
 
     # -- look-ups -------------------------------------------------------------------
@@ -271,7 +309,7 @@ def load_topology(data: Mapping[str, Any]) -> Topology:
     """Validate a topology mapping and return the immutable model, or raise TopologyError."""
     if not isinstance(data, Mapping):
         raise TopologyError("(top level)", "is not a mapping", "see topology.yaml in the project for an example")
-    known = {"name", "bootstrap_region", "admin_cidr", "defaults", "regions", "arbitrator"}
+    known = {"name", "bootstrap_region", "admin_cidr", "defaults", "regions", "arbitrator", "galera"}
     for key in data:
         if key not in known:
             raise TopologyError(str(key), "is not a known setting", f"use one of {', '.join(sorted(known))}")
@@ -433,6 +471,7 @@ def load_topology(data: Mapping[str, Any]) -> Topology:
         arbitrator = Arbitrator(region=areg, flavor=str(spec["flavor"]),
                                 vcpus=_int(spec["vcpus"], "arbitrator.vcpus", 1, "give the flavor's vCPUs"))
 
+    galera = _galera_settings(data.get("galera") or {})
     nodes = _compute_nodes(regions, arbitrator, first_offset, block_size)
     topo = Topology(
         name=name, bootstrap_region=boot, admin_cidr=str(admin_net), image=str(settings["image"]),
@@ -440,10 +479,58 @@ def load_topology(data: Mapping[str, Any]) -> Topology:
         block_size=block_size, min_dhcp_pool=min_pool, public_vips=public_vips, internal_vips=internal_vips,
         peer_rules=settings["peer_rules"], max_rules_per_group=max_rules,
         galera_data_device=str(settings["galera_data_device"]), regions=tuple(regions),
-        arbitrator=arbitrator, _nodes=nodes)
+        arbitrator=arbitrator, galera=galera, _nodes=nodes)
     _check_quorum(topo)
     _check_rule_quota(topo)
     return topo
+
+
+_DURATION_RE = re.compile(r"^PT(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?$")
+
+
+def duration_seconds(value: Any, where: str) -> float:
+    """Seconds of an ISO 8601 duration as Galera writes them (PT3S, PT1M, PT1M30S)."""
+    m = _DURATION_RE.match(str(value))
+    if not m or not any(m.groups()):
+        raise TopologyError(where, f"{value!r} is not a duration", "write it as Galera does, e.g. PT3S or PT1M")
+    h, mi, sec = m.groups()
+    return int(h or 0) * 3600 + int(mi or 0) * 60 + float(sec or 0)
+
+
+def _galera_settings(data: Mapping[str, Any]) -> GaleraSettings:
+    if not isinstance(data, Mapping):
+        raise TopologyError("galera", "is not a mapping", "give Galera settings as key: value pairs")
+    for key in data:
+        if key not in DEFAULT_GALERA:
+            raise TopologyError(f"galera.{key}", "is not a known setting",
+                                f"use one of {', '.join(sorted(DEFAULT_GALERA))}")
+    g = {**DEFAULT_GALERA, **data}
+    secs = {k: duration_seconds(g[k], f"galera.{k}") for k in
+            ("evs_keepalive_period", "evs_suspect_timeout", "evs_inactive_timeout", "evs_install_timeout")}
+    if not secs["evs_keepalive_period"] < secs["evs_suspect_timeout"] <= secs["evs_inactive_timeout"]:
+        raise TopologyError("galera.evs_suspect_timeout",
+                            f"needs keepalive_period < suspect_timeout <= inactive_timeout, got "
+                            f"{g['evs_keepalive_period']}, {g['evs_suspect_timeout']}, {g['evs_inactive_timeout']}",
+                            "raise the timeouts in that order (Codership's WAN values: PT3S, PT30S, PT1M)")
+    if secs["evs_install_timeout"] > secs["evs_inactive_timeout"]:
+        raise TopologyError("galera.evs_install_timeout",
+                            f"{g['evs_install_timeout']} is longer than evs_inactive_timeout {g['evs_inactive_timeout']}",
+                            "keep install_timeout at or below inactive_timeout")
+    ints = {k: _int(g[k], f"galera.{k}", 1, "give a positive whole number")
+            for k in ("evs_send_window", "evs_user_send_window", "max_connections", "buffer_pool_mb",
+                      "rejoin_window_hours", "write_rate_kb_s")}
+    if ints["evs_user_send_window"] > ints["evs_send_window"]:
+        raise TopologyError("galera.evs_user_send_window", "is larger than evs_send_window",
+                            "keep user_send_window at or below send_window")
+    if g["gcache_mb"] is None:
+        needed_kb = ints["write_rate_kb_s"] * ints["rejoin_window_hours"] * 3600 * 2
+        gcache_mb = max(128, -(-needed_kb // 1024))
+    else:
+        gcache_mb = _int(g["gcache_mb"], "galera.gcache_mb", 16, "give gcache at least 16 MB")
+    return GaleraSettings(
+        evs_keepalive_period=str(g["evs_keepalive_period"]), evs_suspect_timeout=str(g["evs_suspect_timeout"]),
+        evs_inactive_timeout=str(g["evs_inactive_timeout"]), evs_install_timeout=str(g["evs_install_timeout"]),
+        gcache_mb=gcache_mb, **ints)
 
 
 def _prefix_for(addresses: int) -> int:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import secrets as _random
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -24,8 +25,9 @@ from pathlib import Path
 
 import yaml
 
-from keystone_multiregion.render import RenderedNode, render_node, write_rendered
-from keystone_multiregion.secrets import SECRETS
+from keystone_multiregion import pki
+from keystone_multiregion.render import GALERA_NODE_TOOL, RenderedNode, render_node, write_rendered
+from keystone_multiregion.secrets import CA_CERT, SECRETS, TLS_ROLES
 from keystone_multiregion.security import PORTS
 from keystone_multiregion.topology import Node, Topology
 
@@ -35,8 +37,24 @@ from .net import HostSpec
 LAB_TOPOLOGY = Path(__file__).resolve().parent / "topology.yaml"
 PROXY_SYSCTL = "/etc/sysctl.d/60-keystone-multiregion.conf"
 # Debian packages of the daemons the lab runs so far, by role.
-ROLE_PACKAGES = {"memcached": ["memcached"]}
+ROLE_PACKAGES = {
+    "memcached": ["memcached"],
+    "galera": ["mariadb-server", "mariadb-client", "mariadb-backup", "galera-4", "socat"],
+    "arbitrator": ["galera-arbitrator-4"],
+}
+# A Galera node's own state directories (on a VM: its volume, /run and /var/log).
+GALERA_DIRS = ("/var/lib/mysql", "/run/mysqld", "/var/log/mysql")
+GALERA_TOOL = ["python3", GALERA_NODE_TOOL]
 MEMCACHED_WRAPPER = "/usr/share/memcached/scripts/systemd-memcached-wrapper"
+
+# An HTTP GET from inside a lab namespace, bounded by a timeout; prints the status code.
+_HTTP_GET = r"""
+import sys, urllib.request, urllib.error
+try:
+    print(urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2])).status)
+except urllib.error.HTTPError as exc:
+    print(exc.code)
+"""
 
 # Asks a memcached server for its stats from inside a lab namespace; bounded by a timeout.
 _MEMCACHED_STATS = r"""
@@ -73,12 +91,22 @@ class LabDeployment:
     def render_dir(self) -> Path:
         return Path(self.lab.labdir) / "render"
 
-    def secrets(self) -> dict[str, str]:
-        """The lab's own secrets, generated once per lab directory (mode 0600)."""
+    def secrets(self) -> dict:
+        """The lab's own secrets and TLS credentials, generated once per lab directory (0600)."""
         path = Path(self.lab.labdir) / "secrets.yaml"
+        tls_nodes = {n.name for n in self.topo.nodes() if n.role in TLS_ROLES}
         if path.exists():
-            return yaml.safe_load(path.read_text())
-        values = {name: _random.token_hex(length // 2) for name, (length, _) in SECRETS.items()}
+            values = yaml.safe_load(path.read_text()) or {}
+            # Reuse them while they cover this topology (an older lab's file may not).
+            if set(SECRETS) | {CA_CERT} <= set(values) and tls_nodes <= set(values.get("tls") or {}):
+                return values
+        values: dict = {name: _random.token_hex(length // 2) for name, (length, _) in SECRETS.items()}
+        ca_cert, ca_key = pki.make_ca(self.topo.name)
+        values[CA_CERT] = ca_cert
+        values["tls"] = {}
+        for name in sorted(tls_nodes):
+            cert, key = pki.issue(ca_cert, ca_key, name, self.topo.node(name).address)
+            values["tls"][name] = {"cert": cert, "key": key}
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
@@ -96,6 +124,10 @@ class LabDeployment:
             packages.ensure_lab_base(self.lab.prefix)
             roles = {n.role for n in self.topo.nodes()}
             packages.ensure_packages(sorted({p for r in roles for p in ROLE_PACKAGES.get(r, [])}))
+        # A new lab starts from empty data directories: a previous lab's grastate.dat would
+        # (rightly) stop galera-node from starting a new cluster.
+        for leftover in (Path(self.lab.labdir) / "hosts", self.render_dir):
+            shutil.rmtree(leftover, ignore_errors=True)
         secrets = self.secrets()
         rendered = [render_node(self.topo, n.name, secrets) for n in self.topo.nodes()]
         for r in rendered:
@@ -107,21 +139,62 @@ class LabDeployment:
         log(f"network: {len(self.topo.regions)} regions, {len(rendered)} namespaces")
         for r in rendered:
             self._install_node(r)
-        for r in rendered:
+        # The bootstrap node first (it starts the cluster), then every other node joins.
+        order = sorted(rendered, key=lambda r: not self._is_bootstrap(r.node))
+        for r in order:
+            t = time.monotonic()
             self._start(r.node)
+            if r.node.role == "galera":
+                log(f"{r.node.name}: Synced in {time.monotonic() - t:.1f}s")
         log(f"up in {time.monotonic() - t0:.1f}s")
+
+    def _is_bootstrap(self, node: Node) -> bool:
+        return node.role == "galera" and node.region == self.topo.bootstrap_region and node.number == 1
+
+    # -- galera ---------------------------------------------------------------------------
+    def galera_status(self, name: str) -> dict:
+        """The node's wsrep status (galera-node status), {} when it does not answer."""
+        import json
+        out = self.lab.procs.run(name, GALERA_TOOL + ["status"], check=False, timeout=15)
+        try:
+            return json.loads(out.stdout)
+        except ValueError:
+            return {}
+
+    def start_galera(self, name: str, timeout: float = 180) -> None:
+        """galera-node start --exec: the node's own safe-bootstrap decision, then mariadbd."""
+        self.lab.procs.start(name, "mariadb", GALERA_TOOL + ["start", "--exec"],
+                             ready=lambda: self.galera_status(name).get("healthy"), ready_timeout=timeout)
+        if self._is_bootstrap(self.topo.node(name)) and not getattr(self, "_initialised", False):
+            self.lab.procs.run(name, GALERA_TOOL + ["init-cluster"], timeout=60)
+            self._initialised = True
+        if not self.lab.procs.is_alive(name, "health"):
+            self.lab.procs.start(name, "health", GALERA_TOOL + ["health-server", "--address",
+                                                               self.topo.node(name).address,
+                                                               "--port", str(PORTS["galera_health"])])
+
+    def sql(self, name: str, statement: str, timeout: float = 30, check: bool = True):
+        """Run SQL on a node as root over its socket; returns the CompletedProcess."""
+        return self.lab.procs.run(name, ["mariadb", "--protocol=socket", "-S", "/run/mysqld/mysqld.sock", "-u",
+                                         "root", "-N", "-B", "-e", statement], timeout=timeout, check=check)
 
     def _install_node(self, r: RenderedNode) -> None:
         node = r.node
         node_dir = self.render_dir / node.region / node.name / "files"
         # Each rendered file appears at its VM path, for this node's processes only.
         self.lab.procs.set_binds(node.name, {f.path: str(node_dir / f.path.lstrip("/")) for f in r.files})
+        if node.role == "galera":
+            # The node's data, runtime and log directories are its own, as on a VM.
+            self.lab.procs.make_root(node.name, GALERA_DIRS)
+            self.lab.procs.run(node.name, GALERA_TOOL + ["prepare"])
         firewall.apply(self.lab.net, self.topo, node)
         if node.role == "proxy":
             # What `sysctl --system` does on the VM, limited to our file (net.* is per namespace).
             self.lab.procs.run(node.name, ["sysctl", "-q", "-p", PROXY_SYSCTL])
 
     def _start(self, node: Node) -> None:
+        if node.role == "galera":
+            self.start_galera(node.name)
         if node.role == "memcached":
             self.lab.procs.start(node.name, "memcached", [MEMCACHED_WRAPPER, "/etc/memcached.conf"],
                                  ready=lambda: self.memcached_stats(node.name, node.name, timeout=0.5),
@@ -141,6 +214,12 @@ class LabDeployment:
             if len(parts) == 3 and parts[0] == "STAT":
                 stats[parts[1]] = parts[2]
         return stats or None
+
+    def http_status(self, client: str, url: str, timeout: float = 2.0) -> int | None:
+        """The HTTP status `client` gets for `url`, or None if nothing answered."""
+        out = self.lab.net.exec(client, [sys.executable, "-c", _HTTP_GET, url, str(timeout)],
+                                timeout=timeout + 5, check=False)
+        return int(out.stdout.strip()) if out.returncode == 0 and out.stdout.strip().isdigit() else None
 
     def status(self) -> list[str]:
         lines = []
@@ -181,6 +260,21 @@ class LabDeployment:
                 blocked = self.memcached_stats(galera, mc.name, timeout=1.0)
                 out.append(Check(f"{mc.name} refuses {galera} (security group)", blocked is None,
                                  f"no answer after {time.monotonic() - t:.1f}s" if blocked is None else "it answered"))
+        size = str(len(self.topo.nodes(role="galera")))
+        for node in self.topo.nodes(role="galera"):
+            st = self.galera_status(node.name)
+            out.append(Check(f"{node.name} in the cluster",
+                             bool(st.get("healthy")) and st.get("wsrep_cluster_size") == size,
+                             f"{st.get('wsrep_local_state_comment')}/{st.get('wsrep_cluster_status')}, "
+                             f"cluster size {st.get('wsrep_cluster_size')}"))
+            url = f"http://{node.address}:{PORTS['galera_health']}/"
+            proxy = self.topo.nodes(node.region, "proxy")[0].name
+            code = self.http_status(proxy, url)
+            out.append(Check(f"{node.name} health check from {proxy}", code == 200, f"HTTP {code}"))
+            keystone = self.topo.nodes(node.region, "keystone")[0].name
+            code = self.http_status(keystone, url, timeout=1.0)
+            out.append(Check(f"{node.name} health check refuses {keystone} (security group)", code is None,
+                             "no answer" if code is None else f"HTTP {code}"))
         for proxy in self.topo.nodes(role="proxy"):
             value = self.lab.net.get_sysctl(proxy.name, "net.ipv4.ip_nonlocal_bind")
             out.append(Check(f"{proxy.name} may bind VIPs", value == "1", f"net.ipv4.ip_nonlocal_bind = {value}"))

@@ -26,7 +26,15 @@ MOCK_SECRETS = {
     "galera_sst_password": "mock-sst-pw-2",
     "keystone_db_password": "mock-ksdb-pw-3",
     "keystone_admin_password": "mock-admin-pw-4",
+    "galera_ca_cert": "mock-ca-cert\n",
 }
+MOCK_CA_KEY = "mock-ca-key\n"
+
+
+def mock_node_secrets(node_name: str) -> dict:
+    """What a TLS node's user_data is rendered from under these mocks."""
+    return {**MOCK_SECRETS, "tls": {node_name: {"cert": f"mock-cert-tls-cert-{node_name}\n",
+                                                "key": f"mock-private-key-tls-key-{node_name}\n"}}}
 
 
 @dataclass
@@ -59,6 +67,12 @@ class _Mocks(pulumi.runtime.Mocks):
             state["address"] = f"203.0.113.{self._fip}"
         if args.typ == "random:index/randomPassword:RandomPassword":
             state["result"] = f"random-{args.name}"
+        if args.typ == "tls:index/privateKey:PrivateKey":
+            state["privateKeyPem"] = f"mock-private-key-{args.name}\n"
+        if args.typ == "tls:index/certRequest:CertRequest":
+            state["certRequestPem"] = f"mock-csr-{args.name}\n"
+        if args.typ in ("tls:index/locallySignedCert:LocallySignedCert", "tls:index/selfSignedCert:SelfSignedCert"):
+            state["certPem"] = f"mock-cert-{args.name}\n"
         return f"{args.name}-id", state
 
     def call(self, args: pulumi.runtime.MockCallArgs):
@@ -132,7 +146,8 @@ def _quiet_unretrieved(loop, context):
 
 def run_program(stack: str, config: dict[str, str], shared_outputs: dict | None = None) -> ProgramRun:
     """Run __main__.py as the Pulumi engine would for `stack`, against mocks."""
-    mocks = _Mocks({"secrets": dict(MOCK_SECRETS)} if shared_outputs is None else shared_outputs)
+    mocks = _Mocks({"secrets": dict(MOCK_SECRETS), "galera_ca_key": MOCK_CA_KEY}
+                   if shared_outputs is None else shared_outputs)
     monitor = _RecordingMonitor(mocks)
     pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor,
                              organization=ORGANIZATION)

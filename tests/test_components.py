@@ -8,7 +8,7 @@ from keystone_multiregion.render import render_node
 from keystone_multiregion.secrets import SECRETS
 from keystone_multiregion.stacks import region_stacks, stack_config
 from keystone_multiregion.topology import load_topology_file
-from pulumi_harness import MOCK_SECRETS, run_program
+from pulumi_harness import MOCK_CA_KEY, MOCK_SECRETS, mock_node_secrets, run_program
 
 TOPO = load_topology_file(ROOT / "topology.yaml")
 REGION_STACKS = region_stacks(ROOT)
@@ -168,12 +168,28 @@ def test_user_data_is_exactly_the_rendered_document(stack):
     region, run = stack
     for node in TOPO.nodes(region):
         instance = run.named(f"instance-{node.name}")
-        expected = render_node(TOPO, node.name, MOCK_SECRETS)
+        expected = render_node(TOPO, node.name, mock_node_secrets(node.name))
         assert instance.inputs["userData"] == expected.user_data
         assert ("userData" in instance.secret_inputs) is expected.secret
     galera = run.named(f"instance-galera-{region}-1")
     assert "userData" in galera.secret_inputs
     assert MOCK_SECRETS["galera_root_password"] in galera.inputs["userData"]
+    assert f"mock-private-key-tls-key-galera-{region}-1" in galera.inputs["userData"]
+
+
+def test_galera_nodes_get_certificates_from_the_shared_ca(stack):
+    region, run = stack
+    for node in TOPO.nodes(region, "galera"):
+        csr = run.named(f"tls-csr-{node.name}")
+        assert csr.inputs["ipAddresses"] == [node.address]  # the SST donor checks the joiner's IP
+        assert csr.inputs["privateKeyPem"] == f"mock-private-key-tls-key-{node.name}\n"
+        cert = run.named(f"tls-cert-{node.name}")
+        assert cert.inputs["caPrivateKeyPem"] == MOCK_CA_KEY
+        assert cert.inputs["caCertPem"] == MOCK_SECRETS["galera_ca_cert"]
+        assert cert.inputs["certRequestPem"] == f"mock-csr-tls-csr-{node.name}\n"
+        assert {"server_auth", "client_auth"} <= set(cert.inputs["allowedUses"])
+    keys = run.of_type("tls:index/privateKey:PrivateKey")
+    assert sorted(k.name for k in keys) == sorted(f"tls-key-{n.name}" for n in TOPO.nodes(region, "galera"))
 
 
 def test_components_are_named_from_the_topology_and_nested(stack):
@@ -201,6 +217,10 @@ def test_shared_stack_generates_every_secret_once():
         assert p.protect is True
         assert p.inputs["length"] >= 32 and p.inputs["special"] is False
     assert not [r for r in run.resources if r.type.startswith("openstack:")]
+    ca = run.named("galera-ca")
+    assert ca.protect is True and ca.inputs["isCaCertificate"] is True
+    assert ca.inputs["subject"] == {"commonName": "keystone Galera CA"}
+    assert run.named("galera-ca-key").protect is True
 
 
 def _bad_run(tmp_path, config, topology=None):
@@ -233,7 +253,8 @@ def test_stack_without_region_says_how_to_fix_it(tmp_path):
 def test_missing_shared_secret_names_it(tmp_path):
     partial = {k: v for k, v in MOCK_SECRETS.items() if k != "galera_root_password"}
     with pytest.raises(Exception) as info:
-        run_program("region-b", {"region": "region-b"}, shared_outputs={"secrets": partial})
+        run_program("region-b", {"region": "region-b"},
+                    shared_outputs={"secrets": partial, "galera_ca_key": MOCK_CA_KEY})
     assert "galera_root_password is missing or empty" in str(info.value)
 
 

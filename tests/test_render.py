@@ -12,12 +12,24 @@ import pytest
 import yaml
 
 from helpers import ROOT, example, five_regions
+from keystone_multiregion import pki
 from keystone_multiregion.render import render_node, render_region, render_template
-from keystone_multiregion.secrets import SecretsError, placeholder_secrets
+from keystone_multiregion.secrets import TLS_ROLES, SecretsError, placeholder_secrets
 from keystone_multiregion.topology import load_topology
 
-SECRETS = {"galera_root_password": "s3cretRoot", "galera_sst_password": "sst",
-           "keystone_db_password": "db", "keystone_admin_password": "adm"}
+
+def _secrets_for(topo) -> dict:
+    ca_cert, ca_key = pki.make_ca(topo.name)
+    values = {"galera_root_password": "s3cretRoot", "galera_sst_password": "sst-pw",
+              "keystone_db_password": "db", "keystone_admin_password": "adm", "galera_ca_cert": ca_cert, "tls": {}}
+    for n in topo.nodes():
+        if n.role in TLS_ROLES:
+            cert, key = pki.issue(ca_cert, ca_key, n.name, n.address)
+            values["tls"][n.name] = {"cert": cert, "key": key}
+    return values
+
+
+SECRETS = _secrets_for(load_topology(example()))
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +95,7 @@ def test_proxy_may_bind_addresses_it_does_not_hold(topo):
 
 def test_missing_secret_is_one_clear_error(topo):
     with pytest.raises(SecretsError) as info:
-        render_node(topo, "galera-region-a-1", {"galera_sst_password": "x"})
+        render_node(topo, "galera-region-a-1", {**SECRETS, "galera_root_password": ""})
     assert str(info.value).startswith("secrets: galera_root_password is missing or empty (needed by the galera "
                                       "nodes: root on every MariaDB node (local socket only))")
     # Roles that carry no secret render without any.
@@ -107,7 +119,7 @@ def test_every_rendered_document_passes_cloud_init_schema(tmp_path):
     for data in (example(), five_regions()):
         topo = load_topology(data)
         for r in topo.regions:
-            for rendered in render_region(topo, r.name, placeholder_secrets()):
+            for rendered in render_region(topo, r.name, placeholder_secrets([n.name for n in topo.nodes()])):
                 path = tmp_path / f"{rendered.node.name}.yaml"
                 path.write_text(rendered.user_data)
                 paths.append(path)
@@ -136,7 +148,7 @@ def test_offline_render_of_one_stack(tmp_path, topo):
     nodes = sorted(p.name for p in (out / "region-b").iterdir())
     assert nodes == sorted(n.name for n in topo.nodes("region-b"))
     assert not (out / "region-a").exists()
-    expected = render_node(topo, "galera-region-b-3", placeholder_secrets())
+    expected = render_node(topo, "galera-region-b-3", placeholder_secrets([n.name for n in topo.nodes()]))
     node_dir = out / "region-b" / "galera-region-b-3"
     assert (node_dir / "user-data").read_text() == expected.user_data
     mycnf = node_dir / "files" / "root" / ".my.cnf"
