@@ -3,6 +3,7 @@
     python -m keystone_multiregion validate [--topology topology.yaml]
     python -m keystone_multiregion render --stack region-a [--out build/render] [--secrets FILE]
     python -m keystone_multiregion render --all [--out build/render]
+    python -m keystone_multiregion recover-plan REPORT.json [REPORT.json ...]
 
 The render needs neither a cloud nor the Pulumi CLI. Without --secrets, secrets are
 written as visible placeholders (<secret:NAME>), so the output is safe to diff in a pull
@@ -12,12 +13,14 @@ request; the local lab passes a secrets file of its own.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 from pathlib import Path
 
 import yaml
 
+from .recovery import RecoveryError, most_advanced
 from .render import render_region, write_rendered
 from .secrets import SecretsError, placeholder_secrets
 from .stacks import region_stacks, stack_config
@@ -40,10 +43,20 @@ def main(argv: list[str] | None = None) -> int:
     which.add_argument("--all", action="store_true", help="every region of the topology")
     render.add_argument("--out", default="build/render", help="output directory (replaced per region)")
     render.add_argument("--secrets", help="YAML map of secret name -> value (default: placeholders)")
+    plan = sub.add_parser("recover-plan", help="full-outage recovery: the node to bootstrap from")
+    plan.add_argument("reports", nargs="+", help="files with the JSON `galera-node recover-report` printed")
     args = parser.parse_args(argv)
 
     try:
         topo = load_topology_file(args.topology)
+        if args.command == "recover-plan":
+            reports = [json.loads(Path(p).read_text().strip().splitlines()[-1]) for p in args.reports]
+            boot = topo.nodes(topo.bootstrap_region, "galera")[0].name
+            node = most_advanced(reports, preferred=boot)
+            for r in sorted(reports, key=lambda r: r["node"]):
+                print(f"  {r['node']}: seqno {r.get('seqno')}, safe_to_bootstrap {r.get('safe_to_bootstrap')}")
+            print(f"bootstrap from {node}: run `galera-node bootstrap-here` there, then start MariaDB on the others")
+            return 0
         if args.command == "validate":
             voters = topo.galera_voters
             print(f"{args.topology}: valid. {len(topo.regions)} regions, {voters} Galera voters, "
@@ -62,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
                 known = ", ".join(region_stacks(Path(args.project_dir)))
                 raise ValueError(f"stack {args.stack!r} is not a region stack (region stacks: {known})")
             regions = [topo.region(region, source=f"Pulumi.{args.stack}.yaml: keystone-multiregion:region").name]
-        secrets = placeholder_secrets()
+        secrets = placeholder_secrets([n.name for n in topo.nodes()])
         if args.secrets:
             secrets = yaml.safe_load(Path(args.secrets).read_text()) or {}
         out = Path(args.out)
@@ -72,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                 node_dir = write_rendered(rendered, out)
                 print(f"{node_dir}: user-data and {len(rendered.files)} files")
         return 0
-    except (TopologyError, SecretsError, ValueError) as exc:
+    except (TopologyError, SecretsError, RecoveryError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -144,11 +144,20 @@ def _drill(args: argparse.Namespace) -> int:
     if not os.path.exists(os.path.join(args.labdir, "state.json")):
         print(f"no lab is up (no state in {args.labdir}); start one with `./run lab up`", file=sys.stderr)
         return 1
-    checks = _deployment(args).checks()
+    from .drills import GaleraDrills, report
+
+    dep = _deployment(args)
+    checks = dep.checks()
+    rc = _print_checks(checks)
+    print("galera drills:")
+    results = GaleraDrills(dep).run_all(log=lambda line: print("  " + line, flush=True))
+    failed = [r for r in results if not r.ok]
+    print(f"drills: {len(results) - len(failed)} passed, {len(failed)} failed")
     if args.report:
         with open(args.report, "w") as fh:
-            json.dump({"checks": [c.__dict__ for c in checks]}, fh, indent=2)
-    return _print_checks(checks)
+            json.dump({"checks": [c.__dict__ for c in checks], **report(results)}, fh, indent=2)
+        print(f"report written to {args.report}")
+    return 1 if (rc or failed) else 0
 
 
 def main(argv: list[str] | None = None) -> int:

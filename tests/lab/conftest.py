@@ -51,3 +51,27 @@ def lab3(lab_tools, tmp_path_factory):
         created = lab.state.read()["created_paths"]
     assert_clean(TEST_PREFIX, labdir, inodes, pids)
     assert not [p for p in created if os.path.exists(p)], "mountpoints left on the machine"
+
+
+DEPLOY_PREFIX = "ksld-"
+
+
+@pytest.fixture(scope="session")
+def deployment(lab_tools, tmp_path_factory):
+    """The lab topology brought up once for the session (Galera, memcached, security
+    groups), torn down at the end; the teardown itself is checked."""
+    from keystone_multiregion.topology import load_topology_file
+    from lab import session
+    from lab.deployment import LAB_TOPOLOGY, LabDeployment
+    from lab.testing import assert_clean, ns_inode
+
+    labdir = str(tmp_path_factory.mktemp("ksl-deploy"))
+    with session(labdir, DEPLOY_PREFIX, purge=True) as lab:
+        dep = LabDeployment(lab, load_topology_file(LAB_TOPOLOGY))
+        dep.up()
+        yield dep
+        inodes = {ns_inode(ns) for ns in lab.state.read()["namespaces"]}
+        pids = [rec["pid"] for rec in lab.state.read()["processes"].values()]
+        created = lab.state.read()["created_paths"]
+    assert_clean(DEPLOY_PREFIX, labdir, inodes, pids)
+    assert not [p for p in created if os.path.exists(p)], "mountpoints left on the machine"
