@@ -1,0 +1,30 @@
+"""The policy pack's entry point.
+
+The Pulumi CLI runs this file (`pulumi preview --policy-pack policy`) through the Python
+analyzer shim, `python -u -m pulumi.policy <engine> <pack dir>`. Building the PolicyPack
+starts the analyzer's gRPC server, prints its port and blocks until the engine is done, so
+the policies themselves live in policies.py, importable without any of that.
+"""
+
+import sys
+from pathlib import Path
+
+from pulumi_policy import EnforcementLevel, PolicyPack
+
+PACK_DIR = Path(__file__).resolve().parent
+PROJECT_DIR = PACK_DIR.parent
+if str(PACK_DIR) not in sys.path:
+    sys.path.insert(0, str(PACK_DIR))
+# The project's own topology loader, to read admin_cidr from the topology every stack reads.
+if str(PROJECT_DIR) not in sys.path:
+    sys.path.append(str(PROJECT_DIR))
+
+import policies  # noqa: E402
+
+PolicyPack(
+    name=policies.PACK_NAME,
+    description="keystone-multiregion: no database port open to the world, SSH only from the admin "
+                "network, unversioned https catalog, anti-affinity, protected Galera volumes.",
+    enforcement_level=EnforcementLevel.MANDATORY,
+    policies=policies.make_policies(policies.admin_cidr_from_topology(PROJECT_DIR / "topology.yaml")),
+)

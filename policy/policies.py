@@ -1,0 +1,591 @@
+"""The keystone-multiregion policies: plain functions and the Policy objects that wrap them.
+
+Importing this module starts nothing. `PolicyPack(...)` starts the analyzer's gRPC server
+and blocks, so only `__main__.py` builds it; tests import the functions from here.
+
+Every violation message names the resource (its Pulumi logical name) and says how to fix
+it. The SDK puts the policy's description in front of each message.
+
+Values the engine does not know yet (an id during the preview of a new stack) are read
+through `plain()`, which turns them into `UNKNOWN` instead of raising. A policy that
+needs such a value to decide raises the SDK's `UnknownValueError`, and the SDK reports
+its usual advisory "can't run policy ... during preview"; the same policy runs again with
+the real values during `pulumi up`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Iterable, Optional, Union
+from urllib.parse import urlsplit
+
+from pulumi_policy import (
+    EnforcementLevel,
+    PolicyConfigSchema,
+    PolicyResource,
+    ReportViolation,
+    ResourceValidationArgs,
+    ResourceValidationPolicy,
+    StackValidationArgs,
+    StackValidationPolicy,
+)
+# Not re-exported by the package, but it is the exception its proxies raise for values
+# unknown during preview, and the one its servicer turns into its standard advisory.
+from pulumi_policy.proxy import UNKNOWN_STRING_VALUE, UnknownValueError
+
+PACK_NAME = "keystone-multiregion"
+
+SECGROUP = "openstack:networking/secGroup:SecGroup"
+SECGROUP_RULE = "openstack:networking/secGroupRule:SecGroupRule"
+INSTANCE = "openstack:compute/instance:Instance"
+SERVER_GROUP = "openstack:compute/serverGroup:ServerGroup"
+VOLUME = "openstack:blockstorage/volume:Volume"
+VOLUME_ATTACH = "openstack:compute/volumeAttach:VolumeAttach"
+PORT = "openstack:networking/port:Port"
+FLOATING_IP = "openstack:networking/floatingIp:FloatingIp"
+FLOATING_IP_ASSOCIATE = "openstack:networking/floatingIpAssociate:FloatingIpAssociate"
+ENDPOINT = "openstack:identity/endpointV3:EndpointV3"
+
+# The metadata key components/nodes.py puts on every VM, and the roles it writes there.
+ROLE_KEY = "keystone-multiregion-role"
+CONTROL_PLANE_ROLES = ("proxy", "galera", "keystone", "memcached", "arbitrator")
+
+# Ports that only peers may reach (tests/test_policy.py checks them against
+# keystone_multiregion.security.PORTS, so the two tables cannot drift apart).
+SERVICE_PORTS = {
+    3306: "MySQL client",
+    4567: "Galera replication",
+    4568: "Galera IST",
+    4444: "Galera SST",
+    9200: "Galera health check",
+    11211: "memcached",
+}
+SSH_PORT = 22
+HTTPS_PORT = 443
+
+# Nova refuses user data longer than 65535 bytes once base64-encoded.
+NOVA_USER_DATA_LIMIT = 65535
+DEFAULT_USER_DATA_WARN_FRACTION = 0.75
+
+# Protocol names and numbers that carry ports; anything else (icmp, vrrp/112) has none.
+_PORT_PROTOCOLS = {"tcp", "udp", "sctp", "udplite", "dccp", "6", "17", "132", "136", "33"}
+_ANY_PROTOCOL = {"", "any", "0"}
+_VERSION_SEGMENT = re.compile(r"^v\d+(\.\d+)*$", re.IGNORECASE)
+
+
+Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+
+
+# --- reading values that may be unknown --------------------------------------------------
+
+class _Unknown:
+    """A value the engine does not know yet (printed as <unknown>)."""
+
+    def __repr__(self) -> str:
+        return "<unknown>"
+
+
+UNKNOWN = _Unknown()
+
+
+def plain(value: Any) -> Any:
+    """The SDK's proxied properties as plain dicts and lists, unknowns as UNKNOWN."""
+    if isinstance(value, Mapping):
+        out = {}
+        for key in value:
+            try:
+                out[key] = plain(value[key])
+            except UnknownValueError:
+                out[key] = UNKNOWN
+        return out
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        items = []
+        for i in range(len(value)):
+            try:
+                items.append(plain(value[i]))
+            except UnknownValueError:
+                items.append(UNKNOWN)
+        return items
+    return value
+
+
+def _needs(resource: str, prop: str) -> UnknownValueError:
+    """The SDK's own exception for a value this policy needs but preview cannot know."""
+    return UnknownValueError(UNKNOWN_STRING_VALUE, [resource, prop])
+
+
+def _list(value: Any) -> list:
+    if value is None:
+        return []
+    if isinstance(value, list):
+        return value
+    return [value]
+
+
+# --- security group rules ----------------------------------------------------------------
+
+def _port_range(props: dict) -> tuple[int, int]:
+    low, high = props.get("portRangeMin"), props.get("portRangeMax")
+    low = int(low) if isinstance(low, (int, float)) and low else None
+    high = int(high) if isinstance(high, (int, float)) and high else None
+    if low is None and high is None:
+        return 1, 65535  # Neutron: no range means every port
+    return (low or 1), (high or low)
+
+
+def _protocol(props: dict) -> str:
+    proto = props.get("protocol")
+    return "" if proto is None else str(proto).lower()
+
+
+def _rule_ports(name: str, props: dict) -> Optional[tuple[int, int]]:
+    """The ports an ingress rule opens, or None when it opens none (egress, icmp, vrrp)."""
+    direction = props.get("direction", "ingress")
+    if direction is UNKNOWN:
+        raise _needs(name, "direction")
+    if str(direction).lower() != "ingress":
+        return None
+    proto = props.get("protocol")
+    if proto is UNKNOWN:
+        raise _needs(name, "protocol")
+    proto = _protocol(props)
+    if proto not in _ANY_PROTOCOL and proto not in _PORT_PROTOCOLS:
+        return None
+    if proto in _ANY_PROTOCOL:
+        return 1, 65535  # every protocol, so every port
+    for key in ("portRangeMin", "portRangeMax"):
+        if props.get(key) is UNKNOWN:
+            raise _needs(name, key)
+    return _port_range(props)
+
+
+def _source(name: str, props: dict) -> tuple[str, Optional[Network]]:
+    """Where a rule lets traffic in from: (description, network or None for a group)."""
+    prefix = props.get("remoteIpPrefix")
+    if prefix is UNKNOWN:
+        raise _needs(name, "remoteIpPrefix")
+    if prefix:
+        try:
+            return str(prefix), ipaddress.ip_network(str(prefix).strip(), strict=False)
+        except ValueError:
+            return str(prefix), None
+    for key, what in (("remoteGroupId", "security group"), ("remoteAddressGroupId", "address group")):
+        value = props.get(key)
+        if value is UNKNOWN:
+            return f"a {what}", None
+        if value:
+            return f"{what} {value}", None
+    # Neutron: no remote at all admits every address of the rule's ethertype.
+    world = "::/0" if str(props.get("ethertype", "IPv4")).lower() == "ipv6" else "0.0.0.0/0"
+    return f"anywhere (no remote_ip_prefix, i.e. {world})", ipaddress.ip_network(world)
+
+
+def _is_world(network: Optional[Network]) -> bool:
+    return network is not None and network.prefixlen == 0
+
+
+def _describe_rule(props: dict, low: int, high: int) -> str:
+    proto = _protocol(props) or "any protocol"
+    ports = str(low) if low == high else f"{low}-{high}"
+    return f"{proto} {ports}"
+
+
+def check_service_ports_not_world_open(name: str, props: dict, report: ReportViolation) -> None:
+    """No ingress rule opens a database, replication, SST, memcached or health-check port
+    to 0.0.0.0/0 or ::/0."""
+    ports = _rule_ports(name, props)
+    if ports is None:
+        return
+    source, network = _source(name, props)
+    if not _is_world(network):
+        return
+    low, high = ports
+    hit = [f"{p} ({label})" for p, label in sorted(SERVICE_PORTS.items()) if low <= p <= high]
+    if hit:
+        report(f"security group rule '{name}' lets {_describe_rule(props, low, high)} in from {source}, "
+               f"which opens {', '.join(hit)} to the whole internet. Fix: set remote_ip_prefix to the "
+               "peers that need the port (the Galera nodes' /32s, the local proxies or Keystone nodes, "
+               "as keystone_multiregion/security.py computes them), never 0.0.0.0/0 or ::/0.")
+
+
+def check_ssh_only_from_admin(name: str, props: dict, admin_cidr: Optional[str], report: ReportViolation) -> None:
+    """SSH (tcp 22) only from the admin CIDR."""
+    ports = _rule_ports(name, props)
+    if ports is None or not ports[0] <= SSH_PORT <= ports[1]:
+        return
+    if not admin_cidr:
+        report(f"security group rule '{name}' allows SSH but the policy pack knows no admin CIDR. Fix: set "
+               "admin_cidr in topology.yaml next to the pack, or adminCidr in this policy's config "
+               "(pulumi preview --policy-pack policy --policy-pack-config FILE).")
+        return
+    admin = ipaddress.ip_network(admin_cidr, strict=False)
+    source, network = _source(name, props)
+    if network is not None and network.version == admin.version and network.subnet_of(admin):
+        return
+    report(f"security group rule '{name}' lets SSH ({_describe_rule(props, *ports)}) in from {source}; "
+           f"only the admin CIDR {admin} may reach port 22. Fix: set remote_ip_prefix to {admin} "
+           "(admin_cidr in topology.yaml) or remove the rule.")
+
+
+def check_world_open_only_https(name: str, props: dict, report: ReportViolation) -> None:
+    """Advisory: the only port the world should reach is HTTPS (443) on the proxies."""
+    ports = _rule_ports(name, props)
+    if ports is None:
+        return
+    source, network = _source(name, props)
+    if not _is_world(network):
+        return
+    low, high = ports
+    if low == high == HTTPS_PORT and _protocol(props) == "tcp":
+        return
+    # Service ports and SSH have mandatory policies of their own; this one catches the rest.
+    if any(low <= p <= high for p in list(SERVICE_PORTS) + [SSH_PORT]):
+        return
+    report(f"security group rule '{name}' lets {_describe_rule(props, low, high)} in from {source}. "
+           "The public endpoint is tcp 443 on the proxies; anything else open to the world is "
+           "probably a mistake. Fix: narrow remote_ip_prefix to the networks that need it.")
+
+
+# --- catalog endpoints ---------------------------------------------------------------------
+
+def check_endpoint_url(name: str, props: dict, report: ReportViolation) -> None:
+    """Catalog endpoint URLs carry no API version, and public ones use https."""
+    url = props.get("url")
+    if url is UNKNOWN:
+        raise _needs(name, "url")
+    interface = props.get("interface")
+    if interface is UNKNOWN:
+        raise _needs(name, "interface")
+    interface = str(interface or "public").lower()  # the provider's default is public
+    parts = urlsplit(str(url or ""))
+    if not parts.scheme or not parts.netloc:
+        report(f"catalog endpoint '{name}' has url {url!r}, which is not an absolute URL. "
+               f"Fix: use https://<public_hostname> of the region (topology.yaml).")
+        return
+    segments = [s for s in parts.path.split("/") if s]
+    versions = [s for s in segments if _VERSION_SEGMENT.match(s)]
+    path = "".join(f"/{s}" for s in segments if not _VERSION_SEGMENT.match(s))
+    if versions:
+        report(f"catalog endpoint '{name}' ({interface}) has url {url} with the API version "
+               f"/{'/'.join(versions)} in its path: clients discover the version themselves, and a "
+               "versioned catalog breaks when the version changes. "
+               f"Fix: set url to {parts.scheme}://{parts.netloc}{path}.")
+    if interface == "public" and parts.scheme.lower() != "https":
+        report(f"catalog endpoint '{name}' is public but its url {url} uses {parts.scheme}: passwords and "
+               "tokens would cross the internet in clear text. "
+               f"Fix: set url to https://{parts.netloc}{path} (the proxies terminate TLS on 443).")
+
+
+# --- instances -----------------------------------------------------------------------------
+
+def check_user_data_size(name: str, props: dict, warn_fraction: float, report: ReportViolation) -> None:
+    """Advisory: user data close to Nova's limit (65535 bytes, base64-encoded)."""
+    user_data = props.get("userData")
+    if user_data is UNKNOWN or not isinstance(user_data, str):
+        return
+    raw = len(user_data.encode())
+    encoded = 4 * math.ceil(raw / 3)
+    if encoded <= warn_fraction * NOVA_USER_DATA_LIMIT:
+        return
+    share = 100 * encoded / NOVA_USER_DATA_LIMIT
+    state = ("exceeds Nova's limit: the instance cannot be created" if encoded > NOVA_USER_DATA_LIMIT
+             else "is close to Nova's limit")
+    report(f"instance '{name}' has {raw} bytes of user data, {encoded} base64-encoded ({share:.0f}% of "
+           f"{NOVA_USER_DATA_LIMIT}): it {state}. Fix: keep large files out of cloud-init (smaller "
+           "templates, or fetch them at boot) before a template change pushes it over.")
+
+
+# --- stack-level helpers ---------------------------------------------------------------------
+
+class StackView:
+    """The resources of one stack with their properties as plain data, and references between
+    them resolved by property dependency (known even during preview) or by id."""
+
+    def __init__(self, resources: Iterable[PolicyResource]):
+        self.resources = list(resources)
+        self.props = {r.urn: plain(r.props) for r in self.resources}
+        self.by_id: dict[str, PolicyResource] = {}
+        for r in self.resources:
+            rid = self.props[r.urn].get("id")
+            if isinstance(rid, str) and rid:
+                self.by_id[rid] = r
+
+    def of_type(self, typ: str) -> list[PolicyResource]:
+        return [r for r in self.resources if r.resource_type == typ]
+
+    def get(self, r: PolicyResource) -> dict:
+        return self.props[r.urn]
+
+    def role(self, instance: PolicyResource) -> Any:
+        metadata = self.get(instance).get("metadata")
+        if metadata is UNKNOWN:
+            return UNKNOWN
+        return (metadata or {}).get(ROLE_KEY)
+
+    def refs(self, r: PolicyResource, prop: str, values: Iterable[Any], typ: str) -> tuple[list[PolicyResource], list]:
+        """Resources of `typ` that property `prop` of `r` refers to, and the values that
+        could not be resolved (UNKNOWN, or an id of something outside this stack)."""
+        found: dict[str, PolicyResource] = {}
+        unresolved = []
+        for value in values:
+            target = self.by_id.get(value) if isinstance(value, str) else None
+            if target is not None and target.resource_type == typ:
+                found[target.urn] = target
+            else:
+                unresolved.append(value)
+        if unresolved:
+            deps = [d for d in (r.property_dependencies or {}).get(prop, []) if d.resource_type == typ]
+            if deps:
+                for d in deps:
+                    found[d.urn] = d
+                unresolved = []
+        return list(found.values()), unresolved
+
+
+def _server_group_policies(props: dict) -> list[str]:
+    return [str(p).lower() for p in _list(props.get("policies")) if p is not UNKNOWN]
+
+
+def check_anti_affinity(view: StackView, report: ReportViolation) -> None:
+    """Every control-plane instance belongs to an anti-affinity server group."""
+    pending = []
+    for inst in view.of_type(INSTANCE):
+        role = view.role(inst)
+        if isinstance(role, str) and role not in CONTROL_PLANE_ROLES:
+            continue  # explicitly not a control-plane node
+        # No role metadata (or an unknown one): every VM of this project is control plane.
+        what = f"{role} node" if isinstance(role, str) else "control-plane instance"
+        hints = view.get(inst).get("schedulerHints")
+        values = ([UNKNOWN] if hints is UNKNOWN else
+                  [h.get("group") if isinstance(h, dict) else UNKNOWN for h in _list(hints)])
+        values = [v for v in values if v]
+        if not values:
+            report(f"{what} '{inst.name}' has no scheduler hint group, so Nova may put it on the same "
+                   "hypervisor as its peers and one host failure takes several down. Fix: create an "
+                   "openstack.compute.ServerGroup with policies='anti-affinity' for the role and pass "
+                   "scheduler_hints=[{'group': group.id}] (components/nodes.py NodeGroup).", inst.urn)
+            continue
+        groups, unresolved = view.refs(inst, "schedulerHints", values, SERVER_GROUP)
+        if any("anti-affinity" in _server_group_policies(view.get(g)) for g in groups):
+            continue
+        if groups:
+            names = ", ".join(f"'{g.name}' ({'/'.join(_server_group_policies(view.get(g))) or 'no policy'})"
+                              for g in groups)
+            report(f"{what} '{inst.name}' is in server group {names}, not an anti-affinity one; "
+                   "soft-anti-affinity and affinity let Nova stack nodes of a role on one host. Fix: "
+                   "policies='anti-affinity' on the role's ServerGroup.", inst.urn)
+        elif any(v is UNKNOWN for v in unresolved):
+            pending.append(inst.name)  # decided during `pulumi up`, when the id is known
+        else:
+            report(f"{what} '{inst.name}' has scheduler hint group {', '.join(map(str, unresolved))}, which "
+                   "is not a server group of this stack, so its policy cannot be checked. Fix: create the "
+                   "ServerGroup (policies='anti-affinity') in this stack and pass its id.", inst.urn)
+    if pending:
+        raise _needs(pending[0], "schedulerHints")
+
+
+def _instance_ports(view: StackView, inst: PolicyResource) -> tuple[list[PolicyResource], list]:
+    networks = view.get(inst).get("networks")
+    if networks is UNKNOWN:
+        return view.refs(inst, "networks", [UNKNOWN], PORT)
+    values = [n.get("port") if isinstance(n, dict) else UNKNOWN for n in _list(networks)]
+    return view.refs(inst, "networks", [v for v in values if v], PORT)
+
+
+def _port_groups(view: StackView, port: PolicyResource) -> tuple[dict[str, str], bool]:
+    """Security groups of a port as {key: display name}; True when some are unknown."""
+    ids = view.get(port).get("securityGroupIds")
+    values = [UNKNOWN] if ids is UNKNOWN else list(_list(ids))
+    groups, unresolved = view.refs(port, "securityGroupIds", values, SECGROUP)
+    keys = {g.urn: f"'{g.name}'" for g in groups}
+    for v in unresolved:
+        if v is not UNKNOWN:
+            keys[f"id:{v}"] = f"id {v}"
+    return keys, any(v is UNKNOWN for v in unresolved)
+
+
+def _instance_groups_by_name(view: StackView, inst: PolicyResource) -> dict[str, str]:
+    names = view.get(inst).get("securityGroups")
+    if names is UNKNOWN:
+        return {}
+    by_name = {view.get(g).get("name"): g for g in view.of_type(SECGROUP)}
+    keys = {}
+    for n in _list(names):
+        if n is UNKNOWN:
+            continue
+        g = by_name.get(n)
+        keys[g.urn if g is not None else f"name:{n}"] = f"'{g.name}'" if g is not None else f"'{n}'"
+    return keys
+
+
+def check_galera_groups_not_public(view: StackView, report: ReportViolation) -> None:
+    """No Galera node's security group is shared with the public-facing proxies."""
+    instances = view.of_type(INSTANCE)
+    galera = [i for i in instances if view.role(i) == "galera"]
+    if not galera:
+        return
+    unknown = []
+    # Public-facing: the proxies' VMs and every port that carries a floating IP (the VIPs).
+    public: dict[str, list[str]] = {}  # group key -> what carries it
+
+    def add_public(keys: dict[str, str], what: str) -> None:
+        for key in keys:
+            public.setdefault(key, []).append(what)
+
+    for inst in instances:
+        if view.role(inst) != "proxy":
+            continue
+        add_public(_instance_groups_by_name(view, inst), f"proxy '{inst.name}'")
+        ports, _ = _instance_ports(view, inst)
+        for port in ports:
+            add_public(_port_groups(view, port)[0], f"proxy port '{port.name}'")
+    for assoc in view.of_type(FLOATING_IP_ASSOCIATE) + view.of_type(FLOATING_IP):
+        port_id = view.get(assoc).get("portId")
+        if not port_id:
+            continue
+        ports, _ = view.refs(assoc, "portId", [port_id], PORT)
+        for port in ports:
+            add_public(_port_groups(view, port)[0], f"port '{port.name}' (floating IP '{assoc.name}')")
+
+    for inst in galera:
+        keys = dict(_instance_groups_by_name(view, inst))
+        ports, unresolved = _instance_ports(view, inst)
+        if any(v is UNKNOWN for v in unresolved):
+            unknown.append((inst.name, "networks"))
+        for port in ports:
+            port_keys, partial = _port_groups(view, port)
+            if partial:
+                unknown.append((port.name, "securityGroupIds"))
+            keys.update(port_keys)
+        for key, shown in keys.items():
+            if key in public:
+                sharers = ", ".join(sorted(set(public[key])))
+                report(f"Galera node '{inst.name}' is in security group {shown}, which is also on the "
+                       f"public-facing {sharers}: a rule opened for the proxies (443 is open to the world) "
+                       "would reach the database too. Fix: give the Galera nodes a group of their own "
+                       "(components/security.py creates one per role) and keep it off the proxies and "
+                       "the VIP ports.", inst.urn)
+    if unknown:
+        raise _needs(*unknown[0])
+
+
+def check_galera_volumes_protected(view: StackView, report: ReportViolation) -> None:
+    """Galera data volumes are protected."""
+    galera_volumes: dict[str, tuple[PolicyResource, str]] = {}
+    instances = {i.urn: i for i in view.of_type(INSTANCE)}
+    for inst in instances.values():
+        if view.role(inst) != "galera":
+            continue
+        devices = view.get(inst).get("blockDevices")
+        values = ([UNKNOWN] if devices is UNKNOWN else
+                  [d.get("uuid") for d in _list(devices) if isinstance(d, dict)
+                   and (d.get("sourceType") == "volume" or d.get("destinationType") == "volume")])
+        volumes, _ = view.refs(inst, "blockDevices", [v for v in values if v], VOLUME)
+        for vol in volumes:
+            galera_volumes[vol.urn] = (vol, f"attached to Galera node '{inst.name}'")
+    for attach in view.of_type(VOLUME_ATTACH):
+        props = view.get(attach)
+        insts, _ = view.refs(attach, "instanceId", [props.get("instanceId")], INSTANCE)
+        if any(view.role(i) == "galera" for i in insts):
+            vols, _ = view.refs(attach, "volumeId", [props.get("volumeId")], VOLUME)
+            for vol in vols:
+                galera_volumes[vol.urn] = (vol, f"attached to a Galera node by '{attach.name}'")
+    for vol in view.of_type(VOLUME):
+        props = view.get(vol)
+        text = " ".join(str(x) for x in (vol.name, props.get("name"), props.get("description")) if isinstance(x, str))
+        if "galera" in text.lower():
+            galera_volumes.setdefault(vol.urn, (vol, "named as Galera data"))
+    for vol, why in galera_volumes.values():
+        if not vol.opts.protect:
+            report(f"volume '{vol.name}' ({why}) holds a Galera database but is not protected, so a "
+                   "replacement or `pulumi destroy` would delete the data. Fix: "
+                   "opts=ResourceOptions(protect=True, retain_on_delete=True) on the volume "
+                   "(components/nodes.py).", vol.urn)
+
+
+# --- the admin CIDR ----------------------------------------------------------------------------
+
+def admin_cidr_from_topology(path: Path) -> Optional[str]:
+    """`admin_cidr` of the project's topology, read by the project's own loader (which also
+    validates it); None when the pack runs without the project next to it."""
+    try:
+        from keystone_multiregion.topology import TopologyError, load_topology_file
+    except ImportError:
+        return None
+    try:
+        return load_topology_file(path).admin_cidr
+    except (OSError, TopologyError):
+        return None
+
+
+# --- the policies ------------------------------------------------------------------------------
+
+def _resource_policy(name, description, types, check, level=EnforcementLevel.MANDATORY, config_schema=None):
+    def validate(args: ResourceValidationArgs, report: ReportViolation) -> None:
+        if args.resource_type not in types:
+            return
+        check(args, plain(args.props), report)
+    return ResourceValidationPolicy(name=name, description=description, validate=validate,
+                                    enforcement_level=level, config_schema=config_schema)
+
+
+def _stack_policy(name, description, check, level=EnforcementLevel.MANDATORY):
+    def validate(args: StackValidationArgs, report: ReportViolation) -> None:
+        check(StackView(args.resources), report)
+    return StackValidationPolicy(name=name, description=description, validate=validate, enforcement_level=level)
+
+
+def make_policies(admin_cidr: Optional[str]) -> list:
+    """Every policy of the pack. `admin_cidr` is the default of the SSH policy's `adminCidr`
+    config (the pack's __main__ reads it from topology.yaml); a config value overrides it."""
+    ssh_schema = {"adminCidr": {"type": "string", "description": "The only network SSH may come from."}}
+    if admin_cidr:
+        ssh_schema["adminCidr"]["default"] = admin_cidr
+
+    def ssh(args, props, report):
+        configured = (args.get_config() or {}).get("adminCidr") or admin_cidr
+        check_ssh_only_from_admin(args.name, props, configured, report)
+
+    def user_data(args, props, report):
+        fraction = (args.get_config() or {}).get("warnAtFraction", DEFAULT_USER_DATA_WARN_FRACTION)
+        check_user_data_size(args.name, props, float(fraction), report)
+
+    return [
+        _resource_policy(
+            "no-service-port-open-to-world",
+            "No ingress rule opens a database, replication, SST, memcached or health-check port "
+            "to 0.0.0.0/0 or ::/0.",
+            {SECGROUP_RULE}, lambda args, props, report: check_service_ports_not_world_open(args.name, props, report)),
+        _resource_policy(
+            "ssh-only-from-admin-cidr", "SSH (tcp 22) is allowed only from the admin CIDR.",
+            {SECGROUP_RULE}, ssh, config_schema=PolicyConfigSchema(properties=ssh_schema)),
+        _resource_policy(
+            "catalog-endpoint-unversioned-https",
+            "Catalog endpoint URLs carry no API version (/v2.0, /v3), and public endpoints use https.",
+            {ENDPOINT}, lambda args, props, report: check_endpoint_url(args.name, props, report)),
+        _stack_policy(
+            "control-plane-anti-affinity",
+            "Every control-plane instance belongs to an anti-affinity server group.", check_anti_affinity),
+        _stack_policy(
+            "galera-volume-protected", "Galera data volumes are protected.", check_galera_volumes_protected),
+        _stack_policy(
+            "galera-security-group-not-public",
+            "No Galera node's security group is shared with the public-facing proxies.",
+            check_galera_groups_not_public),
+        _resource_policy(
+            "world-open-only-https",
+            "Only HTTPS (tcp 443) should be open to the whole internet.",
+            {SECGROUP_RULE}, lambda args, props, report: check_world_open_only_https(args.name, props, report),
+            level=EnforcementLevel.ADVISORY),
+        _resource_policy(
+            "user-data-size",
+            "An instance's user data stays well below Nova's 64 KiB limit.",
+            {INSTANCE}, user_data, level=EnforcementLevel.ADVISORY,
+            config_schema=PolicyConfigSchema(properties={"warnAtFraction": {
+                "type": "number", "minimum": 0, "maximum": 1, "default": DEFAULT_USER_DATA_WARN_FRACTION,
+                "description": "Warn above this share of the limit (base64-encoded size)."}})),
+    ]

@@ -1,0 +1,419 @@
+"""The policy pack, driven through its real analyzer interface.
+
+The pack runs as its own process, started the way the Pulumi CLI starts a Python pack
+(`python -u -m pulumi.policy <engine> policy`); the tests talk gRPC to it as the engine
+does (tests/policy_support). Every policy has a failing and a passing case, and every
+example stack's real resources (the program under mocks) pass with no mandatory violation,
+both as after `pulumi up` and as the preview of a new stack, where ids are unknown.
+"""
+
+import copy
+import dataclasses
+import sys
+
+import pytest
+
+from helpers import ROOT
+from keystone_multiregion.security import PORTS
+from keystone_multiregion.stacks import stack_config, stack_files
+from keystone_multiregion.topology import load_topology_file
+from policy_support import UNKNOWN, Analyzer, PackProcess, Resource, stack_requests, urn
+from pulumi_harness import run_program
+
+sys.path.insert(0, str(ROOT / "policy"))
+import policies  # noqa: E402  (the pack's module: importing it starts no server)
+
+TOPO = load_topology_file(ROOT / "topology.yaml")
+STACKS = sorted(stack_files(ROOT))
+
+RULE = policies.SECGROUP_RULE
+MANDATORY = ["no-service-port-open-to-world", "ssh-only-from-admin-cidr", "catalog-endpoint-unversioned-https",
+             "control-plane-anti-affinity", "galera-volume-protected", "galera-security-group-not-public"]
+ADVISORY = ["world-open-only-https", "user-data-size"]
+STACK_POLICIES = {"control-plane-anti-affinity", "galera-volume-protected", "galera-security-group-not-public"}
+
+
+@pytest.fixture(scope="module")
+def pack():
+    process = PackProcess()
+    analyzer = None
+    try:
+        analyzer = Analyzer(process.port)
+        analyzer.configure()
+        yield analyzer
+    finally:
+        if analyzer is not None:
+            analyzer.close()
+        process.stop()
+
+
+@pytest.fixture(scope="module")
+def runs():
+    return {stack: run_program(stack, stack_config(ROOT, stack)) for stack in STACKS}
+
+
+# --- building resources as the engine describes them ------------------------------------------
+
+def res(typ, name, inputs, *, id=None, protect=False, deps=None, secret=()):
+    """A custom resource of a synthetic stack `t`; outputs are the inputs plus the id."""
+    outputs = dict(inputs, id=id if id is not None else f"{name}-id")
+    return Resource(type=typ, name=name, urn=urn("t", typ, name), inputs=dict(inputs), outputs=outputs,
+                    protect=protect, secret_keys=set(secret), property_dependencies=deps or {},
+                    dependencies=sorted({u for v in (deps or {}).values() for u in v}))
+
+
+def rule(name="sg-galera-t-rule", **inputs):
+    base = {"direction": "ingress", "ethertype": "IPv4", "protocol": "tcp", "securityGroupId": "sg-galera-t-id"}
+    base.update(inputs)
+    return res(RULE, name, {k: v for k, v in base.items() if v is not None})
+
+
+def only(diags, policy):
+    return [d for d in diags if d.policy == policy]
+
+
+def assert_violation(diags, policy, name, level="mandatory"):
+    hits = only(diags, policy)
+    assert len(hits) == 1, "\n".join(map(str, diags))
+    d = hits[0]
+    assert d.level == level
+    assert f"'{name}'" in d.message and "Fix:" in d.message, d.message
+    return d
+
+
+# --- the pack itself ------------------------------------------------------------------------------
+
+def test_analyzer_info(pack):
+    info = pack.info()
+    assert info.name == "keystone-multiregion" and info.supportsConfig
+    levels = {p.name: p.enforcementLevel for p in info.policies}
+    assert levels == {**{n: 1 for n in MANDATORY}, **{n: 0 for n in ADVISORY}}  # 1 MANDATORY, 0 ADVISORY
+    kinds = {p.name: p.policy_type for p in info.policies}
+    assert {n for n, k in kinds.items() if k == 2} == STACK_POLICIES  # 2 = POLICY_TYPE_STACK
+    ssh = next(p for p in info.policies if p.name == "ssh-only-from-admin-cidr")
+    # The admin CIDR the pack enforces by default is the topology's.
+    assert ssh.configSchema.properties["adminCidr"]["default"] == TOPO.admin_cidr == "198.51.100.0/24"
+
+
+def test_service_ports_match_the_security_table():
+    assert set(policies.SERVICE_PORTS) == {PORTS[k] for k in ("mysql", "galera_replication", "galera_ist",
+                                                                  "galera_sst", "galera_health", "memcached")}
+    assert policies.SSH_PORT == PORTS["ssh"] and policies.HTTPS_PORT == PORTS["https"]
+
+
+# --- no service port open to the world ----------------------------------------------------------
+
+@pytest.mark.parametrize("inputs, opened", [
+    ({"portRangeMin": 3306, "portRangeMax": 3306, "remoteIpPrefix": "0.0.0.0/0"}, "3306 (MySQL client)"),
+    ({"protocol": "udp", "ethertype": "IPv6", "portRangeMin": 4567, "portRangeMax": 4567,
+      "remoteIpPrefix": "::/0"}, "4567 (Galera replication)"),
+    ({"portRangeMin": 4444, "portRangeMax": 4444}, "4444 (Galera SST)"),  # no remote at all: anywhere
+    ({"portRangeMin": 9000, "portRangeMax": 9300, "remoteIpPrefix": "0.0.0.0/0"}, "9200 (Galera health check)"),
+    ({"protocol": None, "remoteIpPrefix": "0.0.0.0/0"}, "11211 (memcached)"),  # every protocol and port
+])
+def test_service_port_open_to_world_fails(pack, inputs, opened):
+    d = assert_violation(pack.analyze(rule(**inputs)), "no-service-port-open-to-world", "sg-galera-t-rule")
+    assert opened in d.message and "never 0.0.0.0/0" in d.message
+
+
+@pytest.mark.parametrize("inputs", [
+    {"portRangeMin": 3306, "portRangeMax": 3306, "remoteIpPrefix": "10.10.1.42/32"},
+    {"portRangeMin": 11211, "portRangeMax": 11211, "remoteGroupId": "sg-keystone-t-id"},
+    {"portRangeMin": 443, "portRangeMax": 443, "remoteIpPrefix": "0.0.0.0/0"},
+    {"protocol": "icmp", "remoteIpPrefix": "0.0.0.0/0"},
+    {"direction": "egress", "portRangeMin": 3306, "portRangeMax": 3306, "remoteIpPrefix": "0.0.0.0/0"},
+])
+def test_service_port_open_to_peers_passes(pack, inputs):
+    assert only(pack.analyze(rule(**inputs)), "no-service-port-open-to-world") == []
+
+
+# --- SSH only from the admin CIDR ------------------------------------------------------------------
+
+@pytest.mark.parametrize("inputs", [
+    {"portRangeMin": 22, "portRangeMax": 22, "remoteIpPrefix": "0.0.0.0/0"},
+    {"portRangeMin": 22, "portRangeMax": 22, "remoteIpPrefix": "10.0.0.0/8"},
+    {"portRangeMin": 22, "portRangeMax": 22, "remoteIpPrefix": "198.51.0.0/16"},  # wider than the admin CIDR
+    {"portRangeMin": 22, "portRangeMax": 22, "remoteGroupId": "sg-proxy-t-id"},
+    {"portRangeMin": 1, "portRangeMax": 65535, "remoteIpPrefix": "203.0.113.0/24"},
+])
+def test_ssh_from_elsewhere_fails(pack, inputs):
+    d = assert_violation(pack.analyze(rule(**inputs)), "ssh-only-from-admin-cidr", "sg-galera-t-rule")
+    assert f"set remote_ip_prefix to {TOPO.admin_cidr}" in d.message
+
+
+@pytest.mark.parametrize("inputs", [
+    {"portRangeMin": 22, "portRangeMax": 22, "remoteIpPrefix": "198.51.100.0/24"},
+    {"portRangeMin": 22, "portRangeMax": 22, "remoteIpPrefix": "198.51.100.7/32"},  # inside it
+    {"portRangeMin": 443, "portRangeMax": 443, "remoteIpPrefix": "0.0.0.0/0"},
+])
+def test_ssh_from_admin_cidr_passes(pack, inputs):
+    assert only(pack.analyze(rule(**inputs)), "ssh-only-from-admin-cidr") == []
+
+
+def test_ssh_admin_cidr_from_pack_config(pack):
+    """`--policy-pack-config` overrides the topology's admin CIDR."""
+    from_topology = rule(portRangeMin=22, portRangeMax=22, remoteIpPrefix="198.51.100.0/24")
+    from_config = rule(portRangeMin=22, portRangeMax=22, remoteIpPrefix="203.0.113.0/24")
+    try:
+        pack.configure({"ssh-only-from-admin-cidr": {"adminCidr": "203.0.113.0/24"}})
+        assert only(pack.analyze(from_config), "ssh-only-from-admin-cidr") == []
+        d = assert_violation(pack.analyze(from_topology), "ssh-only-from-admin-cidr", "sg-galera-t-rule")
+        assert "only the admin CIDR 203.0.113.0/24" in d.message
+    finally:
+        pack.configure()
+    assert only(pack.analyze(from_topology), "ssh-only-from-admin-cidr") == []
+
+
+def test_ssh_without_any_admin_cidr_fails():
+    """A pack without the project's topology and without config refuses every SSH rule."""
+    assert policies.admin_cidr_from_topology(ROOT / "no-such-topology.yaml") is None
+    reports = []
+    policies.check_ssh_only_from_admin(
+        "r", {"direction": "ingress", "protocol": "tcp", "portRangeMin": 22, "portRangeMax": 22,
+              "remoteIpPrefix": "198.51.100.0/24"}, None, reports.append)
+    assert len(reports) == 1 and "knows no admin CIDR" in reports[0] and "adminCidr" in reports[0]
+
+
+# --- catalog endpoints -----------------------------------------------------------------------------
+
+def endpoint(url, interface="public", name="endpoint-identity-t"):
+    inputs = {"url": url, "serviceId": "service-identity-id", "endpointRegion": "region-a"}
+    if interface:
+        inputs["interface"] = interface
+    return res(policies.ENDPOINT, name, inputs)
+
+
+@pytest.mark.parametrize("url, interface, expected", [
+    ("https://identity.region-a.example.com/v3", "public", "Fix: set url to https://identity.region-a.example.com"),
+    ("https://identity.region-a.example.com/v2.0/", "public", "/v2.0 in its path"),
+    ("http://10.10.1.10:5000/v3", "internal", "Fix: set url to http://10.10.1.10:5000."),
+    ("http://identity.region-a.example.com", "public", "Fix: set url to https://identity.region-a.example.com"),
+    ("http://identity.region-a.example.com", None, "is public"),  # the provider's default interface
+    ("identity.region-a.example.com", "public", "not an absolute URL"),
+])
+def test_endpoint_versioned_or_plain_http_fails(pack, url, interface, expected):
+    d = assert_violation(pack.analyze(endpoint(url, interface)), "catalog-endpoint-unversioned-https",
+                         "endpoint-identity-t")
+    assert expected in d.message
+
+
+def test_endpoint_versioned_and_plain_http_reports_both(pack):
+    diags = only(pack.analyze(endpoint("http://identity.region-a.example.com/v3")), "catalog-endpoint-unversioned-https")
+    assert len(diags) == 2 and all(d.level == "mandatory" for d in diags)
+
+
+@pytest.mark.parametrize("url, interface", [
+    ("https://identity.region-a.example.com", "public"),
+    ("https://identity.region-a.example.com/", "public"),
+    ("http://10.10.1.10:5000", "internal"),
+    ("https://identity.region-a.example.com/identity", "admin"),  # a path, but no version
+])
+def test_endpoint_unversioned_passes(pack, url, interface):
+    assert pack.analyze(endpoint(url, interface)) == []
+
+
+# --- anti-affinity (stack policy) ------------------------------------------------------------------
+
+def server_group(name, policy, id=None):
+    return res(policies.SERVER_GROUP, name, {"name": name, "policies": policy}, id=id)
+
+
+def instance(name, role, hints, *, deps=None, **extra):
+    inputs = {"name": name, "flavorName": "m1.small",
+              "metadata": {policies.ROLE_KEY: role} if role else {}, **extra}
+    if hints is not None:
+        inputs["schedulerHints"] = [{"group": g} for g in hints]
+    return res(policies.INSTANCE, f"instance-{name}", inputs, deps=deps)
+
+
+def test_anti_affinity_passes(pack):
+    group = server_group("servergroup-keystone-t", "anti-affinity", id="sg-1")
+    by_id = instance("keystone-t-1", "keystone", ["sg-1"])
+    # Preview of a new stack: the group's id is unknown; the property dependency names it.
+    by_dependency = instance("keystone-t-2", "keystone", [UNKNOWN], deps={"schedulerHints": [group.urn]})
+    bastion = instance("bastion-t-1", "bastion", None)  # explicitly not a control-plane role
+    assert pack.analyze_stack([group, by_id, by_dependency, bastion]) == []
+
+
+@pytest.mark.parametrize("hints, group_policy, expected", [
+    (None, "anti-affinity", "has no scheduler hint group"),
+    (["sg-1"], "soft-anti-affinity", "not an anti-affinity one"),
+    (["sg-1"], "affinity", "not an anti-affinity one"),
+    (["sg-elsewhere"], "anti-affinity", "not a server group of this stack"),
+])
+def test_anti_affinity_fails(pack, hints, group_policy, expected):
+    group = server_group("servergroup-galera-t", group_policy, id="sg-1")
+    node = instance("galera-t-1", "galera", hints)
+    d = assert_violation(pack.analyze_stack([group, node]), "control-plane-anti-affinity", "instance-galera-t-1")
+    assert expected in d.message and d.urn == node.urn
+
+
+def test_anti_affinity_applies_to_instances_without_role(pack):
+    d = assert_violation(pack.analyze_stack([instance("vm-t-1", None, None)]), "control-plane-anti-affinity",
+                         "instance-vm-t-1")
+    assert "control-plane instance" in d.message
+
+
+# --- Galera volumes protected (stack policy) -------------------------------------------------------
+
+def galera_with_volume(protect, volume_name="volume-data-t-1", description="data"):
+    volume = res(policies.VOLUME, volume_name, {"size": 20, "description": description}, protect=protect)
+    group = server_group("servergroup-galera-t", "anti-affinity", id="sg-1")
+    node = instance("galera-t-1", "galera", ["sg-1"], blockDevices=[
+        {"sourceType": "image", "uuid": "image-id", "bootIndex": 0, "destinationType": "local"},
+        {"sourceType": "volume", "uuid": volume.outputs["id"], "bootIndex": -1, "destinationType": "volume"}])
+    return [volume, group, node]
+
+
+def test_galera_volume_unprotected_fails(pack):
+    d = assert_violation(pack.analyze_stack(galera_with_volume(False)), "galera-volume-protected", "volume-data-t-1")
+    assert "attached to Galera node 'instance-galera-t-1'" in d.message and "protect=True" in d.message
+
+
+def test_galera_volume_attached_later_unprotected_fails(pack):
+    """Attached by a VolumeAttach (preview: ids unknown, dependencies known)."""
+    volume = res(policies.VOLUME, "volume-data-t-2", {"size": 20}, id=UNKNOWN)
+    node = instance("galera-t-2", "galera", None)
+    attach = res(policies.VOLUME_ATTACH, "attach-t-2", {"instanceId": UNKNOWN, "volumeId": UNKNOWN},
+                 deps={"instanceId": [node.urn], "volumeId": [volume.urn]})
+    diags = pack.analyze_stack([volume, node, attach])
+    d = assert_violation(diags, "galera-volume-protected", "volume-data-t-2")
+    assert "attached to a Galera node by 'attach-t-2'" in d.message
+    volume.protect = True
+    assert only(pack.analyze_stack([volume, node, attach]), "galera-volume-protected") == []
+
+
+def test_galera_volume_named_unprotected_fails(pack):
+    """Found by its name even when no instance of the stack attaches it."""
+    volume = res(policies.VOLUME, "volume-galera-t-9", {"size": 20, "description": "Galera data of galera-t-9"})
+    assert_violation(pack.analyze_stack([volume]), "galera-volume-protected", "volume-galera-t-9")
+
+
+def test_galera_volume_protected_passes(pack):
+    assert pack.analyze_stack(galera_with_volume(True)) == []
+    other = res(policies.VOLUME, "volume-scratch-t", {"size": 5, "description": "scratch space"})
+    assert pack.analyze_stack([other]) == []  # not Galera data: no opinion
+
+
+# --- Galera security groups not shared with public proxies (stack policy) -------------------------
+
+def nodes_with_groups(galera_groups, proxy_groups, vip_groups):
+    groups = [res(policies.SECGROUP, f"sg-{r}-t", {"name": f"keystone-t-{r}"}) for r in ("galera", "proxy")]
+    sgg = server_group("servergroup-t", "anti-affinity", id="sg-1")
+    out = groups + [sgg]
+    for role, sgs in (("galera", galera_groups), ("proxy", proxy_groups)):
+        port = res(policies.PORT, f"port-{role}-t-1", {"securityGroupIds": [f"sg-{g}-t-id" for g in sgs]})
+        out += [port, instance(f"{role}-t-1", role, ["sg-1"], networks=[{"port": port.outputs["id"]}])]
+    vip = res(policies.PORT, "port-vip-t-public-1", {"securityGroupIds": [f"sg-{g}-t-id" for g in vip_groups]})
+    fip = res(policies.FLOATING_IP, "fip-vip-t-public-1", {"pool": "public"})
+    assoc = res(policies.FLOATING_IP_ASSOCIATE, "fip-assoc-vip-t-public-1",
+                {"portId": vip.outputs["id"], "floatingIp": "203.0.113.1"})
+    return out + [vip, fip, assoc]
+
+
+@pytest.mark.parametrize("galera, proxy, vip, sharer", [
+    (["galera", "proxy"], ["proxy"], ["proxy"], "proxy port 'port-proxy-t-1'"),
+    (["galera"], ["proxy", "galera"], ["proxy"], "proxy port 'port-proxy-t-1'"),
+    (["galera"], ["proxy"], ["proxy", "galera"], "port 'port-vip-t-public-1' (floating IP 'fip-assoc-vip-t-public-1')"),
+])
+def test_galera_group_shared_with_public_fails(pack, galera, proxy, vip, sharer):
+    d = assert_violation(pack.analyze_stack(nodes_with_groups(galera, proxy, vip)),
+                         "galera-security-group-not-public", "instance-galera-t-1")
+    assert sharer in d.message
+
+
+def test_galera_group_of_its_own_passes(pack):
+    assert pack.analyze_stack(nodes_with_groups(["galera"], ["proxy"], ["proxy"])) == []
+
+
+# --- advisories ------------------------------------------------------------------------------------
+
+def test_user_data_near_nova_limit_is_advisory(pack):
+    big = instance("keystone-t-1", "keystone", ["sg-1"], userData="x" * 40_000)
+    big.secret_keys = {"userData"}  # user data carrying secrets reaches the pack as a secret
+    d = assert_violation(pack.analyze(big), "user-data-size", "instance-keystone-t-1", level="advisory")
+    assert "40000 bytes of user data, 53336 base64-encoded" in d.message and "close to" in d.message
+    too_big = instance("keystone-t-2", "keystone", ["sg-1"], userData="x" * 50_000)
+    d = assert_violation(pack.analyze(too_big), "user-data-size", "instance-keystone-t-2", level="advisory")
+    assert "cannot be created" in d.message
+    small = instance("keystone-t-3", "keystone", ["sg-1"], userData="#cloud-config\n" + "x" * 1000)
+    assert pack.analyze(small) == []
+
+
+def test_other_world_open_port_is_advisory(pack):
+    d = assert_violation(pack.analyze(rule(portRangeMin=5000, portRangeMax=5000, remoteIpPrefix="0.0.0.0/0")),
+                         "world-open-only-https", "sg-galera-t-rule", level="advisory")
+    assert "tcp 5000" in d.message
+    assert pack.analyze(rule(portRangeMin=443, portRangeMax=443, remoteIpPrefix="0.0.0.0/0")) == []
+
+
+def test_value_unknown_in_preview_is_not_a_violation(pack):
+    """A rule whose remote is computed: the SDK's advisory, and the policy runs again at `up`."""
+    diags = pack.analyze(rule(portRangeMin=3306, portRangeMax=3306, remoteIpPrefix=UNKNOWN))
+    assert diags and all(d.level == "advisory" and "can't be known during preview" in d.message for d in diags)
+
+
+# --- every example stack ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("preview", [False, True], ids=["after-up", "preview-new-stack"])
+@pytest.mark.parametrize("stack", STACKS)
+def test_example_stack_passes(pack, runs, stack, preview):
+    resources = stack_requests(stack, runs[stack].resources, preview=preview)
+    diags = pack.analyze_all(resources)
+    # No mandatory violation, and every policy could decide (nothing left for `up`). The
+    # user-data advisory is a heads-up for the layers to come, not a gate.
+    assert [str(d) for d in diags if d.policy != "user-data-size"] == []
+    assert all(d.level == "advisory" for d in diags)
+    if stack != "shared":
+        types = {r.type for r in resources}
+        assert {policies.SECGROUP_RULE, policies.INSTANCE, policies.SERVER_GROUP, policies.VOLUME,
+                policies.PORT, policies.FLOATING_IP_ASSOCIATE} <= types
+
+
+def _mutate(registered, name, change):
+    out = []
+    for r in registered:
+        if r.name == name:
+            r = dataclasses.replace(r, inputs=copy.deepcopy(r.inputs))
+            change(r)
+        out.append(r)
+    return out
+
+
+def _set(key, value):
+    return lambda r: r.inputs.__setitem__(key, value)
+
+
+def _unprotect(r):
+    r.protect = False
+
+
+MUTATIONS = {
+    "volume unprotected": ("volume-galera-region-a-2", _unprotect, "galera-volume-protected",
+                           "volume-galera-region-a-2"),
+    "galera port in the proxy group": ("port-galera-region-a-1", _set("securityGroupIds", ["sg-galera-region-a-id",
+                                                                                         "sg-proxy-region-a-id"]),
+                                       "galera-security-group-not-public", "instance-galera-region-a-1"),
+    "keystone node without hint": ("instance-keystone-region-a-3", lambda r: r.inputs.pop("schedulerHints"),
+                                   "control-plane-anti-affinity", "instance-keystone-region-a-3"),
+    "memcached group soft": ("servergroup-memcached-region-a", _set("policies", "soft-anti-affinity"),
+                             "control-plane-anti-affinity", "instance-memcached-region-a-1"),
+    "ssh from anywhere": ("sg-galera-region-a-tcp-22-from-198-51-100-0-24", _set("remoteIpPrefix", "0.0.0.0/0"),
+                          "ssh-only-from-admin-cidr", "sg-galera-region-a-tcp-22-from-198-51-100-0-24"),
+    "database port to the world": ("sg-galera-region-a-tcp-3306-from-10-10-1-42-32",
+                                   _set("remoteIpPrefix", "0.0.0.0/0"), "no-service-port-open-to-world",
+                                   "sg-galera-region-a-tcp-3306-from-10-10-1-42-32"),
+}
+
+
+@pytest.mark.parametrize("preview", [False, True], ids=["after-up", "preview-new-stack"])
+@pytest.mark.parametrize("mutation", sorted(MUTATIONS))
+def test_example_stack_mutation_is_caught(pack, runs, mutation, preview):
+    """The pack really reads the program's resources: one bad change to region-a is refused."""
+    target, change, policy, culprit = MUTATIONS[mutation]
+    registered = runs["region-a"].resources
+    assert any(r.name == target for r in registered), f"no resource {target} in region-a"
+    resources = stack_requests("region-a", _mutate(registered, target, change), preview=preview)
+    mandatory = [d for d in pack.analyze_all(resources) if d.level == "mandatory"]
+    assert {d.policy for d in mandatory} == {policy}, "\n".join(map(str, mandatory))
+    assert any(f"'{culprit}'" in d.message for d in mandatory), "\n".join(map(str, mandatory))
