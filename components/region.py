@@ -52,10 +52,12 @@ class RegionDeployment(pulumi.ComponentResource):
                               secrets=args.secrets, ca_key=args.ca_key,
                               allowed_addresses=vip_addresses if role == "proxy" else []),
                 opts=child)
-        self.vips = Vips(f"vips-{region.name}",
-                         VipsArgs(topology=topo, region=region.name, network_id=network.network_id,
-                                  subnet_id=network.subnet_id, security_group_id=groups.group_ids["proxy"]),
-                         opts=child)
+        self.public_ips = {}
+        if topo.vips(region.name):  # a witness site serves no endpoint
+            self.vips = Vips(f"vips-{region.name}",
+                             VipsArgs(topology=topo, region=region.name, network_id=network.network_id,
+                                      subnet_id=network.subnet_id, security_group_id=groups.group_ids["proxy"]),
+                             opts=child)
+            self.public_ips = self.vips.public_ips
         self.addresses = {name: addr for g in self.node_groups.values() for name, addr in g.addresses.items()}
-        self.public_ips = self.vips.public_ips
         self.register_outputs({"addresses": self.addresses, "public_ips": self.public_ips})

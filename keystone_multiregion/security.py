@@ -47,11 +47,9 @@ class Rule:
 
 
 def security_groups(topo: Topology, region: str) -> tuple[str, ...]:
-    """The roles that get a security group in this region."""
-    groups = ["proxy", "galera", "keystone", "memcached"]
-    if topo.nodes(region, ARBITRATOR):
-        groups.append(ARBITRATOR)
-    return tuple(groups)
+    """The roles that get a security group in this region: those with nodes there."""
+    return tuple(role for role in ("proxy", "galera", "keystone", "memcached", ARBITRATOR)
+                 if topo.nodes(region, role))
 
 
 def _remotes(topo: Topology, nodes) -> list[str]:
@@ -101,4 +99,5 @@ def security_rules(topo: Topology, region: str) -> tuple[Rule, ...]:
     allow("proxy", "tcp", PORTS["keystone"], region_cidrs, "Keystone internal endpoint from the regions' networks")
     allow("proxy", "tcp", PORTS["mysql"], local("keystone"), "database frontend from the local Keystone nodes")
     allow("proxy", VRRP_PROTOCOL, None, local("proxy"), "VRRP between the proxy pair")
-    return tuple(rules)
+    groups = security_groups(topo, region)
+    return tuple(r for r in rules if r.group in groups)

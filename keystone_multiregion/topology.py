@@ -150,6 +150,9 @@ class Region:
     roles: Mapping[str, RoleSpec]
     existing_network: ExistingNetwork | None = None
     openstack_region: str = ""  # the cloud's region name; defaults to `name`
+    # A witness site hosts only the Galera arbitrator: the third vote of a two-region
+    # deployment. No proxies, Keystone, memcached or Galera data nodes there.
+    witness: bool = False
 
     @property
     def network(self) -> ipaddress.IPv4Network:
@@ -227,6 +230,8 @@ class Topology:
         r = self.region(region)
         out = []
         proxies = self.nodes(region, "proxy")
+        if not proxies:  # a witness site serves no endpoint
+            return ()
         # Public VIPs first, then internal ones; masters rotate over the proxies so
         # every proxy is master of some address and all of them carry traffic.
         plan = [("public", i) for i in range(1, self.public_vips + 1)]
@@ -380,7 +385,7 @@ def load_topology(data: Mapping[str, Any]) -> Topology:
     seen_hosts: dict[str, int] = {}
     nets: list[tuple[ipaddress.IPv4Network, int]] = []
     region_keys = {"name", "index", "cidr", "external_network", "public_hostname", "roles", "existing_network",
-                   "openstack_region"}
+                   "openstack_region", "witness"}
     for i, r in enumerate(regions_in):
         where = f"regions[{i}]"
         if not isinstance(r, Mapping):
@@ -414,11 +419,21 @@ def load_topology(data: Mapping[str, Any]) -> Topology:
                                     "give every region its own non-overlapping range")
         nets.append((net, i))
         ext = _require(r, "external_network", where, "name the provider network that floating IPs come from")
-        host = _require(r, "public_hostname", where, "give the DNS name of the region's public endpoint")
-        if not isinstance(host, str) or not _HOST_RE.match(host):
+        witness = r.get("witness", False)
+        if not isinstance(witness, bool):
+            raise TopologyError(f"{where}.witness", f"{witness!r} is not true or false",
+                                "write witness: true for a site that only hosts the arbitrator")
+        if witness and r.get("roles"):
+            raise TopologyError(f"{where}.roles", "is set on a witness region",
+                                "remove it: a witness region runs only the arbitrator")
+        host = r.get("public_hostname") if witness else _require(
+            r, "public_hostname", where, "give the DNS name of the region's public endpoint")
+        if witness and host is None:
+            host = ""
+        elif not isinstance(host, str) or not _HOST_RE.match(host):
             raise TopologyError(f"{where}.public_hostname", f"{host!r} is not a fully qualified host name",
                                 "use a DNS name such as identity.region-a.example.com")
-        if host in seen_hosts:
+        if host and host in seen_hosts:
             raise TopologyError(f"{where}.public_hostname",
                                 f"{host!r} is also the public_hostname of regions[{seen_hosts[host]}]",
                                 "give every region its own endpoint name")
@@ -429,8 +444,11 @@ def load_topology(data: Mapping[str, Any]) -> Topology:
         for key in roles_in:
             if key not in ROLES:
                 raise TopologyError(f"{where}.roles.{key}", "is not a role", f"use one of {', '.join(ROLES)}")
-        roles = {role: _role_spec(role, role_defaults[role], roles_in.get(role) or {}, f"{where}.roles.{role}")
-                 for role in ROLES}
+        if witness:
+            roles = {role: RoleSpec(role=role, count=0, flavor="-", vcpus=1) for role in ROLES}
+        else:
+            roles = {role: _role_spec(role, role_defaults[role], roles_in.get(role) or {}, f"{where}.roles.{role}")
+                     for role in ROLES}
         for role, spec in roles.items():
             if spec.count > block_size:
                 raise TopologyError(f"{where}.roles.{role}.count",
@@ -451,7 +469,7 @@ def load_topology(data: Mapping[str, Any]) -> Topology:
                 subnet_id=_require(ex, "subnet_id", f"{where}.existing_network", "give the Neutron subnet id"))
         regions.append(Region(name=rname, index=index, cidr=str(net), external_network=str(ext),
                               public_hostname=host, roles=roles, existing_network=existing,
-                              openstack_region=str(r.get("openstack_region") or rname)))
+                              openstack_region=str(r.get("openstack_region") or rname), witness=witness))
 
     boot = _require(data, "bootstrap_region", "", "name the region whose first Galera node starts the cluster")
     if boot not in seen_names:
@@ -471,6 +489,13 @@ def load_topology(data: Mapping[str, Any]) -> Topology:
         arbitrator = Arbitrator(region=areg, flavor=str(spec["flavor"]),
                                 vcpus=_int(spec["vcpus"], "arbitrator.vcpus", 1, "give the flavor's vCPUs"))
 
+    for i, r in enumerate(regions):
+        if r.witness and (arbitrator is None or arbitrator.region != r.name):
+            raise TopologyError(f"regions[{i}].witness", f"{r.name} is a witness region without the arbitrator",
+                                f"set arbitrator.region: {r.name}, or remove witness: true")
+    if boot in [r.name for r in regions if r.witness]:
+        raise TopologyError("bootstrap_region", f"{boot!r} is a witness region, which holds no data",
+                            "bootstrap from a region with Galera nodes")
     galera = _galera_settings(data.get("galera") or {})
     nodes = _compute_nodes(regions, arbitrator, first_offset, block_size)
     topo = Topology(

@@ -270,3 +270,19 @@ def test_existing_network_is_used_instead_of_creating_one(tmp_path):
     assert port.inputs["networkId"] == "net-given"
     assert port.inputs["fixedIps"] == [{"subnetId": "subnet-given", "ipAddress": "10.10.2.42"}]
     assert run.named("port-vip-region-b-public-1").inputs["networkId"] == "net-given"
+
+
+def test_witness_stack_runs_only_the_arbitrator(tmp_path):
+    from test_topology import two_regions_and_a_witness
+    path = tmp_path / "topology.yaml"
+    path.write_text(yaml.safe_dump(two_regions_and_a_witness()))
+    run = run_program("witness", {"region": "witness", "topology": str(path)})
+    instances = run.of_type(INSTANCE)
+    assert [i.name for i in instances] == ["instance-arbitrator-witness-1"]
+    garbd = instances[0]
+    assert "GALERA_NODES=" in garbd.inputs["userData"] and "userData" in garbd.secret_inputs
+    assert set(garbd.ignore_changes) >= {"userData", "imageId"}  # stateful role: a voter
+    assert run.of_type("openstack:networking/floatingIp:FloatingIp") == []
+    groups = run.of_type("openstack:networking/secGroup:SecGroup")
+    assert [g.name for g in groups] == ["sg-arbitrator-witness"]
+    assert run.named("tls-csr-arbitrator-witness-1").inputs["ipAddresses"] == ["10.10.9.90"]

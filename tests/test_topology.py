@@ -181,7 +181,7 @@ BAD = [
     ("misspelt setting",
      lambda d: d["regions"][0].update(cdir="10.0.0.0/24"),
      "topology: regions[0].cdir: is not a known setting; use one of cidr, existing_network, external_network, "
-     "index, name, openstack_region, public_hostname, roles"),
+     "index, name, openstack_region, public_hostname, roles, witness"),
     ("security group over the rule quota",
      lambda d: d["defaults"].update(max_rules_per_group=40),
      "topology: defaults.peer_rules: the galera security group of region-a needs 50 rules, above the quota of 40; "
@@ -220,3 +220,50 @@ def test_file_errors_name_the_file(tmp_path):
     assert str(info.value).startswith(f"{path}: regions[0].cidr: 'not-a-cidr' is not a valid CIDR")
     with pytest.raises(TopologyError, match="does not exist"):
         load_topology_file(tmp_path / "missing.yaml")
+
+
+def two_regions_and_a_witness() -> dict:
+    data = example()
+    data["regions"] = data["regions"][:2]
+    data["regions"].append({"name": "witness", "index": 9, "cidr": "10.10.9.0/24", "external_network": "public",
+                            "witness": True})
+    data["arbitrator"] = {"region": "witness"}
+    return data
+
+
+def test_two_regions_need_a_witness_site():
+    data = two_regions_and_a_witness()
+    topo = load_topology(data)
+    assert topo.galera_voters == 7  # 3 + 3 data nodes + the arbitrator
+    assert [n.name for n in topo.nodes("witness")] == ["arbitrator-witness-1"]
+    assert topo.vips("witness") == ()
+    rules = security_rules(topo, "witness")
+    assert {r.group for r in rules} == {"arbitrator"}
+    assert {(r.protocol, r.port) for r in rules} == {("tcp", 22), ("tcp", 4567), ("udp", 4567)}
+    # Without the witness the two regions are even: 6 voters.
+    data["regions"] = data["regions"][:2]
+    del data["arbitrator"]
+    with pytest.raises(TopologyError, match="6 Galera nodes make 6 voters"):
+        load_topology(data)
+    # The arbitrator inside one of the two regions gives that region the majority.
+    data["arbitrator"] = {"region": "region-a"}
+    with pytest.raises(TopologyError, match="region region-a holds 4 of 7 Galera voters"):
+        load_topology(data)
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda d: d.pop("arbitrator"),
+     "topology: regions[2].witness: witness is a witness region without the arbitrator; set arbitrator.region: "
+     "witness, or remove witness: true"),
+    (lambda d: d["regions"][2].update(roles={"keystone": {"count": 1}}),
+     "topology: regions[2].roles: is set on a witness region; remove it: a witness region runs only the arbitrator"),
+    (lambda d: d.update(bootstrap_region="witness"),
+     "topology: bootstrap_region: 'witness' is a witness region, which holds no data; bootstrap from a region "
+     "with Galera nodes"),
+])
+def test_bad_witness(change, message):
+    data = two_regions_and_a_witness()
+    change(data)
+    with pytest.raises(TopologyError) as info:
+        load_topology(data)
+    assert str(info.value) == message
