@@ -18,58 +18,12 @@ from typing import Mapping
 import jinja2
 import yaml
 
+from .roles import LAYERS, File
 from .secrets import require_secrets, role_has_secrets
-from .security import PORTS
-from .topology import ARBITRATOR, Node, Topology
+from .topology import Node, Topology
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 FACTS_PATH = "/etc/keystone-multiregion/node.json"
-GALERA_DATA_LABEL = "galera-data"
-GALERA_DATADIR = "/var/lib/mysql"
-MEMCACHED_MEMORY_MB = 512  # source design: 512 MB of cache per memcached node
-TLS_DIR = "/etc/mysql/ssl"
-TLS_PATHS = {"ca": f"{TLS_DIR}/ca.pem", "cert": f"{TLS_DIR}/node-cert.pem", "key": f"{TLS_DIR}/node-key.pem"}
-GALERA_CONF = "/etc/mysql/mariadb.conf.d/99-keystone-multiregion.cnf"
-GALERA_SST_CONF = "/etc/mysql/mariadb.conf.d/99-keystone-multiregion-sst.cnf"
-GALERA_NODE_TOOL = "/usr/local/sbin/galera-node"
-SST_USER = "sst"
-# Stop Debian's postinst from starting MariaDB with a half-written configuration: the
-# node's own start (galera-node start) decides between joining and a new cluster.
-DENY_SERVICE_START = ["cloud-init-per", "once", "ksm-deny-service-start", "sh", "-c",
-                      "printf '#!/bin/sh\\nexit 101\\n' > /usr/sbin/policy-rc.d && chmod 0755 /usr/sbin/policy-rc.d"]
-
-# What each role installs from the distribution.
-ROLE_PACKAGES: dict[str, tuple[str, ...]] = {
-    "galera": ("mariadb-server", "mariadb-backup", "galera-4", "socat"),
-    "arbitrator": ("galera-arbitrator-4",),
-    "keystone": ("keystone", "uwsgi-plugin-python3", "python3-memcache"),
-    "memcached": ("memcached",),
-    "proxy": ("haproxy", "keepalived"),
-}
-
-# (template under templates/, path on the node, permissions). A name ending in .j2 is a
-# jinja2 template; any other file is shipped as it is.
-ROLE_FILES: dict[str, tuple[tuple[str, str, str], ...]] = {
-    "galera": (
-        ("galera/galera.cnf.j2", GALERA_CONF, "0644"),
-        ("galera/sst-auth.cnf.j2", GALERA_SST_CONF, "0600"),  # galera-node prepare: 0640 root:mysql
-        ("galera/root-my.cnf.j2", "/root/.my.cnf", "0600"),
-        ("galera/galera-node.py", GALERA_NODE_TOOL, "0755"),
-        ("galera/galera-health.service.j2", "/etc/systemd/system/galera-health.service", "0644"),
-    ),
-    "arbitrator": (("galera/garbd.j2", "/etc/default/garb", "0644"),),
-    "keystone": (),
-    "memcached": (("memcached/memcached.conf.j2", "/etc/memcached.conf", "0644"),),
-    "proxy": (("proxy/sysctl.conf.j2", "/etc/sysctl.d/60-keystone-multiregion.conf", "0644"),),
-}
-
-
-@dataclass(frozen=True)
-class File:
-    path: str
-    content: str
-    permissions: str = "0644"
-    owner: str = "root:root"
 
 
 @dataclass(frozen=True)
@@ -96,27 +50,6 @@ def render_template(name: str, **context) -> str:
     if not name.endswith(".j2"):
         return (TEMPLATES / name).read_text()
     return _ENV.get_template(name).render(**context)
-
-
-def provider_options(topo: Topology, node: Node) -> list[str]:
-    """wsrep_provider_options (and garbd's options): WAN timeouts, segment, gcache, TLS."""
-    g = topo.galera
-    options = [
-        f"gmcast.segment={topo.region(node.region).index}",
-        f"evs.keepalive_period={g.evs_keepalive_period}",
-        f"evs.suspect_timeout={g.evs_suspect_timeout}",
-        f"evs.inactive_timeout={g.evs_inactive_timeout}",
-        f"evs.install_timeout={g.evs_install_timeout}",
-        f"evs.send_window={g.evs_send_window}",
-        f"evs.user_send_window={g.evs_user_send_window}",
-        # After all nodes stopped at once, restore the Primary component from the saved view.
-        "pc.recovery=TRUE",
-    ]
-    if node.role == "galera":
-        options.append(f"gcache.size={g.gcache_mb}M")
-    options += [f"socket.ssl_key={TLS_PATHS['key']}", f"socket.ssl_cert={TLS_PATHS['cert']}",
-                f"socket.ssl_ca={TLS_PATHS['ca']}"]
-    return options
 
 
 def node_facts(topo: Topology, node: Node) -> dict:
@@ -154,61 +87,26 @@ def cloud_config(topo: Topology, node: Node, files: tuple[File, ...]) -> dict:
         "preserve_hostname": False,
         "manage_etc_hosts": True,
         "package_update": True,
-        "packages": list(ROLE_PACKAGES[node.role]),
+        "packages": list(LAYERS[node.role].packages),
         "write_files": [
             {"path": f.path, "content": f.content, "owner": f.owner, "permissions": f.permissions}
             for f in files
         ],
     }
-    if node.role == "galera":
-        doc["bootcmd"] = [DENY_SERVICE_START]
-        doc["runcmd"] = [
-            ["rm", "-f", "/usr/sbin/policy-rc.d"],
-            ["python3", GALERA_NODE_TOOL, "prepare"],
-            ["python3", GALERA_NODE_TOOL, "start"],
-            ["systemctl", "daemon-reload"],
-            ["systemctl", "enable", "--now", "galera-health.service"],
-        ]
-    if node.role == ARBITRATOR:
-        doc["runcmd"] = [["chgrp", "nogroup", TLS_PATHS["key"]], ["chmod", "0640", TLS_PATHS["key"]],
-                         ["systemctl", "enable", "--now", "garb.service"]]
-    if node.role == "galera":
-        # The data volume is attached at boot (a block device of the instance). Make a
-        # file system only if it has none (overwrite: false keeps existing data), and
-        # mount it by label before the packages install into it.
-        doc["fs_setup"] = [{"label": GALERA_DATA_LABEL, "filesystem": "ext4",
-                            "device": topo.galera_data_device, "partition": "none", "overwrite": False}]
-        doc["mounts"] = [[f"LABEL={GALERA_DATA_LABEL}", GALERA_DATADIR, "ext4",
-                          "defaults,nofail,x-systemd.device-timeout=60s", "0", "2"]]
-    if node.role == "proxy":
-        doc["runcmd"] = [["sysctl", "--system"]]
+    LAYERS[node.role].cloud_config(topo, node, doc)
     return doc
 
 
 def render_node(topo: Topology, node_name: str, secrets: Mapping) -> RenderedNode:
     node = topo.node(node_name)
     needed = require_secrets(node.role, secrets, node_name=node.name)
-    galera_peers = [n.address for n in topo.nodes(role="galera")]
-    context = {
-        "node": node,
-        "region": topo.region(node.region),
-        "topology": topo,
-        "galera": topo.galera,
-        "secrets": needed,
-        "memory_mb": MEMCACHED_MEMORY_MB,
-        "port": PORTS["memcached"],
-        "health_port": PORTS["galera_health"],
-        "sst_user": SST_USER,
-        "peers": galera_peers if node.role == "galera" else [f"{a}:{PORTS['galera_replication']}" for a in galera_peers],
-        "provider_options": provider_options(topo, node) if node.role in ("galera", ARBITRATOR) else [],
-        "tls_key_path": TLS_PATHS["key"], "tls_cert_path": TLS_PATHS["cert"], "tls_ca_path": TLS_PATHS["ca"],
-    }
+    layer = LAYERS[node.role]
+    context = {"node": node, "region": topo.region(node.region), "topology": topo, "secrets": needed,
+               **layer.context(topo, node, needed)}
     files = [File(FACTS_PATH, json.dumps(node_facts(topo, node), indent=2, sort_keys=True) + "\n")]
-    for template, path, perms in ROLE_FILES[node.role]:
+    for template, path, perms in layer.files:
         files.append(File(path, render_template(template, **context), permissions=perms))
-    if "tls_key" in needed:
-        files += [File(TLS_PATHS["ca"], needed["ca_cert"]), File(TLS_PATHS["cert"], needed["tls_cert"]),
-                  File(TLS_PATHS["key"], needed["tls_key"], permissions="0600")]
+    files += layer.secret_files(topo, node, needed)
     files_t = tuple(files)
     body = yaml.dump(cloud_config(topo, node, files_t), Dumper=_LiteralDumper, sort_keys=False,
                      default_flow_style=False, width=120)

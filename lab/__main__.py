@@ -119,7 +119,7 @@ def _up(args: argparse.Namespace) -> int:
         return 1
     dep = _deployment(args)
     try:
-        dep.up(install=not args.no_install)
+        dep.up(install=not args.no_install, wan_latency_ms=args.wan_latency_ms)
     except BaseException:
         print("lab up failed; tearing down what was created", file=sys.stderr)
         teardown(args.labdir, prefix=args.prefix)
@@ -170,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     lab_up = sub.add_parser("up", help="bring up the lab of the topology")
     lab_up.add_argument("--no-install", action="store_true", help="skip apt-get")
+    lab_up.add_argument("--wan-latency-ms", type=float, default=0,
+                        help="delay between regions, each way (e.g. 50 for a 100 ms round trip)")
     sub.add_parser("status", help="what runs where")
     drill = sub.add_parser("drill", help="run the checks against the running lab")
     drill.add_argument("--report", help="also write the results as JSON to this file")

@@ -26,7 +26,8 @@ from pathlib import Path
 import yaml
 
 from keystone_multiregion import pki
-from keystone_multiregion.render import GALERA_NODE_TOOL, RenderedNode, render_node, write_rendered
+from keystone_multiregion.render import RenderedNode, render_node, write_rendered
+from keystone_multiregion.roles.galera import GALERA_NODE_TOOL
 from keystone_multiregion.secrets import CA_CERT, SECRETS, TLS_ROLES
 from keystone_multiregion.security import PORTS
 from keystone_multiregion.topology import Node, Topology
@@ -118,7 +119,7 @@ class LabDeployment:
         return HostSpec(node.name, node.region, f"{node.address}/{prefix}")
 
     # -- up -------------------------------------------------------------------------------
-    def up(self, install: bool = True, log=print) -> None:
+    def up(self, install: bool = True, log=print, wan_latency_ms: float = 0) -> None:
         t0 = time.monotonic()
         if install:
             packages.ensure_lab_base(self.lab.prefix)
@@ -137,6 +138,9 @@ class LabDeployment:
         self.lab.net.build([self.host_spec(n) for n in self.topo.nodes()],
                            region_cidrs={r.name: r.cidr for r in self.topo.regions})
         log(f"network: {len(self.topo.regions)} regions, {len(rendered)} namespaces")
+        if wan_latency_ms:
+            mode = self.set_wan_latency(wan_latency_ms)
+            log(f"WAN latency: {wan_latency_ms} ms each way between regions ({mode})")
         for r in rendered:
             self._install_node(r)
         # The bootstrap node first (it starts the cluster), then every other node joins.
@@ -150,6 +154,21 @@ class LabDeployment:
 
     def _is_bootstrap(self, node: Node) -> bool:
         return node.role == "galera" and node.region == self.topo.bootstrap_region and node.number == 1
+
+    # -- WAN -------------------------------------------------------------------------------
+    def set_wan_latency(self, ms: float, roles: tuple[str, ...] | None = None) -> str:
+        """Delay every packet between regions by `ms` each way (RTT 2*ms); traffic inside a
+        region stays fast. 0 clears it. Returns the mechanism (netem or the NFQUEUE delayer)."""
+        mode = "cleared"
+        for node in self.topo.nodes():
+            if roles is not None and node.role not in roles:
+                continue
+            if ms <= 0:
+                self.lab.net.clear_latency(node.name)
+                continue
+            others = [r.cidr for r in self.topo.regions if r.name != node.region]
+            mode = self.lab.net.set_latency(node.name, ms, peers=others)
+        return mode
 
     # -- galera ---------------------------------------------------------------------------
     def galera_status(self, name: str) -> dict:

@@ -348,10 +348,48 @@ class GaleraDrills:
             problems.append("the last write before the outage was refused")
         return DrillResult("7. full outage, recovered from the most advanced node", not problems, measured, problems)
 
+    def drill_wan_latency(self, one_way_ms: float = 50, samples: int = 5) -> DrillResult:
+        """With WAN latency between regions, a commit waits for a round trip to the other
+        regions while a read stays local: the cost of synchronous replication, measured."""
+        def median(values):
+            values = sorted(values)
+            return round(values[len(values) // 2], 1)
+
+        def timed(fn):
+            t = time.monotonic()
+            fn()
+            return (time.monotonic() - t) * 1000
+
+        self.setup()
+        region = self.regions[0]
+        base_commit = median([timed(lambda: self.write(region, "no delay")) for _ in range(samples)])
+        base_read = median([timed(lambda: self.sql(region, f"SELECT COUNT(*) FROM {DB}.ledger"))
+                            for _ in range(samples)])
+        mode = self.dep.set_wan_latency(one_way_ms, roles=("galera",))
+        try:
+            rtt = self.dep.lab.net.ping(self.node[region], self.node[self.regions[1]], count=3, interval=0.2,
+                                        timeout=5).avg_ms
+            commit = median([timed(lambda: self.write(region, "across the WAN")) for _ in range(samples)])
+            read = median([timed(lambda: self.sql(region, f"SELECT COUNT(*) FROM {DB}.ledger"))
+                           for _ in range(samples)])
+        finally:
+            self.dep.set_wan_latency(0, roles=("galera",))
+        measured = {"one_way_ms": one_way_ms, "mechanism": mode, "rtt_ms": rtt, "commit_ms": commit,
+                    "commit_ms_without_delay": base_commit, "read_ms": read, "read_ms_without_delay": base_read}
+        problems = []
+        if rtt is None or rtt < 2 * one_way_ms * 0.9:
+            problems.append(f"the round trip between regions was {rtt} ms, not about {2 * one_way_ms} ms")
+        if commit - base_commit < 2 * one_way_ms * 0.9:
+            problems.append("a commit did not wait for the other regions")
+        if read - base_read > one_way_ms:
+            problems.append("a local read paid the WAN latency")
+        return DrillResult("8. WAN latency: commits wait for the other regions, reads stay local", not problems,
+                           measured, problems)
+
     def run_all(self, log=print) -> list[DrillResult]:
         results = []
         for drill in (self.drill_cluster_forms, self.drill_replication, self.drill_partition, self.drill_heal,
-                      self.drill_kill_restart, self.drill_lock_load, self.drill_full_outage):
+                      self.drill_kill_restart, self.drill_lock_load, self.drill_full_outage, self.drill_wan_latency):
             result = drill()
             log(result.line())
             results.append(result)

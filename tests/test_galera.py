@@ -9,7 +9,8 @@ import yaml
 
 from helpers import example, five_regions
 from keystone_multiregion import pki
-from keystone_multiregion.render import GALERA_CONF, GALERA_SST_CONF, TEMPLATES, render_node
+from keystone_multiregion.render import TEMPLATES, render_node
+from keystone_multiregion.roles.galera import GALERA_CONF, GALERA_SST_CONF
 from keystone_multiregion.secrets import TLS_ROLES, SecretsError
 from keystone_multiregion.topology import TopologyError, load_topology
 

@@ -65,3 +65,11 @@ def test_7_full_outage_recovery(drills):
     result = _run(drills.drill_full_outage)
     assert result.measured["lost_writes"] == 0
     assert result.measured["bootstrapped_from"] in result.measured["reports"]
+
+
+def test_8_wan_latency_costs_commits_not_reads(drills):
+    result = _run(drills.drill_wan_latency)
+    m = result.measured
+    assert m["rtt_ms"] >= 90
+    assert m["commit_ms"] - m["commit_ms_without_delay"] >= 90
+    assert m["read_ms"] - m["read_ms_without_delay"] < 50

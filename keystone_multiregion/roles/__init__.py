@@ -1,0 +1,8 @@
+"""One module per layer; LAYERS maps every role to what the renderer needs of it."""
+
+from . import galera, keystone, memcached, proxy
+from .base import File, RoleLayer
+
+LAYERS: dict[str, RoleLayer] = {**galera.LAYERS, **keystone.LAYERS, **memcached.LAYERS, **proxy.LAYERS}
+
+__all__ = ["LAYERS", "File", "RoleLayer"]

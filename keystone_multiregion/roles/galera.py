@@ -1,0 +1,101 @@
+"""The Galera layer (data nodes and the arbitrator): configuration, TLS, galera-node."""
+
+from __future__ import annotations
+
+from ..security import PORTS
+from ..topology import ARBITRATOR, Node, Topology
+from .base import File, RoleLayer
+
+GALERA_DATA_LABEL = "galera-data"
+GALERA_DATADIR = "/var/lib/mysql"
+TLS_DIR = "/etc/mysql/ssl"
+TLS_PATHS = {"ca": f"{TLS_DIR}/ca.pem", "cert": f"{TLS_DIR}/node-cert.pem", "key": f"{TLS_DIR}/node-key.pem"}
+GALERA_CONF = "/etc/mysql/mariadb.conf.d/99-keystone-multiregion.cnf"
+GALERA_SST_CONF = "/etc/mysql/mariadb.conf.d/99-keystone-multiregion-sst.cnf"
+GALERA_NODE_TOOL = "/usr/local/sbin/galera-node"
+SST_USER = "sst"
+# Stop Debian's postinst from starting MariaDB with a half-written configuration: the
+# node's own start (galera-node start) decides between joining and a new cluster.
+DENY_SERVICE_START = ["cloud-init-per", "once", "ksm-deny-service-start", "sh", "-c",
+                      "printf '#!/bin/sh\\nexit 101\\n' > /usr/sbin/policy-rc.d && chmod 0755 /usr/sbin/policy-rc.d"]
+
+
+def provider_options(topo: Topology, node: Node) -> list[str]:
+    """wsrep_provider_options (and garbd's options): WAN timeouts, segment, gcache, TLS."""
+    g = topo.galera
+    options = [
+        f"gmcast.segment={topo.region(node.region).index}",
+        f"evs.keepalive_period={g.evs_keepalive_period}",
+        f"evs.suspect_timeout={g.evs_suspect_timeout}",
+        f"evs.inactive_timeout={g.evs_inactive_timeout}",
+        f"evs.install_timeout={g.evs_install_timeout}",
+        f"evs.send_window={g.evs_send_window}",
+        f"evs.user_send_window={g.evs_user_send_window}",
+        # After all nodes stopped at once, restore the Primary component from the saved view.
+        "pc.recovery=TRUE",
+    ]
+    if node.role == "galera":
+        options.append(f"gcache.size={g.gcache_mb}M")
+    options += [f"socket.ssl_key={TLS_PATHS['key']}", f"socket.ssl_cert={TLS_PATHS['cert']}",
+                f"socket.ssl_ca={TLS_PATHS['ca']}"]
+    return options
+
+
+def _context(topo: Topology, node: Node, needed: dict) -> dict:
+    peers = [n.address for n in topo.nodes(role="galera")]
+    return {
+        "galera": topo.galera,
+        "health_port": PORTS["galera_health"],
+        "sst_user": SST_USER,
+        "peers": peers if node.role == "galera" else [f"{a}:{PORTS['galera_replication']}" for a in peers],
+        "provider_options": provider_options(topo, node),
+        "tls_key_path": TLS_PATHS["key"], "tls_cert_path": TLS_PATHS["cert"], "tls_ca_path": TLS_PATHS["ca"],
+    }
+
+
+def _tls_files(topo: Topology, node: Node, needed: dict) -> list[File]:
+    return [File(TLS_PATHS["ca"], needed["ca_cert"]), File(TLS_PATHS["cert"], needed["tls_cert"]),
+            File(TLS_PATHS["key"], needed["tls_key"], permissions="0600")]
+
+
+def _galera_cloud_config(topo: Topology, node: Node, doc: dict) -> None:
+    doc["bootcmd"] = [DENY_SERVICE_START]
+    doc["runcmd"] = [
+        ["rm", "-f", "/usr/sbin/policy-rc.d"],
+        ["python3", GALERA_NODE_TOOL, "prepare"],
+        ["python3", GALERA_NODE_TOOL, "start"],
+        ["systemctl", "daemon-reload"],
+        ["systemctl", "enable", "--now", "galera-health.service"],
+    ]
+    # The data volume is attached at boot (a block device of the instance). Make a file
+    # system only if it has none (overwrite: false keeps existing data), and mount it by
+    # label before the packages install into it.
+    doc["fs_setup"] = [{"label": GALERA_DATA_LABEL, "filesystem": "ext4",
+                        "device": topo.galera_data_device, "partition": "none", "overwrite": False}]
+    doc["mounts"] = [[f"LABEL={GALERA_DATA_LABEL}", GALERA_DATADIR, "ext4",
+                      "defaults,nofail,x-systemd.device-timeout=60s", "0", "2"]]
+
+
+def _arbitrator_cloud_config(topo: Topology, node: Node, doc: dict) -> None:
+    # garbd runs as nobody: its key is readable by that group only.
+    doc["runcmd"] = [["chgrp", "nogroup", TLS_PATHS["key"]], ["chmod", "0640", TLS_PATHS["key"]],
+                     ["systemctl", "enable", "--now", "garb.service"]]
+
+
+GALERA = RoleLayer(
+    packages=("mariadb-server", "mariadb-backup", "galera-4", "socat"),
+    files=(
+        ("galera/galera.cnf.j2", GALERA_CONF, "0644"),
+        ("galera/sst-auth.cnf.j2", GALERA_SST_CONF, "0600"),  # galera-node prepare: 0640 root:mysql
+        ("galera/root-my.cnf.j2", "/root/.my.cnf", "0600"),
+        ("galera/galera-node.py", GALERA_NODE_TOOL, "0755"),
+        ("galera/galera-health.service.j2", "/etc/systemd/system/galera-health.service", "0644"),
+    ),
+    context=_context, secret_files=_tls_files, cloud_config=_galera_cloud_config)
+
+ARBITRATOR_LAYER = RoleLayer(
+    packages=("galera-arbitrator-4",),
+    files=(("galera/garbd.j2", "/etc/default/garb", "0644"),),
+    context=_context, secret_files=_tls_files, cloud_config=_arbitrator_cloud_config)
+
+LAYERS = {"galera": GALERA, ARBITRATOR: ARBITRATOR_LAYER}
