@@ -87,8 +87,9 @@ class NodeGroup(pulumi.ComponentResource):
                                        for a in args.allowed_addresses] or None,
                 opts=child)
 
+            # A role without secrets renders from none: its user_data stays a plain value.
             node_secrets = (node_tls(self, node, args.secrets, args.ca_key) if role in TLS_ROLES
-                            else args.secrets)
+                            else args.secrets if role_has_secrets(role) else {})
             block_devices = None
             image_id = args.image_id
             if node.volume_gb:

@@ -7,6 +7,7 @@ from typing import Mapping
 
 import pulumi
 import pulumi_openstack as openstack
+import pulumi_tls as tls
 
 from keystone_multiregion.security import security_groups
 from keystone_multiregion.topology import Topology
@@ -23,7 +24,29 @@ class RegionArgs:
     region: str
     secrets: pulumi.Input[Mapping[str, str]]
     ca_key: pulumi.Input[str]  # signs this region's Galera node certificates
+    # The public endpoint's certificate (PEM chain) and key; None: a self-signed one for
+    # development, made here.
+    public_cert: pulumi.Input[str] | None = None
+    public_key: pulumi.Input[str] | None = None
     cloud: str | None = None  # clouds.yaml entry; None: OS_CLOUD / OS_* from the environment
+
+
+DEV_CERT_VALIDITY_HOURS = 365 * 24
+
+
+def dev_certificate(parent: pulumi.Resource, hostname: str, region: str):
+    """A self-signed certificate for the public endpoint, for development only: set
+    keystone-multiregion:publicCertificate and publicKey for a real one."""
+    pulumi.log.warn(f"{region}: no publicCertificate in the stack config; the public endpoint {hostname} "
+                    "gets a self-signed certificate (development only)")
+    child = pulumi.ResourceOptions(parent=parent)
+    key = tls.PrivateKey(f"public-key-{region}", algorithm="ECDSA", ecdsa_curve="P256", opts=child)
+    cert = tls.SelfSignedCert(
+        f"public-cert-{region}", private_key_pem=key.private_key_pem, dns_names=[hostname],
+        subject=tls.SelfSignedCertSubjectArgs(common_name=hostname), validity_period_hours=DEV_CERT_VALIDITY_HOURS,
+        early_renewal_hours=30 * 24, allowed_uses=["digital_signature", "key_encipherment", "server_auth"],
+        opts=child)
+    return cert.cert_pem, pulumi.Output.secret(key.private_key_pem)
 
 
 class RegionDeployment(pulumi.ComponentResource):
@@ -41,6 +64,13 @@ class RegionDeployment(pulumi.ComponentResource):
         image = openstack.images.get_image_output(
             name=topo.image, most_recent=True, opts=pulumi.InvokeOutputOptions(parent=self, provider=provider))
         vip_addresses = [v.address for v in topo.vips(region.name)]
+        secrets = args.secrets
+        if vip_addresses:
+            cert, key = args.public_cert, args.public_key
+            if cert is None or key is None:
+                cert, key = dev_certificate(self, region.public_hostname, region.name)
+            secrets = pulumi.Output.all(args.secrets, cert, key).apply(
+                lambda a: {**a[0], "public_tls": {region.name: {"cert": a[1], "key": a[2]}}})
 
         self.node_groups = {}
         for role in security_groups(topo, region.name):  # every role present in this region
@@ -49,7 +79,7 @@ class RegionDeployment(pulumi.ComponentResource):
                 NodeGroupArgs(topology=topo, region=region.name, role=role,
                               network_id=network.network_id, subnet_id=network.subnet_id,
                               security_group_id=groups.group_ids[role], image_id=image.id,
-                              secrets=args.secrets, ca_key=args.ca_key,
+                              secrets=secrets, ca_key=args.ca_key,
                               allowed_addresses=vip_addresses if role == "proxy" else []),
                 opts=child)
         self.public_ips = {}

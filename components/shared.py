@@ -6,7 +6,7 @@ import pulumi
 import pulumi_random as random
 import pulumi_tls as tls
 
-from keystone_multiregion.secrets import CA_CERT, SECRETS
+from keystone_multiregion.secrets import CA_CERT, KEY_REPOSITORIES, SECRETS
 
 CA_VALIDITY_HOURS = 10 * 365 * 24
 
@@ -33,6 +33,15 @@ class SharedSecrets(pulumi.ComponentResource):
             validity_period_hours=CA_VALIDITY_HOURS, allowed_uses=["cert_signing", "crl_signing", "digital_signature"],
             opts=pulumi.ResourceOptions(parent=self, protect=True))
         values[CA_CERT] = ca_cert.cert_pem
+        # The Fernet and credential key repositories, identical in every region: a staged
+        # key "0" and a primary "1" to start with (rotation adds more, see the README).
+        for repo in KEY_REPOSITORIES:
+            keys = [random.RandomBytes(f"{repo.replace('_', '-')}-{i}", length=32,
+                                       opts=pulumi.ResourceOptions(parent=self, protect=True)).base64
+                    for i in range(2)]
+            # Fernet keys are URL-safe base64 of 32 random bytes.
+            values[repo] = pulumi.Output.all(*keys).apply(
+                lambda ks: {str(i): k.replace("+", "-").replace("/", "_") for i, k in enumerate(ks)})
         self.secrets = pulumi.Output.secret(pulumi.Output.all(**values))
         self.ca_key = pulumi.Output.secret(ca_key.private_key_pem)
         self.register_outputs({"secrets": self.secrets, "galera_ca_key": self.ca_key})

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
                 known = ", ".join(region_stacks(Path(args.project_dir)))
                 raise ValueError(f"stack {args.stack!r} is not a region stack (region stacks: {known})")
             regions = [topo.region(region, source=f"Pulumi.{args.stack}.yaml: keystone-multiregion:region").name]
-        secrets = placeholder_secrets([n.name for n in topo.nodes()])
+        secrets = placeholder_secrets([n.name for n in topo.nodes()], [r.name for r in topo.regions])
         if args.secrets:
             secrets = yaml.safe_load(Path(args.secrets).read_text()) or {}
         out = Path(args.out)

@@ -38,9 +38,10 @@ def make_ca(name: str) -> tuple[str, str]:
     return cert.public_bytes(serialization.Encoding.PEM).decode(), _pem_key(key)
 
 
-def issue(ca_cert_pem: str, ca_key_pem: str, node_name: str, address: str) -> tuple[str, str]:
-    """(certificate PEM, key PEM) for a node, with its address and name as subjectAltNames
+def issue(ca_cert_pem: str, ca_key_pem: str, node_name: str, address: str | list[str]) -> tuple[str, str]:
+    """(certificate PEM, key PEM) for a node, with its address(es) and name as subjectAltNames
     (the SST donor checks the joiner's certificate against its IP)."""
+    addresses = [address] if isinstance(address, str) else list(address)
     ca_cert = x509.load_pem_x509_certificate(ca_cert_pem.encode())
     ca_key = serialization.load_pem_private_key(ca_key_pem.encode(), None)
     key = ec.generate_private_key(ec.SECP256R1())
@@ -49,10 +50,42 @@ def issue(ca_cert_pem: str, ca_key_pem: str, node_name: str, address: str) -> tu
             .issuer_name(ca_cert.subject).public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(_now()).not_valid_after(_now() + datetime.timedelta(days=VALIDITY_DAYS))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(node_name),
-                                                        x509.IPAddress(ipaddress.ip_address(address))]),
-                           critical=False)
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.DNSName(node_name)] + [x509.IPAddress(ipaddress.ip_address(a)) for a in addresses]),
+                critical=False)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
                            critical=False)
             .sign(ca_key, hashes.SHA256()))
     return cert.public_bytes(serialization.Encoding.PEM).decode(), _pem_key(key)
+
+
+def generate_secrets(topo) -> dict:
+    """Every secret a topology needs, made locally: for the lab and for tests (the stacks make
+    theirs with pulumi-random and pulumi-tls). The public endpoints get certificates from a
+    development CA, returned as `public_ca_cert` so clients can trust them."""
+    import secrets as _random
+
+    from .secrets import CA_CERT, SECRETS, TLS_ROLES
+
+    values: dict = {name: _random.token_hex(max(4, length // 2))[:length] for name, (length, _) in SECRETS.items()}
+    ca_cert, ca_key = make_ca(topo.name)
+    values[CA_CERT] = ca_cert
+    values["tls"] = {}
+    for node in topo.nodes():
+        if node.role in TLS_ROLES:
+            cert, key = issue(ca_cert, ca_key, node.name, node.address)
+            values["tls"][node.name] = {"cert": cert, "key": key}
+    import base64
+    import os
+    for repo in ("fernet_keys", "credential_keys"):
+        # Fernet keys: 32 random bytes, URL-safe base64. "0" is the staged key.
+        values[repo] = {str(i): base64.urlsafe_b64encode(os.urandom(32)).decode() for i in range(2)}
+    public_ca, public_ca_key = make_ca(f"{topo.name} public (development)")
+    values["public_ca_cert"] = public_ca
+    values["public_tls"] = {}
+    for region in topo.regions:
+        vips = [v.address for v in topo.vips(region.name)]
+        if vips:
+            cert, key = issue(public_ca, public_ca_key, region.public_hostname, vips)
+            values["public_tls"][region.name] = {"cert": cert, "key": key}
+    return values

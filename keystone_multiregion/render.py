@@ -66,6 +66,8 @@ def node_facts(topo: Topology, node: Node) -> dict:
         "galera_peers": [n.address for n in topo.nodes(role="galera")],
         # The one node that may start a new cluster, and only when no cluster exists.
         "galera_bootstrap": node.role == "galera" and node.region == topo.bootstrap_region and node.number == 1,
+        # The one Keystone node that runs db_sync and bootstrap.
+        "keystone_bootstrap": node.role == "keystone" and node.region == topo.bootstrap_region and node.number == 1,
     }
 
 
@@ -99,7 +101,7 @@ def cloud_config(topo: Topology, node: Node, files: tuple[File, ...]) -> dict:
 
 def render_node(topo: Topology, node_name: str, secrets: Mapping) -> RenderedNode:
     node = topo.node(node_name)
-    needed = require_secrets(node.role, secrets, node_name=node.name)
+    needed = require_secrets(node.role, secrets, node_name=node.name, region=node.region)
     layer = LAYERS[node.role]
     context = {"node": node, "region": topo.region(node.region), "topology": topo, "secrets": needed,
                **layer.context(topo, node, needed)}

@@ -84,6 +84,23 @@ DEFAULT_GALERA: dict[str, Any] = {
     "gcache_mb": None,  # set to override the computed size
 }
 
+# Keystone settings. Tokens are Fernet: validated locally in every region with the same keys.
+DEFAULT_KEYSTONE: dict[str, Any] = {
+    "token_expiration_s": 3600,  # Keystone's default token lifetime
+    "allow_expired_window_s": 172800,  # Keystone's default: service tokens may revive expired ones for 2 days
+    "rotation_interval_h": 24,  # how often the operator rotates the Fernet keys
+    # A validated token stays cached in its region's memcached for this long. Caches are
+    # per region, so this bounds how long a token revoked in one region keeps validating
+    # in another.
+    "token_cache_s": 60,
+    # The source design: objects cached for 60 minutes.
+    "cache_expiration_s": 3600,
+    # One dead memcached node must not stall the API: short timeouts, retried later.
+    "memcache_dead_retry_s": 30,
+    "memcache_socket_timeout_s": 1,
+    "uwsgi_processes": None,  # None: one per vCPU of the flavor
+}
+
 _NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$")
 _HOST_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
 
@@ -179,6 +196,26 @@ class GaleraSettings:
 
 
 @dataclass(frozen=True)
+class KeystoneSettings:
+    token_expiration_s: int
+    allow_expired_window_s: int
+    rotation_interval_h: int
+    token_cache_s: int
+    cache_expiration_s: int
+    memcache_dead_retry_s: int
+    memcache_socket_timeout_s: int
+    uwsgi_processes: int | None
+
+    @property
+    def max_active_keys(self) -> int:
+        """Fernet keys to keep: enough that every token still valid (or revivable within the
+        allowed-expired window) was signed by a key still held, plus the staged and the
+        primary key: (expiration + window) / rotation interval + 2, rounded up."""
+        interval = self.rotation_interval_h * 3600
+        return -(-(self.token_expiration_s + self.allow_expired_window_s) // interval) + 2
+
+
+@dataclass(frozen=True)
 class Arbitrator:
     region: str
     flavor: str
@@ -204,6 +241,7 @@ class Topology:
     regions: tuple[Region, ...]
     arbitrator: Arbitrator | None = None
     galera: GaleraSettings | None = None
+    keystone: KeystoneSettings | None = None
     _nodes: tuple[Node, ...] = field(default=(), repr=False, compare=False)
 
     # -- look-ups -------------------------------------------------------------------
@@ -314,7 +352,7 @@ def load_topology(data: Mapping[str, Any]) -> Topology:
     """Validate a topology mapping and return the immutable model, or raise TopologyError."""
     if not isinstance(data, Mapping):
         raise TopologyError("(top level)", "is not a mapping", "see topology.yaml in the project for an example")
-    known = {"name", "bootstrap_region", "admin_cidr", "defaults", "regions", "arbitrator", "galera"}
+    known = {"name", "bootstrap_region", "admin_cidr", "defaults", "regions", "arbitrator", "galera", "keystone"}
     for key in data:
         if key not in known:
             raise TopologyError(str(key), "is not a known setting", f"use one of {', '.join(sorted(known))}")
@@ -497,6 +535,7 @@ def load_topology(data: Mapping[str, Any]) -> Topology:
         raise TopologyError("bootstrap_region", f"{boot!r} is a witness region, which holds no data",
                             "bootstrap from a region with Galera nodes")
     galera = _galera_settings(data.get("galera") or {})
+    keystone = _keystone_settings(data.get("keystone") or {})
     nodes = _compute_nodes(regions, arbitrator, first_offset, block_size)
     topo = Topology(
         name=name, bootstrap_region=boot, admin_cidr=str(admin_net), image=str(settings["image"]),
@@ -504,7 +543,7 @@ def load_topology(data: Mapping[str, Any]) -> Topology:
         block_size=block_size, min_dhcp_pool=min_pool, public_vips=public_vips, internal_vips=internal_vips,
         peer_rules=settings["peer_rules"], max_rules_per_group=max_rules,
         galera_data_device=str(settings["galera_data_device"]), regions=tuple(regions),
-        arbitrator=arbitrator, galera=galera, _nodes=nodes)
+        arbitrator=arbitrator, galera=galera, keystone=keystone, _nodes=nodes)
     _check_quorum(topo)
     _check_rule_quota(topo)
     return topo
@@ -556,6 +595,27 @@ def _galera_settings(data: Mapping[str, Any]) -> GaleraSettings:
         evs_keepalive_period=str(g["evs_keepalive_period"]), evs_suspect_timeout=str(g["evs_suspect_timeout"]),
         evs_inactive_timeout=str(g["evs_inactive_timeout"]), evs_install_timeout=str(g["evs_install_timeout"]),
         gcache_mb=gcache_mb, **ints)
+
+
+def _keystone_settings(data: Mapping[str, Any]) -> KeystoneSettings:
+    if not isinstance(data, Mapping):
+        raise TopologyError("keystone", "is not a mapping", "give Keystone settings as key: value pairs")
+    for key in data:
+        if key not in DEFAULT_KEYSTONE:
+            raise TopologyError(f"keystone.{key}", "is not a known setting",
+                                f"use one of {', '.join(sorted(DEFAULT_KEYSTONE))}")
+    k = {**DEFAULT_KEYSTONE, **data}
+    values = {key: _int(k[key], f"keystone.{key}", 1, "give a positive whole number")
+              for key in DEFAULT_KEYSTONE if key != "uwsgi_processes"}
+    if k["uwsgi_processes"] is not None:
+        values["uwsgi_processes"] = _int(k["uwsgi_processes"], "keystone.uwsgi_processes", 1,
+                                         "give the number of uwsgi worker processes, or leave it out")
+    else:
+        values["uwsgi_processes"] = None
+    if values["token_cache_s"] > values["token_expiration_s"]:
+        raise TopologyError("keystone.token_cache_s", "is longer than a token lives",
+                            "keep the token cache at or below token_expiration_s")
+    return KeystoneSettings(**values)
 
 
 def _prefix_for(addresses: int) -> int:

@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import secrets as _random
 import shutil
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -28,25 +26,16 @@ import yaml
 from keystone_multiregion import pki
 from keystone_multiregion.render import RenderedNode, render_node, write_rendered
 from keystone_multiregion.roles.galera import GALERA_NODE_TOOL
-from keystone_multiregion.secrets import CA_CERT, SECRETS, TLS_ROLES
+from keystone_multiregion.secrets import SecretsError, require_secrets
 from keystone_multiregion.security import PORTS
 from keystone_multiregion.topology import Node, Topology
 
-from . import Lab, firewall, packages
+from . import Lab, firewall, layers, packages
+from .checks import Check
 from .net import HostSpec
 
 LAB_TOPOLOGY = Path(__file__).resolve().parent / "topology.yaml"
-PROXY_SYSCTL = "/etc/sysctl.d/60-keystone-multiregion.conf"
-# Debian packages of the daemons the lab runs so far, by role.
-ROLE_PACKAGES = {
-    "memcached": ["memcached"],
-    "galera": ["mariadb-server", "mariadb-client", "mariadb-backup", "galera-4", "socat"],
-    "arbitrator": ["galera-arbitrator-4"],
-}
-# A Galera node's own state directories (on a VM: its volume, /run and /var/log).
-GALERA_DIRS = ("/var/lib/mysql", "/run/mysqld", "/var/log/mysql")
 GALERA_TOOL = ["python3", GALERA_NODE_TOOL]
-MEMCACHED_WRAPPER = "/usr/share/memcached/scripts/systemd-memcached-wrapper"
 
 # An HTTP GET from inside a lab namespace, bounded by a timeout; prints the status code.
 _HTTP_GET = r"""
@@ -57,32 +46,9 @@ except urllib.error.HTTPError as exc:
     print(exc.code)
 """
 
-# Asks a memcached server for its stats from inside a lab namespace; bounded by a timeout.
-_MEMCACHED_STATS = r"""
-import socket, sys
-s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[3]))
-s.sendall(b"stats\r\n")
-data = b""
-while not data.endswith(b"END\r\n"):
-    chunk = s.recv(65536)
-    if not chunk:
-        break
-    data += chunk
-print(data.decode())
-"""
-
-
-@dataclass
-class Check:
-    name: str
-    ok: bool
-    detail: str
-
-    def line(self) -> str:
-        return f"[{'ok' if self.ok else 'FAIL'}] {self.name}: {self.detail}"
-
-
 class LabDeployment:
+    GALERA_TOOL = GALERA_TOOL
+
     def __init__(self, lab: Lab, topo: Topology):
         self.lab = lab
         self.topo = topo
@@ -95,19 +61,16 @@ class LabDeployment:
     def secrets(self) -> dict:
         """The lab's own secrets and TLS credentials, generated once per lab directory (0600)."""
         path = Path(self.lab.labdir) / "secrets.yaml"
-        tls_nodes = {n.name for n in self.topo.nodes() if n.role in TLS_ROLES}
         if path.exists():
             values = yaml.safe_load(path.read_text()) or {}
             # Reuse them while they cover this topology (an older lab's file may not).
-            if set(SECRETS) | {CA_CERT} <= set(values) and tls_nodes <= set(values.get("tls") or {}):
+            try:
+                for n in self.topo.nodes():
+                    require_secrets(n.role, values, node_name=n.name, region=n.region)
                 return values
-        values: dict = {name: _random.token_hex(length // 2) for name, (length, _) in SECRETS.items()}
-        ca_cert, ca_key = pki.make_ca(self.topo.name)
-        values[CA_CERT] = ca_cert
-        values["tls"] = {}
-        for name in sorted(tls_nodes):
-            cert, key = pki.issue(ca_cert, ca_key, name, self.topo.node(name).address)
-            values["tls"][name] = {"cert": cert, "key": key}
+            except SecretsError:
+                pass
+        values = pki.generate_secrets(self.topo)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
@@ -124,7 +87,8 @@ class LabDeployment:
         if install:
             packages.ensure_lab_base(self.lab.prefix)
             roles = {n.role for n in self.topo.nodes()}
-            packages.ensure_packages(sorted({p for r in roles for p in ROLE_PACKAGES.get(r, [])}))
+            packages.ensure_packages(sorted({p for layer in layers.ORDER if set(layer.ROLES) & roles
+                                             for p in layer.PACKAGES}))
         # A new lab starts from empty data directories: a previous lab's grastate.dat would
         # (rightly) stop galera-node from starting a new cluster.
         for leftover in (Path(self.lab.labdir) / "hosts", self.render_dir):
@@ -143,16 +107,11 @@ class LabDeployment:
             log(f"WAN latency: {wan_latency_ms} ms each way between regions ({mode})")
         for r in rendered:
             self._install_node(r)
-        # The bootstrap node first (it starts the cluster), then every other node joins.
-        order = sorted(rendered, key=lambda r: not self._is_bootstrap(r.node))
-        for r in order:
-            t = time.monotonic()
-            self._start(r.node)
-            if r.node.role == "galera":
-                log(f"{r.node.name}: Synced in {time.monotonic() - t:.1f}s")
+        for layer in layers.ORDER:
+            layer.start(self, [n for n in self.topo.nodes() if n.role in layer.ROLES], log)
         log(f"up in {time.monotonic() - t0:.1f}s")
 
-    def _is_bootstrap(self, node: Node) -> bool:
+    def is_bootstrap(self, node: Node) -> bool:
         return node.role == "galera" and node.region == self.topo.bootstrap_region and node.number == 1
 
     # -- WAN -------------------------------------------------------------------------------
@@ -184,7 +143,7 @@ class LabDeployment:
         """galera-node start --exec: the node's own safe-bootstrap decision, then mariadbd."""
         self.lab.procs.start(name, "mariadb", GALERA_TOOL + ["start", "--exec"],
                              ready=lambda: self.galera_status(name).get("healthy"), ready_timeout=timeout)
-        if self._is_bootstrap(self.topo.node(name)) and not getattr(self, "_initialised", False):
+        if self.is_bootstrap(self.topo.node(name)) and not getattr(self, "_initialised", False):
             self.lab.procs.run(name, GALERA_TOOL + ["init-cluster"], timeout=60)
             self._initialised = True
         if not self.lab.procs.is_alive(name, "health"):
@@ -202,37 +161,14 @@ class LabDeployment:
         node_dir = self.render_dir / node.region / node.name / "files"
         # Each rendered file appears at its VM path, for this node's processes only.
         self.lab.procs.set_binds(node.name, {f.path: str(node_dir / f.path.lstrip("/")) for f in r.files})
-        if node.role == "galera":
-            # The node's data, runtime and log directories are its own, as on a VM.
-            self.lab.procs.make_root(node.name, GALERA_DIRS)
-            self.lab.procs.run(node.name, GALERA_TOOL + ["prepare"])
         firewall.apply(self.lab.net, self.topo, node)
-        if node.role == "proxy":
-            # What `sysctl --system` does on the VM, limited to our file (net.* is per namespace).
-            self.lab.procs.run(node.name, ["sysctl", "-q", "-p", PROXY_SYSCTL])
-
-    def _start(self, node: Node) -> None:
-        if node.role == "galera":
-            self.start_galera(node.name)
-        if node.role == "memcached":
-            self.lab.procs.start(node.name, "memcached", [MEMCACHED_WRAPPER, "/etc/memcached.conf"],
-                                 ready=lambda: self.memcached_stats(node.name, node.name, timeout=0.5),
-                                 ready_timeout=15)
+        for layer in layers.ORDER:
+            if node.role in layer.ROLES:
+                layer.install(self, r)
 
     # -- probes ---------------------------------------------------------------------------
     def memcached_stats(self, client: str, server: str, timeout: float = 2.0) -> dict[str, str] | None:
-        """memcached's stats as seen from the `client` node, or None if it does not answer."""
-        result = self.lab.net.exec(client, [sys.executable, "-c", _MEMCACHED_STATS, self.topo.node(server).address,
-                                            str(PORTS["memcached"]), str(timeout)],
-                                   timeout=timeout + 5, check=False)
-        if result.returncode != 0:
-            return None
-        stats = {}
-        for line in result.stdout.splitlines():
-            parts = line.split()
-            if len(parts) == 3 and parts[0] == "STAT":
-                stats[parts[1]] = parts[2]
-        return stats or None
+        return layers.memcached.stats(self, client, server, timeout)
 
     def http_status(self, client: str, url: str, timeout: float = 2.0) -> int | None:
         """The HTTP status `client` gets for `url`, or None if nothing answered."""
@@ -259,43 +195,11 @@ class LabDeployment:
         """Measured facts of the running lab, each a check that can fail."""
         out: list[Check] = []
         regions = [r.name for r in self.topo.regions]
-        first = {r: self.topo.nodes(r, "galera")[0].name for r in regions}
+        first = {r: self.topo.nodes(r)[0].name for r in regions}
         for i, a in enumerate(regions):
             for b in regions[i + 1:]:
                 p = self.lab.net.ping(first[a], first[b], count=2, interval=0.2, timeout=3)
                 out.append(Check(f"{a} reaches {b}", p.ok, f"{p.received}/{p.sent} replies, avg {p.avg_ms} ms"))
-        for region in regions:
-            keystone = self.topo.nodes(region, "keystone")[0].name
-            galera = self.topo.nodes(region, "galera")[0].name
-            for mc in self.topo.nodes(region, "memcached"):
-                t = time.monotonic()
-                stats = self.memcached_stats(keystone, mc.name)
-                ms = (time.monotonic() - t) * 1000
-                want = {"limit_maxbytes": str(512 * 1024 * 1024), "threads": str(mc.vcpus)}
-                got = {k: (stats or {}).get(k) for k in want}
-                out.append(Check(f"{mc.name} answers {keystone}", got == want,
-                                 f"{got} in {ms:.0f} ms" if stats else "no answer"))
-                t = time.monotonic()
-                blocked = self.memcached_stats(galera, mc.name, timeout=1.0)
-                out.append(Check(f"{mc.name} refuses {galera} (security group)", blocked is None,
-                                 f"no answer after {time.monotonic() - t:.1f}s" if blocked is None else "it answered"))
-        size = str(len(self.topo.nodes(role="galera")))
-        for node in self.topo.nodes(role="galera"):
-            st = self.galera_status(node.name)
-            out.append(Check(f"{node.name} in the cluster",
-                             bool(st.get("healthy")) and st.get("wsrep_cluster_size") == size,
-                             f"{st.get('wsrep_local_state_comment')}/{st.get('wsrep_cluster_status')}, "
-                             f"cluster size {st.get('wsrep_cluster_size')}"))
-            url = f"http://{node.address}:{PORTS['galera_health']}/"
-            proxy = self.topo.nodes(node.region, "proxy")[0].name
-            code = self.http_status(proxy, url)
-            out.append(Check(f"{node.name} health check from {proxy}", code == 200, f"HTTP {code}"))
-            keystone = self.topo.nodes(node.region, "keystone")[0].name
-            code = self.http_status(keystone, url, timeout=1.0)
-            out.append(Check(f"{node.name} health check refuses {keystone} (security group)", code is None,
-                             "no answer" if code is None else f"HTTP {code}"))
-        for proxy in self.topo.nodes(role="proxy"):
-            value = self.lab.net.get_sysctl(proxy.name, "net.ipv4.ip_nonlocal_bind")
-            out.append(Check(f"{proxy.name} may bind VIPs", value == "1", f"net.ipv4.ip_nonlocal_bind = {value}"))
+        for layer in layers.ORDER:
+            out += layer.checks(self)
         return out
-

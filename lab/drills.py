@@ -362,6 +362,10 @@ class GaleraDrills:
 
         self.setup()
         region = self.regions[0]
+        # The lab may run with WAN latency already (up --wan-latency-ms): measure the
+        # baseline without it and put it back afterwards.
+        before = self.dep.lab.net.latency(self.node[region])
+        self.dep.set_wan_latency(0, roles=("galera",))
         base_commit = median([timed(lambda: self.write(region, "no delay")) for _ in range(samples)])
         base_read = median([timed(lambda: self.sql(region, f"SELECT COUNT(*) FROM {DB}.ledger"))
                             for _ in range(samples)])
@@ -373,7 +377,7 @@ class GaleraDrills:
             read = median([timed(lambda: self.sql(region, f"SELECT COUNT(*) FROM {DB}.ledger"))
                            for _ in range(samples)])
         finally:
-            self.dep.set_wan_latency(0, roles=("galera",))
+            self.dep.set_wan_latency(before["ms"] if before else 0, roles=("galera",))
         measured = {"one_way_ms": one_way_ms, "mechanism": mode, "rtt_ms": rtt, "commit_ms": commit,
                     "commit_ms_without_delay": base_commit, "read_ms": read, "read_ms_without_delay": base_read}
         problems = []

@@ -27,14 +27,21 @@ MOCK_SECRETS = {
     "keystone_db_password": "mock-ksdb-pw-3",
     "keystone_admin_password": "mock-admin-pw-4",
     "galera_ca_cert": "mock-ca-cert\n",
+    "vrrp_password": "mockvrrp",
+    "fernet_keys": {"0": "mock-fernet-0", "1": "mock-fernet-1"},
+    "credential_keys": {"0": "mock-credential-0", "1": "mock-credential-1"},
 }
 MOCK_CA_KEY = "mock-ca-key\n"
 
 
-def mock_node_secrets(node_name: str) -> dict:
-    """What a TLS node's user_data is rendered from under these mocks."""
-    return {**MOCK_SECRETS, "tls": {node_name: {"cert": f"mock-cert-tls-cert-{node_name}\n",
-                                                "key": f"mock-private-key-tls-key-{node_name}\n"}}}
+def mock_node_secrets(node_name: str, region: str) -> dict:
+    """What a node's user_data is rendered from under these mocks (its own TLS credentials,
+    and the region's self-signed development certificate for the public endpoint)."""
+    return {**MOCK_SECRETS,
+            "tls": {node_name: {"cert": f"mock-cert-tls-cert-{node_name}\n",
+                                "key": f"mock-private-key-tls-key-{node_name}\n"}},
+            "public_tls": {region: {"cert": f"mock-cert-public-cert-{region}\n",
+                                    "key": f"mock-private-key-public-key-{region}\n"}}}
 
 
 @dataclass
@@ -67,6 +74,8 @@ class _Mocks(pulumi.runtime.Mocks):
             state["address"] = f"203.0.113.{self._fip}"
         if args.typ == "random:index/randomPassword:RandomPassword":
             state["result"] = f"random-{args.name}"
+        if args.typ == "random:index/randomBytes:RandomBytes":
+            state["base64"] = f"bW9jay1{args.name}+/="  # has the characters URL-safe base64 replaces
         if args.typ == "tls:index/privateKey:PrivateKey":
             state["privateKeyPem"] = f"mock-private-key-{args.name}\n"
         if args.typ == "tls:index/certRequest:CertRequest":

@@ -168,7 +168,7 @@ def test_user_data_is_exactly_the_rendered_document(stack):
     region, run = stack
     for node in TOPO.nodes(region):
         instance = run.named(f"instance-{node.name}")
-        expected = render_node(TOPO, node.name, mock_node_secrets(node.name))
+        expected = render_node(TOPO, node.name, mock_node_secrets(node.name, region))
         assert instance.inputs["userData"] == expected.user_data
         assert ("userData" in instance.secret_inputs) is expected.secret
     galera = run.named(f"instance-galera-{region}-1")
@@ -189,7 +189,26 @@ def test_galera_nodes_get_certificates_from_the_shared_ca(stack):
         assert cert.inputs["certRequestPem"] == f"mock-csr-tls-csr-{node.name}\n"
         assert {"server_auth", "client_auth"} <= set(cert.inputs["allowedUses"])
     keys = run.of_type("tls:index/privateKey:PrivateKey")
-    assert sorted(k.name for k in keys) == sorted(f"tls-key-{n.name}" for n in TOPO.nodes(region, "galera"))
+    assert sorted(k.name for k in keys) == sorted([f"tls-key-{n.name}" for n in TOPO.nodes(region, "galera")]
+                                                  + [f"public-key-{region}"])
+
+
+def test_public_endpoint_gets_a_development_certificate_without_config(stack):
+    region, run = stack
+    cert = run.named(f"public-cert-{region}")
+    assert cert.inputs["dnsNames"] == [TOPO.region(region).public_hostname]
+    assert "server_auth" in cert.inputs["allowedUses"]
+    proxy = run.named(f"instance-proxy-{region}-1")
+    assert f"mock-private-key-public-key-{region}" in proxy.inputs["userData"]
+    assert "userData" in proxy.secret_inputs
+
+
+def test_public_certificate_from_config(tmp_path):
+    run = run_program("region-c", {"region": "region-c", "publicCertificate": "REAL-CERT", "publicKey": "REAL-KEY"})
+    assert run.of_type("tls:index/selfSignedCert:SelfSignedCert") == []
+    expected = render_node(TOPO, "proxy-region-c-2",
+                           {**MOCK_SECRETS, "public_tls": {"region-c": {"cert": "REAL-CERT", "key": "REAL-KEY"}}})
+    assert run.named("instance-proxy-region-c-2").inputs["userData"] == expected.user_data
 
 
 def test_components_are_named_from_the_topology_and_nested(stack):
@@ -215,8 +234,12 @@ def test_shared_stack_generates_every_secret_once():
     assert sorted(p.name for p in passwords) == sorted(s.replace("_", "-") for s in SECRETS)
     for p in passwords:
         assert p.protect is True
-        assert p.inputs["length"] >= 32 and p.inputs["special"] is False
+        assert p.inputs["length"] == SECRETS[p.name.replace("-", "_")][0] and p.inputs["special"] is False
+        assert p.inputs["length"] >= (8 if p.name == "vrrp-password" else 32)
     assert not [r for r in run.resources if r.type.startswith("openstack:")]
+    keys = run.of_type("random:index/randomBytes:RandomBytes")
+    assert sorted(k.name for k in keys) == ["credential-keys-0", "credential-keys-1", "fernet-keys-0", "fernet-keys-1"]
+    assert all(k.inputs["length"] == 32 and k.protect for k in keys)
     ca = run.named("galera-ca")
     assert ca.protect is True and ca.inputs["isCaCertificate"] is True
     assert ca.inputs["subject"] == {"commonName": "keystone Galera CA"}

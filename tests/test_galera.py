@@ -11,18 +11,13 @@ from helpers import example, five_regions
 from keystone_multiregion import pki
 from keystone_multiregion.render import TEMPLATES, render_node
 from keystone_multiregion.roles.galera import GALERA_CONF, GALERA_SST_CONF
-from keystone_multiregion.secrets import TLS_ROLES, SecretsError
+from keystone_multiregion.secrets import SecretsError
 from keystone_multiregion.topology import TopologyError, load_topology
 
 
 def secrets_for(topo):
-    ca_cert, ca_key = pki.make_ca(topo.name)
-    values = {"galera_root_password": "rootpw", "galera_sst_password": "sstpw", "keystone_db_password": "k",
-              "keystone_admin_password": "a", "galera_ca_cert": ca_cert, "tls": {}}
-    for n in topo.nodes():
-        if n.role in TLS_ROLES:
-            cert, key = pki.issue(ca_cert, ca_key, n.name, n.address)
-            values["tls"][n.name] = {"cert": cert, "key": key}
+    values = pki.generate_secrets(topo)
+    values.update(galera_root_password="rootpw", galera_sst_password="sstpw")
     return values
 
 

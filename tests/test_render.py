@@ -14,22 +14,11 @@ import yaml
 from helpers import ROOT, example, five_regions
 from keystone_multiregion import pki
 from keystone_multiregion.render import render_node, render_region, render_template
-from keystone_multiregion.secrets import TLS_ROLES, SecretsError, placeholder_secrets
+from keystone_multiregion.secrets import SecretsError, placeholder_secrets
 from keystone_multiregion.topology import load_topology
 
 
-def _secrets_for(topo) -> dict:
-    ca_cert, ca_key = pki.make_ca(topo.name)
-    values = {"galera_root_password": "s3cretRoot", "galera_sst_password": "sst-pw",
-              "keystone_db_password": "db", "keystone_admin_password": "adm", "galera_ca_cert": ca_cert, "tls": {}}
-    for n in topo.nodes():
-        if n.role in TLS_ROLES:
-            cert, key = pki.issue(ca_cert, ca_key, n.name, n.address)
-            values["tls"][n.name] = {"cert": cert, "key": key}
-    return values
-
-
-SECRETS = _secrets_for(load_topology(example()))
+SECRETS = pki.generate_secrets(load_topology(example()))
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +59,7 @@ def test_galera_node_mounts_its_data_volume_without_reformatting(topo):
     assert mycnf.permissions == "0600"
     parser = configparser.ConfigParser()
     parser.read_string(mycnf.content)
-    assert parser["client"]["password"] == "s3cretRoot"
+    assert parser["client"]["password"] == SECRETS["galera_root_password"]
     assert rendered.secret is True
 
 
@@ -99,7 +88,11 @@ def test_missing_secret_is_one_clear_error(topo):
     assert str(info.value).startswith("secrets: galera_root_password is missing or empty (needed by the galera "
                                       "nodes: root on every MariaDB node (local socket only))")
     # Roles that carry no secret render without any.
-    assert render_node(topo, "proxy-region-a-1", {}).secret is False
+    assert render_node(topo, "memcached-region-a-1", {}).secret is False
+    with pytest.raises(SecretsError, match=r"^secrets: fernet_keys is missing or empty \(needed by the keystone"):
+        render_node(topo, "keystone-region-a-1", {k: v for k, v in SECRETS.items() if k != "fernet_keys"})
+    with pytest.raises(SecretsError, match=r"^secrets: public_tls\.region-a\.cert is missing"):
+        render_node(topo, "proxy-region-a-1", {k: v for k, v in SECRETS.items() if k != "public_tls"})
 
 
 def test_templates_are_strict():
@@ -119,7 +112,8 @@ def test_every_rendered_document_passes_cloud_init_schema(tmp_path):
     for data in (example(), five_regions()):
         topo = load_topology(data)
         for r in topo.regions:
-            for rendered in render_region(topo, r.name, placeholder_secrets([n.name for n in topo.nodes()])):
+            for rendered in render_region(topo, r.name, placeholder_secrets([n.name for n in topo.nodes()],
+                                                                            [r.name for r in topo.regions])):
                 path = tmp_path / f"{rendered.node.name}.yaml"
                 path.write_text(rendered.user_data)
                 paths.append(path)
@@ -148,7 +142,8 @@ def test_offline_render_of_one_stack(tmp_path, topo):
     nodes = sorted(p.name for p in (out / "region-b").iterdir())
     assert nodes == sorted(n.name for n in topo.nodes("region-b"))
     assert not (out / "region-a").exists()
-    expected = render_node(topo, "galera-region-b-3", placeholder_secrets([n.name for n in topo.nodes()]))
+    expected = render_node(topo, "galera-region-b-3", placeholder_secrets([n.name for n in topo.nodes()],
+                                                                          [r.name for r in topo.regions]))
     node_dir = out / "region-b" / "galera-region-b-3"
     assert (node_dir / "user-data").read_text() == expected.user_data
     mycnf = node_dir / "files" / "root" / ".my.cnf"
@@ -183,7 +178,7 @@ def test_offline_render_errors_are_one_line(tmp_path):
     assert result.stderr == (f"error: {bad}: regions[1].cidr: 10.10.1.128/25 overlaps regions[0].cidr "
                              "10.10.1.0/24; give every region its own non-overlapping range\n")
     result = _cli("render", "--region", "region-a", "--out", str(tmp_path), "--secrets", str(bad))
-    assert result.returncode == 2 and "galera_root_password is missing" in result.stderr
+    assert result.returncode == 2 and "secrets: vrrp_password is missing" in result.stderr  # proxies render first
 
 
 def test_validate_command_summarises_the_topology():

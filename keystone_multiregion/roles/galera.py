@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
+import json
+
 from ..security import PORTS
 from ..topology import ARBITRATOR, Node, Topology
 from .base import File, RoleLayer
@@ -13,6 +16,8 @@ TLS_PATHS = {"ca": f"{TLS_DIR}/ca.pem", "cert": f"{TLS_DIR}/node-cert.pem", "key
 GALERA_CONF = "/etc/mysql/mariadb.conf.d/99-keystone-multiregion.cnf"
 GALERA_SST_CONF = "/etc/mysql/mariadb.conf.d/99-keystone-multiregion-sst.cnf"
 GALERA_NODE_TOOL = "/usr/local/sbin/galera-node"
+# Database users the node that starts the cluster creates (root only reads it).
+DB_USERS = "/etc/mysql/keystone-multiregion-users.json"
 SST_USER = "sst"
 # Stop Debian's postinst from starting MariaDB with a half-written configuration: the
 # node's own start (galera-node start) decides between joining and a new cluster.
@@ -54,8 +59,22 @@ def _context(topo: Topology, node: Node, needed: dict) -> dict:
 
 
 def _tls_files(topo: Topology, node: Node, needed: dict) -> list[File]:
-    return [File(TLS_PATHS["ca"], needed["ca_cert"]), File(TLS_PATHS["cert"], needed["tls_cert"]),
-            File(TLS_PATHS["key"], needed["tls_key"], permissions="0600")]
+    files = [File(TLS_PATHS["ca"], needed["ca_cert"]), File(TLS_PATHS["cert"], needed["tls_cert"]),
+             File(TLS_PATHS["key"], needed["tls_key"], permissions="0600")]
+    if node.role == "galera":
+        # Keystone's database and user; the user may connect from the regions' networks
+        # (through the internal proxies; the security groups admit only those).
+        users = {"databases": ["keystone"],
+                 "users": [{"name": "keystone", "password": needed["keystone_db_password"], "database": "keystone",
+                            "hosts": [_mysql_host_pattern(r.cidr) for r in topo.regions if not r.witness]}]}
+        files.append(File(DB_USERS, json.dumps(users, indent=2, sort_keys=True) + "\n", permissions="0600"))
+    return files
+
+
+def _mysql_host_pattern(cidr: str) -> str:
+    """MySQL's host form of a network: 10.10.1.0/255.255.255.0."""
+    net = ipaddress.ip_network(cidr)
+    return f"{net.network_address}/{net.netmask}"
 
 
 def _galera_cloud_config(topo: Topology, node: Node, doc: dict) -> None:

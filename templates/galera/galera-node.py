@@ -39,6 +39,7 @@ SOCKET = "/run/mysqld/mysqld.sock"
 SECRET_FILES = ("/etc/mysql/mariadb.conf.d/99-keystone-multiregion-sst.cnf", "/etc/mysql/ssl/node-key.pem")
 RUNTIME_DIRS = ("/run/mysqld", "/var/log/mysql")
 SST_USER = "sst"
+DB_USERS = "/etc/mysql/keystone-multiregion-users.json"
 REPLICATION_PORT = 4567
 
 
@@ -206,10 +207,25 @@ def cmd_init_cluster(args):
     mysql(f"CREATE USER IF NOT EXISTS '{SST_USER}'@'localhost' IDENTIFIED BY {sst}")
     mysql(f"ALTER USER '{SST_USER}'@'localhost' IDENTIFIED BY {sst}")
     mysql(f"GRANT RELOAD, PROCESS, LOCK TABLES, BINLOG MONITOR, REPLICA MONITOR ON *.* TO '{SST_USER}'@'localhost'")
+    # The applications' databases and users (Keystone's), from the rendered list.
+    created = []
+    if os.path.exists(DB_USERS):
+        with open(DB_USERS) as fh:
+            spec = json.load(fh)
+        for db in spec.get("databases", []):
+            mysql(f"CREATE DATABASE IF NOT EXISTS `{db}`")
+        for user in spec.get("users", []):
+            password = _quote(user["password"])
+            for host in user["hosts"]:
+                account = f"{_quote(user['name'])}@{_quote(host)}"
+                mysql(f"CREATE USER IF NOT EXISTS {account} IDENTIFIED BY {password}")
+                mysql(f"ALTER USER {account} IDENTIFIED BY {password}")
+                mysql(f"GRANT ALL PRIVILEGES ON `{user['database']}`.* TO {account}")
+                created.append(f"{user['name']}@{host}")
     # root keeps socket authentication for local tools, and gets the password as well.
     mysql(f"ALTER USER 'root'@'localhost' IDENTIFIED VIA unix_socket OR mysql_native_password "
           f"USING PASSWORD({_quote(root_password())})")
-    print(json.dumps({"initialised": True, "sst_user": SST_USER}))
+    print(json.dumps({"initialised": True, "sst_user": SST_USER, "users": created}))
     return 0
 
 

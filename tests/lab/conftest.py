@@ -53,7 +53,8 @@ def lab3(lab_tools, tmp_path_factory):
     assert not [p for p in created if os.path.exists(p)], "mountpoints left on the machine"
 
 
-DEPLOY_PREFIX = "ksld-"
+# Two developers (or a developer and a helper) can run lab tests side by side with their own prefix.
+DEPLOY_PREFIX = os.environ.get("KSL_DEPLOY_PREFIX", "ksld-")
 
 
 @pytest.fixture(scope="session")

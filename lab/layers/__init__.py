@@ -1,0 +1,14 @@
+"""One module per layer of the lab deployment, each with the same hooks:
+
+    ROLES      the roles it runs
+    PACKAGES   Debian packages its daemons need
+    install(dep, rendered)   after the node's files are bound and its firewall loaded
+    start(dep, nodes, log)   start the layer's daemons (nodes: this layer's, topology order)
+    checks(dep) -> [Check]   measured facts, each able to fail
+
+The deployment calls the layers in ORDER: the database first, the proxies last.
+"""
+
+from . import galera, keystone, memcached, proxy
+
+ORDER = (galera, memcached, keystone, proxy)
