@@ -33,6 +33,7 @@ from keystone_multiregion.topology import Node, Topology
 from . import Lab, firewall, layers, packages
 from .checks import Check
 from .net import HostSpec
+from .util import LabError
 
 LAB_TOPOLOGY = Path(__file__).resolve().parent / "topology.yaml"
 GALERA_TOOL = ["python3", GALERA_NODE_TOOL]
@@ -83,6 +84,8 @@ class LabDeployment:
 
     # -- up -------------------------------------------------------------------------------
     def up(self, install: bool = True, log=print, wan_latency_ms: float = 0) -> None:
+        if self.lab.state.read()["hosts"]:
+            raise LabError(f"a lab is already up in {self.lab.labdir}: tear it down first (python -m lab down)")
         t0 = time.monotonic()
         if install:
             packages.ensure_lab_base(self.lab.prefix)

@@ -10,6 +10,7 @@ from .galera import DENY_SERVICE_START
 KEYSTONE_NODE_TOOL = "/usr/local/sbin/keystone-node"
 KEYSTONE_CONF = "/etc/keystone/keystone.conf"
 UWSGI_INI = "/etc/keystone/keystone-multiregion-uwsgi.ini"
+WSGI_FILE = "/usr/local/lib/keystone-multiregion/keystone-wsgi.py"
 ADMIN_PASSWORD_FILE = "/etc/keystone/bootstrap-admin-password"
 KEY_DIRS = {"fernet_keys": "/etc/keystone/fernet-keys", "credential_keys": "/etc/keystone/credential-keys"}
 
@@ -31,6 +32,7 @@ def _context(topo: Topology, node: Node, needed: dict) -> dict:
         "memcache_servers": [f"{m.address}:{PORTS['memcached']}" for m in topo.nodes(node.region, "memcached")],
         "port": PORTS["keystone"],
         "processes": topo.keystone.uwsgi_processes or node.vcpus,
+        "wsgi_file": WSGI_FILE,
     }
 
 
@@ -64,6 +66,7 @@ KEYSTONE = RoleLayer(
         ("keystone/keystone-uwsgi.ini.j2", UWSGI_INI, "0644"),
         ("keystone/keystone-api.service.j2", "/etc/systemd/system/keystone-api.service", "0644"),
         ("keystone/keystone-node.py", KEYSTONE_NODE_TOOL, "0755"),
+        ("keystone/keystone-wsgi.py", WSGI_FILE, "0644"),
     ),
     context=_context, secret_files=_key_files, cloud_config=_cloud_config)
 

@@ -1,0 +1,277 @@
+"""Keystone drills on the running lab: one identity service across the regions.
+
+Requests go from each region's first proxy (the security groups admit Keystone's port only
+from the local proxies) straight to that region's Keystone node, with lab/ksclient.py.
+Every wait is bounded in time and count.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from keystone_multiregion.security import PORTS
+
+from .drills import DrillResult
+from .ksclient import totp
+
+CLIENT = str(Path(__file__).resolve().parent / "ksclient.py")
+
+
+class KeystoneDrills:
+    def __init__(self, dep):
+        self.dep = dep
+        self.topo = dep.topo
+        self.regions = [r.name for r in self.topo.regions if self.topo.nodes(r.name, "keystone")]
+        self.password = dep.secrets()["keystone_admin_password"]
+
+    # -- helpers ---------------------------------------------------------------------------
+    def url(self, region: str) -> str:
+        return f"http://{self.topo.nodes(region, 'keystone')[0].address}:{PORTS['keystone']}"
+
+    def ks(self, region: str, *args: str) -> dict:
+        proxy = self.topo.nodes(region, "proxy")[0].name
+        out = self.dep.lab.net.exec(proxy, [sys.executable, CLIENT, *args], timeout=90, check=False)
+        lines = out.stdout.strip().splitlines()
+        return json.loads(lines[-1]) if lines else {"status": None, "error": out.stderr.strip()[-500:]}
+
+    def admin_token(self, region: str) -> str:
+        out = self.ks(region, "token", self.url(region), "admin", self.password, "admin")
+        if out.get("status") != 201:
+            raise RuntimeError(f"admin token in {region}: {out}")
+        return out["token"]
+
+    def validate(self, region: str, auth: str, subject: str) -> dict:
+        return self.ks(region, "validate", self.url(region), auth, subject)
+
+    def call(self, region: str, method: str, auth: str, path: str, body: dict | None = None) -> dict:
+        args = [method, self.url(region), auth, path] + ([json.dumps(body)] if body is not None else [])
+        return self.ks(region, "call", *args)
+
+    def wait(self, predicate, timeout: float, interval: float = 1.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            time.sleep(interval)
+        return None
+
+    # -- drills -----------------------------------------------------------------------------
+    def drill_one_identity(self) -> DrillResult:
+        """A token issued in the first region validates in every other; a project and a
+        user created there are visible everywhere."""
+        first, others = self.regions[0], self.regions[1:]
+        problems, measured = [], {}
+        issued = self.ks(first, "token", self.url(first), "admin", self.password, "admin")
+        measured["issue_ms"] = issued.get("ms")
+        if issued.get("status") != 201:
+            return DrillResult("K1. one identity service", False, measured, [f"token not issued: {issued}"])
+        token = issued["token"]
+        for region in self.regions:
+            cold = self.validate(region, token, token)
+            warm = self.validate(region, token, token)
+            measured[f"validate_{region}_ms"] = {"cold": cold.get("ms"), "warm": warm.get("ms")}
+            if cold.get("status") != 200 or warm.get("status") != 200:
+                problems.append(f"{region} did not validate a token from {first}: {cold.get('status')}")
+        name = f"drill-{uuid.uuid4().hex[:8]}"
+        project = self.call(first, "POST", token, "/v3/projects", {"project": {"name": name, "domain_id": "default"}})
+        user = self.call(first, "POST", token, "/v3/users",
+                         {"user": {"name": name, "password": "drill-" + name, "domain_id": "default"}})
+        if project.get("status") != 201 or user.get("status") != 201:
+            problems.append(f"creating a project/user in {first}: {project.get('status')}/{user.get('status')}")
+        for region in others:
+            seen_p = self.call(region, "GET", token, f"/v3/projects?name={name}")
+            seen_u = self.call(region, "GET", token, f"/v3/users?name={name}")
+            found = (len((seen_p.get("body") or {}).get("projects", [])), len((seen_u.get("body") or {}).get("users", [])))
+            measured[f"seen_in_{region}"] = found
+            if found != (1, 1):
+                problems.append(f"{region} sees {found[0]} projects and {found[1]} users named {name}")
+        return DrillResult("K1. a token and new users/projects from one region work in every region", not problems,
+                           measured, problems)
+
+    def drill_partition(self, galera_drills) -> DrillResult:
+        """Cut the last region off: it keeps validating tokens; writes there fail; after the
+        heal everything agrees."""
+        cut = self.regions[-1]
+        first = self.regions[0]
+        token = self.admin_token(first)
+        self.validate(cut, token, token)  # warm its cache, as traffic would have
+        hosts = [n.name for n in self.topo.nodes(cut)]
+        peers = [r.cidr for r in self.topo.regions if r.name != cut]
+        problems, measured = [], {"partitioned": cut}
+        self.dep.lab.net.partition(hosts, peers=peers)
+        try:
+            went = galera_drills.wait(lambda: galera_drills.status(cut).get("wsrep_cluster_status") == "non-Primary",
+                                      90)
+            if not went:
+                problems.append(f"{cut}'s Galera node did not leave the Primary component")
+            v = self.validate(cut, token, token)
+            measured["validate_cached"] = v.get("status")
+            fresh = self.admin_token(first)  # issued in the majority, never seen by the cut region
+            v2 = self.validate(cut, token, fresh)
+            measured["validate_uncached"] = {"status": v2.get("status"), "ms": v2.get("ms")}
+            if v.get("status") != 200 or v2.get("status") != 200:
+                problems.append(f"{cut} stopped validating tokens: cached {v.get('status')}, uncached {v2.get('status')}")
+            issued = self.ks(cut, "token", self.url(cut), "admin", self.password, "admin")
+            measured["issue_in_partition"] = issued.get("status")
+            name = f"drill-{uuid.uuid4().hex[:8]}"
+            create = self.call(cut, "POST", token, "/v3/projects", {"project": {"name": name, "domain_id": "default"}})
+            measured["create_project_in_partition"] = {"status": create.get("status"),
+                                                       "error": (create.get("body") or {}).get("error", {})
+                                                       .get("message") if isinstance(create.get("body"), dict) else
+                                                       create.get("body")}
+            if create.get("status") != 503 or "cut off from the majority" not in json.dumps(create.get("body")):
+                problems.append(f"creating a project in {cut} did not fail with the clear 503: {create}")
+            during = f"drill-{uuid.uuid4().hex[:8]}"
+            made = self.call(first, "POST", fresh, "/v3/projects", {"project": {"name": during, "domain_id": "default"}})
+            if made.get("status") != 201:
+                problems.append(f"the majority could not create a project: {made.get('status')}")
+        finally:
+            self.dep.lab.net.heal(hosts)
+        back = galera_drills.wait(lambda: galera_drills.synced_everywhere(len(galera_drills.regions)), 120)
+        if not back:
+            problems.append("Galera did not settle after the heal")
+        seen = self.call(cut, "GET", self.admin_token(cut), f"/v3/projects?name={during}")
+        measured["after_heal_sees_majority_project"] = len((seen.get("body") or {}).get("projects", []))
+        if measured["after_heal_sees_majority_project"] != 1:
+            problems.append(f"after the heal {cut} does not see the project made during the partition")
+        if issued.get("token"):
+            late = self.validate(first, fresh, issued["token"])
+            measured["token_from_partition_valid_after_heal"] = late.get("status")
+        return DrillResult("K2. a cut region keeps validating and refuses writes; the heal reconciles",
+                           not problems, measured, problems)
+
+    def drill_mfa(self) -> DrillResult:
+        """A user with a TOTP credential and a password+totp rule: the password alone gets a
+        receipt (401); a current code completes it; a wrong code is refused; a receipt from
+        one region is accepted in another."""
+        first, other = self.regions[0], self.regions[-1]
+        token = self.admin_token(first)
+        name = f"mfa-{uuid.uuid4().hex[:8]}"
+        password = "pw-" + uuid.uuid4().hex
+        secret = base64.b32encode(os.urandom(20)).decode().rstrip("=")
+        problems, measured = [], {}
+        user = self.call(first, "POST", token, "/v3/users",
+                         {"user": {"name": name, "password": password, "domain_id": "default"}})
+        uid = ((user.get("body") or {}).get("user") or {}).get("id")
+        projects = self.call(first, "GET", token, "/v3/projects?name=admin")
+        pid = projects["body"]["projects"][0]["id"]
+        roles = self.call(first, "GET", token, "/v3/roles?name=member")
+        rid = roles["body"]["roles"][0]["id"]
+        self.call(first, "PUT", token, f"/v3/projects/{pid}/users/{uid}/roles/{rid}")
+        cred = self.call(first, "POST", token, "/v3/credentials",
+                         {"credential": {"type": "totp", "user_id": uid, "blob": secret}})
+        rule = self.call(first, "PATCH", token, f"/v3/users/{uid}",
+                         {"user": {"options": {"multi_factor_auth_enabled": True,
+                                               "multi_factor_auth_rules": [["password", "totp"]]}}})
+        measured["setup"] = [user.get("status"), cred.get("status"), rule.get("status")]
+        if measured["setup"] != [201, 201, 200]:
+            return DrillResult("K3. multi-factor authentication", False, measured, [f"setup failed: {measured}"])
+        alone = self.ks(first, "token", self.url(first), name, password, "admin")
+        measured["password_alone"] = alone.get("status")
+        if alone.get("status") != 401 or not alone.get("receipt"):
+            problems.append(f"the password alone was not stopped with a receipt: {alone.get('status')}")
+        both = self.ks(first, "token", self.url(first), name, password, "admin", "--passcode", totp(secret))
+        measured["password_and_totp"] = both.get("status")
+        if both.get("status") != 201:
+            problems.append(f"password and a current code were refused: {both.get('status')}")
+        wrong = str((int(totp(secret)) + 1) % 1000000).zfill(6)
+        bad = self.ks(first, "token", self.url(first), name, password, "admin", "--passcode", wrong)
+        measured["wrong_code"] = bad.get("status")
+        if bad.get("status") != 401 or bad.get("token"):
+            problems.append(f"a wrong code was not refused: {bad.get('status')}")
+        if alone.get("receipt"):
+            # The receipt is Fernet-encrypted with the shared keys: another region accepts it.
+            remote = self.ks(other, "token", self.url(other), name, "-", "admin", "--passcode", totp(secret),
+                             "--receipt", alone["receipt"])
+            measured[f"receipt_from_{first}_plus_totp_in_{other}"] = remote.get("status")
+            if remote.get("status") != 201:
+                problems.append(f"{other} refused {first}'s receipt with a current code: {remote.get('status')}")
+        return DrillResult("K3. multi-factor authentication with TOTP", not problems, measured, problems)
+
+    def drill_memcached_down(self, samples: int = 3) -> DrillResult:
+        """One memcached node of the first region killed: the API keeps answering; the added
+        latency is measured; memcached is started again afterwards."""
+        from .layers import memcached as mc_layer
+
+        region = self.regions[0]
+        token = self.admin_token(region)
+        subjects = [self.admin_token(region) for _ in range(samples)]
+        for s in subjects:
+            self.validate(region, token, s)
+        warm = sorted(self.validate(region, token, s).get("ms") or 0 for s in subjects)[samples // 2]
+        node = self.topo.nodes(region, "memcached")[0]
+        self.dep.lab.procs.kill(node.name, "memcached")
+        problems, results = [], []
+        try:
+            for s in subjects:
+                results.append(self.validate(region, token, s))
+            issued = self.ks(region, "token", self.url(region), "admin", self.password, "admin")
+        finally:
+            mc_layer.start(self.dep, [node], lambda *_: None)
+        failed = [r for r in results if r.get("status") != 200]
+        without = sorted(r.get("ms") or 0 for r in results)[samples // 2]
+        measured = {"killed": node.name, "validate_warm_ms": warm, "validate_without_memcached_ms": without,
+                    "added_ms": round(without - warm, 1), "failed": len(failed),
+                    "issue_without_memcached": issued.get("status"), "issue_ms": issued.get("ms")}
+        if failed or issued.get("status") != 201:
+            problems.append(f"the API failed without memcached: {[r.get('status') for r in failed]}, "
+                            f"issue {issued.get('status')}")
+        return DrillResult("K4. a dead memcached node costs latency, not answers", not problems, measured, problems)
+
+    def drill_revocation(self) -> DrillResult:
+        """Revoke a token in the first region; measure how long another region, which had it
+        cached, still accepts it. Bound: [token] cache_time (keystone.token_cache_s)."""
+        first, other = self.regions[0], self.regions[-1]
+        bound = self.topo.keystone.token_cache_s
+        admin = self.admin_token(first)
+        victim = self.admin_token(first)
+        self.validate(other, admin, victim)  # cached in the other region
+        self.validate(first, admin, victim)
+        t = time.monotonic()
+        gone_first = self._revoke(first, admin, victim)
+        still = []
+
+        def rejected():
+            v = self.validate(other, admin, victim)
+            still.append(v.get("status"))
+            return v.get("status") == 404
+
+        done = self.wait(rejected, timeout=bound + 60, interval=1.0)
+        elapsed = round(time.monotonic() - t, 1)
+        measured = {"bound_s": bound, "revoked_in": first, "revoke_status": gone_first,
+                    "accepted_in_other_region_for_s": elapsed if done else None, "checks": len(still)}
+        problems = []
+        if gone_first not in (204, 200):
+            problems.append(f"revocation in {first} answered {gone_first}")
+        if not done:
+            problems.append(f"{other} still accepted the revoked token after {bound + 60}s")
+        elif elapsed > bound + 5:
+            problems.append(f"{other} accepted the revoked token for {elapsed}s, above the bound of {bound}s")
+        return DrillResult("K5. a revoked token stops validating in other regions within the bound", not problems,
+                           measured, problems)
+
+    def _revoke(self, region: str, admin: str, subject: str) -> int | None:
+        code = ("import json,sys,urllib.request as u\n"
+                "r=u.Request(sys.argv[1]+'/v3/auth/tokens',method='DELETE',"
+                "headers={'X-Auth-Token':sys.argv[2],'X-Subject-Token':sys.argv[3]})\n"
+                "print(u.urlopen(r,timeout=30).status)")
+        proxy = self.topo.nodes(region, "proxy")[0].name
+        out = self.dep.lab.net.exec(proxy, [sys.executable, "-c", code, self.url(region), admin, subject],
+                                    timeout=60, check=False)
+        return int(out.stdout.strip()) if out.stdout.strip().isdigit() else None
+
+    def run_all(self, galera_drills, log=print) -> list[DrillResult]:
+        results = []
+        for drill in (self.drill_one_identity, lambda: self.drill_partition(galera_drills), self.drill_mfa,
+                      self.drill_memcached_down, self.drill_revocation):
+            result = drill()
+            log(result.line())
+            results.append(result)
+        return results

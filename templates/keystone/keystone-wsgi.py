@@ -1,0 +1,45 @@
+"""Keystone's public WSGI application, with one addition for a region cut off from the
+others: a write refused by its Galera node (outside the Primary component) becomes a
+clear 503 instead of an empty response.
+
+Shipped by keystone-multiregion (uwsgi's wsgi-file on every Keystone node, and the lab's).
+"""
+
+import json
+
+from keystone.server.wsgi import initialize_public_application
+
+_keystone = initialize_public_application()
+
+# MariaDB Galera's answer on a node outside the Primary component.
+_NOT_PRIMARY = ("WSREP has not yet prepared node for application use", "(1047,")
+
+_BODY = json.dumps({"error": {
+    "code": 503,
+    "title": "Service Unavailable",
+    "message": "This region's database is cut off from the majority of the cluster: it serves reads "
+               "(token validation, look-ups) but refuses changes until it rejoins. Retry later, or make "
+               "the change through another region's endpoint.",
+}}).encode()
+
+
+def application(environ, start_response):
+    # Keystone's responses are small: complete each one here before anything is sent, so
+    # an error while producing it can still be answered properly.
+    started = []
+
+    def capture(status, headers, exc_info=None):
+        started[:] = [status, headers]
+        return lambda data: None  # Keystone (Flask) never uses the write() callable
+
+    try:
+        body = b"".join(_keystone(environ, capture))
+    except Exception as exc:  # noqa: BLE001 (re-raised unless it is the partition case)
+        if not any(marker in str(exc) for marker in _NOT_PRIMARY):
+            raise
+        start_response("503 Service Unavailable",
+                       [("Content-Type", "application/json"), ("Content-Length", str(len(_BODY))),
+                        ("Retry-After", "30")])
+        return [_BODY]
+    start_response(*started)
+    return [body]

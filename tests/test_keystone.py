@@ -1,0 +1,165 @@
+"""The Keystone layer as rendered: keystone.conf, uwsgi, keys, bootstrap, the 503 wrapper."""
+
+import configparser
+import importlib.util
+import json
+import sys
+import types
+
+import pytest
+import yaml
+
+from helpers import example
+from keystone_multiregion import pki
+from keystone_multiregion.render import TEMPLATES, render_node
+from keystone_multiregion.roles.keystone import ADMIN_PASSWORD_FILE, KEYSTONE_CONF, UWSGI_INI, WSGI_FILE
+from keystone_multiregion.topology import TopologyError, load_topology
+
+
+@pytest.fixture(scope="module")
+def topo():
+    return load_topology(example())
+
+
+@pytest.fixture(scope="module")
+def secrets(topo):
+    return pki.generate_secrets(topo)
+
+
+def _files(topo, name, secrets):
+    return {f.path: f for f in render_node(topo, name, secrets).files}
+
+
+def _ini(text):
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read_string(text)
+    return parser
+
+
+def test_keystone_conf(topo, secrets):
+    conf = _ini(_files(topo, "keystone-region-b-2", secrets)[KEYSTONE_CONF].content)
+    assert conf["token"]["provider"] == "fernet"
+    assert conf["token"]["cache_time"] == "60" and conf["revoke"]["cache_time"] == "60"
+    assert conf["fernet_tokens"]["max_active_keys"] == "5"  # (3600 + 172800) / 86400 + 2, rounded up
+    assert conf["fernet_receipts"]["key_repository"] == conf["fernet_tokens"]["key_repository"]
+    assert conf["credential"]["key_repository"] == "/etc/keystone/credential-keys/"
+    assert conf["auth"]["methods"].split(",") == ["password", "token", "totp", "application_credential"]
+    # The region's memcached nodes, each by address; 60 min expiry; short timeouts.
+    assert conf["cache"]["memcache_servers"].split(",") == [f"{n.address}:11211" for n in topo.nodes("region-b", "memcached")]
+    assert conf["cache"]["expiration_time"] == "3600"
+    assert conf["cache"]["memcache_socket_timeout"] == "1" and conf["cache"]["memcache_dead_retry"] == "30"
+    # The database through the region's internal VIP.
+    internal = topo.vips("region-b", "internal")[0].address
+    assert conf["database"]["connection"] == \
+        f"mysql+pymysql://keystone:{secrets['keystone_db_password']}@{internal}:3306/keystone"
+    assert conf["healthcheck"]["path"] == "/healthcheck"
+
+
+def test_uwsgi_binds_the_node_address_only(topo, secrets):
+    ini = _ini(_files(topo, "keystone-region-a-3", secrets)[UWSGI_INI].content)["uwsgi"]
+    assert ini["http-socket"] == "10.10.1.60:5000"
+    assert ini["processes"] == "2"  # m1.medium's vCPUs
+    assert ini["wsgi-file"] == WSGI_FILE
+    assert ini["rem-header"] == "Content-Length"
+
+
+def test_keys_are_shared_and_private(topo, secrets):
+    a = _files(topo, "keystone-region-a-1", secrets)
+    c = _files(topo, "keystone-region-c-2", secrets)
+    for repo in ("fernet-keys", "credential-keys"):
+        for index in ("0", "1"):
+            path = f"/etc/keystone/{repo}/{index}"
+            assert a[path].content == c[path].content  # identical in every region
+            assert a[path].permissions == "0600"
+    assert a[KEYSTONE_CONF].permissions == "0600"
+    # Only the bootstrap node carries the admin password.
+    assert a[ADMIN_PASSWORD_FILE].content.strip() == secrets["keystone_admin_password"]
+    assert ADMIN_PASSWORD_FILE not in c
+    facts = {n: json.loads(_files(topo, n, secrets)["/etc/keystone-multiregion/node.json"].content)["keystone_bootstrap"]
+             for n in (x.name for x in topo.nodes(role="keystone"))}
+    assert [n for n, flag in facts.items() if flag] == ["keystone-region-a-1"]
+
+
+def test_first_boot_runs_our_unit_not_debians(topo, secrets):
+    doc = yaml.safe_load(render_node(topo, "keystone-region-a-1", secrets).user_data)
+    steps = [" ".join(c) for c in doc["runcmd"]]
+    assert steps.index("python3 /usr/local/sbin/keystone-node prepare") < \
+        steps.index("python3 /usr/local/sbin/keystone-node bootstrap") < \
+        steps.index("systemctl enable --now keystone-api.service")
+    assert "systemctl disable --now keystone.service" in steps
+    assert doc["bootcmd"][0][:3] == ["cloud-init-per", "once", "ksm-deny-service-start"]
+
+
+def test_galera_creates_keystones_database_user(topo, secrets):
+    users = json.loads(_files(topo, "galera-region-a-1", secrets)["/etc/mysql/keystone-multiregion-users.json"].content)
+    assert users["databases"] == ["keystone"]
+    [user] = users["users"]
+    assert user["password"] == secrets["keystone_db_password"]
+    assert user["hosts"] == ["10.10.1.0/255.255.255.0", "10.10.2.0/255.255.255.0", "10.10.3.0/255.255.255.0"]
+
+
+def test_max_active_keys_follows_the_rotation_interval():
+    data = example()
+    data["keystone"] = {"rotation_interval_h": 6, "token_expiration_s": 7200}
+    # (7200 + 172800) / 21600 = 8.33 -> 9, plus the staged and the primary key
+    assert load_topology(data).keystone.max_active_keys == 11
+    data["keystone"] = {"token_cache_s": 7200}
+    with pytest.raises(TopologyError, match="keystone.token_cache_s: is longer than a token lives"):
+        load_topology(data)
+
+
+def _wsgi_module(app):
+    """Load templates/keystone/keystone-wsgi.py with a stand-in Keystone application."""
+    fake = types.ModuleType("keystone.server.wsgi")
+    fake.initialize_public_application = lambda: app
+    sys.modules.update({"keystone": types.ModuleType("keystone"), "keystone.server": types.ModuleType("keystone.server"),
+                        "keystone.server.wsgi": fake})
+    try:
+        spec = importlib.util.spec_from_file_location("ksm_wsgi", TEMPLATES / "keystone/keystone-wsgi.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        for name in ("keystone.server.wsgi", "keystone.server", "keystone"):
+            sys.modules.pop(name, None)
+
+
+def _call(module):
+    seen = {}
+    body = b"".join(module.application({}, lambda status, headers, exc_info=None: seen.update(status=status,
+                                                                                              headers=headers)))
+    return seen, body
+
+
+def test_wsgi_wrapper_turns_a_refused_write_into_a_clear_503():
+    def refused(environ, start_response):
+        start_response("500 Internal Server Error", [])
+        raise RuntimeError("(pymysql.err.OperationalError) (1047, 'WSREP has not yet prepared node for application use')")
+
+    seen, body = _call(_wsgi_module(refused))
+    assert seen["status"] == "503 Service Unavailable"
+    assert ("Retry-After", "30") in seen["headers"]
+    assert "cut off from the majority" in json.loads(body)["error"]["message"]
+
+
+def test_wsgi_wrapper_passes_everything_else_through():
+    def ok(environ, start_response):
+        start_response("201 Created", [("X-Subject-Token", "t")])
+        return [b"{", b"}"]
+
+    seen, body = _call(_wsgi_module(ok))
+    assert seen == {"status": "201 Created", "headers": [("X-Subject-Token", "t")]} and body == b"{}"
+
+    def broken(environ, start_response):
+        raise ValueError("something else")
+
+    with pytest.raises(ValueError, match="something else"):
+        _call(_wsgi_module(broken))
+
+
+def test_lab_totp_matches_rfc_6238():
+    from lab.ksclient import totp
+    secret = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ"  # base32 of the RFC's "12345678901234567890"
+    assert totp(secret, at=59) == "287082"  # RFC 6238 appendix B, SHA-1, last 6 of 94287082
+    assert totp(secret, at=1111111109) == "081804"  # 07081804
+    assert totp(secret, at=59) != totp(secret, at=89)
