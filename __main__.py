@@ -38,7 +38,8 @@ elif region_name:
     deployment = RegionDeployment(region.name, RegionArgs(
         topology=topology, region=region.name, secrets=shared.get_output("secrets"),
         ca_key=shared.get_output("galera_ca_key"), cloud=config.get("cloud"),
-        public_cert=config.get("publicCertificate"), public_key=config.get_secret("publicKey")))
+        public_cert=config.get("publicCertificate"), public_key=config.get_secret("publicKey"),
+        register_catalog=config.get_bool("registerCatalog", True)))
     pulumi.export("region", region.name)
     pulumi.export("public_hostname", region.public_hostname)
     pulumi.export("addresses", deployment.addresses)

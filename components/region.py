@@ -12,6 +12,7 @@ import pulumi_tls as tls
 from keystone_multiregion.security import security_groups
 from keystone_multiregion.topology import Topology
 
+from .catalog import CatalogArgs, RegionCatalog
 from .network import RegionNetwork, RegionNetworkArgs
 from .nodes import NodeGroup, NodeGroupArgs
 from .security import SecurityGroups, SecurityGroupsArgs
@@ -29,6 +30,7 @@ class RegionArgs:
     public_cert: pulumi.Input[str] | None = None
     public_key: pulumi.Input[str] | None = None
     cloud: str | None = None  # clouds.yaml entry; None: OS_CLOUD / OS_* from the environment
+    register_catalog: bool = True  # register this region's endpoints once its Keystone answers
 
 
 DEV_CERT_VALIDITY_HOURS = 365 * 24
@@ -65,10 +67,12 @@ class RegionDeployment(pulumi.ComponentResource):
             name=topo.image, most_recent=True, opts=pulumi.InvokeOutputOptions(parent=self, provider=provider))
         vip_addresses = [v.address for v in topo.vips(region.name)]
         secrets = args.secrets
+        trust = None  # the public endpoint's certificate is trusted through the system's CAs
         if vip_addresses:
             cert, key = args.public_cert, args.public_key
             if cert is None or key is None:
                 cert, key = dev_certificate(self, region.public_hostname, region.name)
+                trust = cert  # self-signed: trust exactly this certificate
             secrets = pulumi.Output.all(args.secrets, cert, key).apply(
                 lambda a: {**a[0], "public_tls": {region.name: {"cert": a[1], "key": a[2]}}})
 
@@ -89,5 +93,13 @@ class RegionDeployment(pulumi.ComponentResource):
                                       subnet_id=network.subnet_id, security_group_id=groups.group_ids["proxy"]),
                              opts=child)
             self.public_ips = self.vips.public_ips
+        if args.register_catalog and topo.nodes(region.name, "keystone"):
+            admin_password = pulumi.Output.from_input(args.secrets).apply(lambda s: s["keystone_admin_password"])
+            self.catalog = RegionCatalog(
+                f"catalog-{region.name}",
+                CatalogArgs(topology=topo, region=region.name, admin_password=pulumi.Output.secret(admin_password),
+                            ca_pem=trust),
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[self.node_groups["keystone"],
+                                                                     self.node_groups["proxy"], self.vips]))
         self.addresses = {name: addr for g in self.node_groups.values() for name, addr in g.addresses.items()}
         self.register_outputs({"addresses": self.addresses, "public_ips": self.public_ips})

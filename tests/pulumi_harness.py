@@ -57,6 +57,7 @@ class Registered:
     secret_inputs: set[str] = field(default_factory=set)
     provider: str = ""
     read: bool = False
+    dependencies: list[str] = field(default_factory=list)
 
 
 class _Mocks(pulumi.runtime.Mocks):
@@ -88,6 +89,8 @@ class _Mocks(pulumi.runtime.Mocks):
         self.calls.append((args.token, dict(args.args)))
         if args.token == "openstack:images/getImage:getImage":
             return {"id": f"image-id-{args.args.get('name')}", "name": args.args.get("name")}
+        if args.token == "openstack:identity/getService:getService":
+            return {"id": "identity-service-id", "name": args.args.get("name"), "type": args.args.get("type")}
         if args.token == "openstack:networking/getNetwork:getNetwork":
             return {"id": f"extnet-id-{args.args.get('name')}", "name": args.args.get("name")}
         return {}
@@ -121,7 +124,7 @@ class _RecordingMonitor(MockMonitor):
             type=request.type, name=request.name, inputs=_unwrap_secrets(rpc.deserialize_properties(request.object)),
             parent=request.parent, protect=request.protect, retain_on_delete=request.retainOnDelete,
             ignore_changes=list(request.ignoreChanges), delete_before_replace=request.deleteBeforeReplace,
-            secret_inputs=secret_inputs, provider=request.provider))
+            secret_inputs=secret_inputs, provider=request.provider, dependencies=list(request.dependencies)))
         return response
 
     def ReadResource(self, request):

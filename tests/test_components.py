@@ -98,12 +98,15 @@ def test_network_subnet_router(stack):
     assert router.inputs["externalNetworkId"] == "extnet-id-public"
     assert run.named(f"router-if-{region}").inputs == {"routerId": f"router-{region}-id",
                                                        "subnetId": f"subnet-{region}-id"}
-    # Every OpenStack resource goes through this region's explicit provider.
+    # Every cloud resource goes through this region's explicit provider; the catalog's
+    # through the region's own Keystone as admin.
     provider = run.named(f"openstack-{region}")
     assert provider.inputs["region"] == region
-    assert all(res.provider.startswith(f"urn:pulumi:{region}::keystone-multiregion::")
-               and f"::openstack-{region}::" in res.provider
-               for res in run.resources if res.type.startswith("openstack:"))
+    for res in run.resources:
+        if res.type.startswith("openstack:"):
+            expected = f"::keystone-admin-{region}::" if res.type.startswith("openstack:identity") \
+                else f"::openstack-{region}::"
+            assert res.provider.startswith(f"urn:pulumi:{region}::keystone-multiregion::") and expected in res.provider
 
 
 def test_galera_volumes_are_protected_and_attached_at_boot(stack):
@@ -309,3 +312,33 @@ def test_witness_stack_runs_only_the_arbitrator(tmp_path):
     groups = run.of_type("openstack:networking/secGroup:SecGroup")
     assert [g.name for g in groups] == ["sg-arbitrator-witness"]
     assert run.named("tls-csr-arbitrator-witness-1").inputs["ipAddresses"] == ["10.10.9.90"]
+
+
+def test_catalog_registers_only_this_regions_unversioned_endpoints(stack):
+    region, run = stack
+    internal = TOPO.vips(region, "internal")[0].address
+    endpoints = run.of_type("openstack:identity/endpointV3:EndpointV3")
+    assert {(e.inputs["interface"], e.inputs["url"], e.inputs["endpointRegion"]) for e in endpoints} == {
+        ("public", f"https://{TOPO.region(region).public_hostname}", region),
+        ("internal", f"http://{internal}:5000", region),
+        ("admin", f"http://{internal}:5000", region)}
+    services = run.of_type("openstack:identity/serviceV3:ServiceV3")
+    if region == TOPO.bootstrap_region:
+        assert [(s.inputs["name"], s.inputs["type"], s.protect) for s in services] == [("keystone", "identity", True)]
+        assert all(e.inputs["serviceId"] == "identity-service-id" for e in endpoints)
+    else:
+        assert services == []  # the identity service exists once; this region finds it
+        assert ("openstack:identity/getService:getService", {"name": "keystone", "type": "identity"}) in run.calls
+    admin = run.named(f"keystone-admin-{region}")
+    assert admin.inputs["authUrl"] == f"https://{TOPO.region(region).public_hostname}/v3"
+    assert admin.inputs["userName"] == "admin" and admin.inputs["password"] == MOCK_SECRETS["keystone_admin_password"]
+    assert "password" in admin.secret_inputs
+    # Nothing is registered before the region's Keystone answers.
+    gate = run.named(f"keystone-ready-{region}")
+    assert gate.type == "pulumi-python:dynamic:Resource"
+    assert gate.inputs["url"] == f"https://{TOPO.region(region).public_hostname}"
+    for endpoint in endpoints + services:
+        assert any(d.endswith(f"::keystone-ready-{region}") for d in endpoint.dependencies), endpoint.name
+    catalog_region = run.named(f"catalog-region-{region}")
+    assert catalog_region.inputs["region_id"] == region
+    assert "admin_password" in catalog_region.secret_inputs

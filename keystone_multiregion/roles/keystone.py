@@ -25,6 +25,15 @@ def db_host(topo: Topology, region: str) -> str:
     return topo.vips(region, "internal")[0].address
 
 
+def endpoint_urls(topo: Topology, region: str) -> dict[str, str]:
+    """The region's catalog endpoints, unversioned (clients discover /v3 themselves): the
+    public one through the region's public name (TLS at the proxies), internal and admin
+    through its internal VRRP address."""
+    r = topo.region(region)
+    internal = f"http://{topo.vips(region, 'internal')[0].address}:{PORTS['keystone']}"
+    return {"public": f"https://{r.public_hostname}", "internal": internal, "admin": internal}
+
+
 def _context(topo: Topology, node: Node, needed: dict) -> dict:
     return {
         "ks": topo.keystone,
