@@ -1,25 +1,168 @@
-"""The proxy layer: HAProxy and keepalived (the VRRP addresses come from the topology)."""
+"""The proxy layer: HAProxy and keepalived on the proxy pair of each region.
+
+HAProxy (/etc/haproxy/haproxy.cfg) serves, on the region's VRRP addresses only:
+
+- ``keystone_public``: HTTPS on every public VIP, TLS terminated here with the region's
+  public certificate. Servers: the region's own Keystone nodes, then every other
+  region's public endpoint as ``backup`` servers (by the private address of each of its
+  public VIPs, over the regions' private interconnect, TLS verified against the peer CA
+  with the region's host name as SNI and expected name). A request that already came
+  from another region's proxy is served by the local Keystone nodes only, so a request
+  never travels in a loop when every region's Keystone is down.
+- ``keystone_internal``: plain HTTP on the internal VIP, port 5000 (the internal and admin
+  endpoints), the same servers.
+- ``galera``: MySQL (TCP) on the internal VIP, port 3306, for the region's Keystone nodes.
+  One Galera node takes every connection (no certification conflicts between writers);
+  the others are ``backup`` servers in a fixed order: the region's own nodes, then the
+  other regions' nodes (ring order from this region), so a region whose database nodes
+  are all gone keeps working through the WAN. Health: Galera's own check on port 9200
+  (HTTP 200 only when Synced and Primary), so a non-Primary node is never chosen while a
+  Primary one is reachable. When none is (this region cut off from the others), the
+  ``galera_degraded`` backend sends connections to the local nodes anyway: they answer
+  reads (``wsrep_dirty_reads``) and refuse writes, so tokens keep validating.
+- a monitor URI on 127.0.0.1:8404 for keepalived's health script, and a stats socket.
+
+keepalived (/etc/keepalived/keepalived.conf): one VRRP instance per VIP, unicast between
+the proxies of the region, PASS authentication; the VIP's master has the highest
+priority and the others follow in ring order; a dead HAProxy puts every instance in
+FAULT, which gives the addresses up to the other proxy.
+"""
 
 from __future__ import annotations
 
+from ..security import PORTS
+from ..topology import Node, Topology, Vip
 from .base import File, RoleLayer
 
-PUBLIC_PEM = "/etc/haproxy/certs/public.pem"
+HAPROXY_CFG = "/etc/haproxy/haproxy.cfg"
+KEEPALIVED_CONF = "/etc/keepalived/keepalived.conf"
+CERT_DIR = "/etc/haproxy/certs"
+PUBLIC_PEM = f"{CERT_DIR}/public.pem"
+# The CA bundle that verifies the other regions' public endpoints (the backup servers):
+# rendered from the `public_ca_cert` secret when the deployment has one (a development
+# CA, as in the lab), else the distribution's bundle (certificates from a public CA).
+PEER_CA = f"{CERT_DIR}/peer-ca.pem"
+SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+STATS_SOCKET = "/run/haproxy/admin.sock"
+# HAProxy's liveness for keepalived: loopback only.
+MONITOR_ADDRESS = "127.0.0.1"
+MONITOR_PORT = 8404
+MONITOR_URI = "/healthz"
+# The interface that carries the region's network (and the VIPs) on the VM.
+VRRP_INTERFACE = "eth0"
+MASTER_PRIORITY = 150
+BACKUP_PRIORITY = 100
+# A request forwarded to another region carries this header; that region then serves it
+# from its own Keystone nodes only (no second hop, no loop).
+FORWARDED_HEADER = "X-Keystone-Multiregion-Forwarded"
+HEALTHCHECK_URI = "/healthcheck"
 
 
-def _public_pem(topo, node, needed: dict) -> list[File]:
+def ring_after(topo: Topology, region: str) -> list[str]:
+    """The other regions that serve an endpoint, in ring order starting after `region`
+    (region-a: b, c; region-b: c, a; ...), so failover load spreads over the regions."""
+    serving = [r.name for r in topo.regions if not r.witness and topo.vips(r.name)]
+    if region not in serving:
+        return serving
+    i = serving.index(region)
+    return serving[i + 1:] + serving[:i]
+
+
+def priorities(topo: Topology, vip: Vip) -> dict[str, int]:
+    """VRRP priority of every proxy of the region for one VIP: the master highest, the
+    others one lower each in ring order after it (distinct, so the order is explicit)."""
+    names = [p.name for p in topo.nodes(vip.region, "proxy")]
+    start = names.index(vip.master)
+    out = {}
+    for k in range(len(names)):
+        name = names[(start + k) % len(names)]
+        out[name] = MASTER_PRIORITY if k == 0 else BACKUP_PRIORITY - (k - 1)
+    return out
+
+
+def keystone_backups(topo: Topology, region: str) -> list[dict]:
+    """Every other region's public endpoint, one server per public VIP."""
+    out = []
+    for other in ring_after(topo, region):
+        host = topo.region(other).public_hostname
+        for vip in topo.vips(other, "public"):
+            out.append({"name": vip.name, "address": vip.address, "hostname": host, "region": other})
+    return out
+
+
+def galera_servers(topo: Topology, region: str) -> list[dict]:
+    """Database servers in the order they take over: the first is the writer."""
+    nodes = list(topo.nodes(region, "galera"))
+    for other in ring_after(topo, region):
+        nodes += topo.nodes(other, "galera")
+    return [{"name": n.name, "address": n.address, "region": n.region, "backup": i > 0}
+            for i, n in enumerate(nodes)]
+
+
+def _context(topo: Topology, node: Node, needed: dict) -> dict:
+    region = topo.region(node.region)
+    vips = topo.vips(node.region)
+    proxies = topo.nodes(node.region, "proxy")
+    instances = []
+    for vip in vips:
+        prio = priorities(topo, vip)
+        instances.append({
+            "vip": vip, "state": "MASTER" if vip.master == node.name else "BACKUP",
+            "priority": prio[node.name],
+            "peers": [p.address for p in proxies if p.name != node.name],
+        })
+    return {
+        "public_vips": [v for v in vips if v.kind == "public"],
+        "internal_vips": [v for v in vips if v.kind == "internal"],
+        "prefixlen": region.network.prefixlen,
+        "ports": PORTS,
+        "keystone_nodes": topo.nodes(node.region, "keystone"),
+        "keystone_backups": keystone_backups(topo, node.region),
+        "galera_servers": galera_servers(topo, node.region),
+        "local_galera": topo.nodes(node.region, "galera"),
+        "public_pem": PUBLIC_PEM,
+        "peer_ca": PEER_CA if needed.get("public_ca_cert") else SYSTEM_CA_BUNDLE,
+        "stats_socket": STATS_SOCKET,
+        "monitor_address": MONITOR_ADDRESS, "monitor_port": MONITOR_PORT, "monitor_uri": MONITOR_URI,
+        "forwarded_header": FORWARDED_HEADER,
+        "healthcheck_uri": HEALTHCHECK_URI,
+        "interface": VRRP_INTERFACE,
+        "instances": instances,
+        "vrrp_password": needed["vrrp_password"],
+    }
+
+
+def _secret_files(topo: Topology, node: Node, needed: dict) -> list[File]:
     # HAProxy's format: the certificate chain followed by the key, in one file.
     cert = needed["public_cert"] if needed["public_cert"].endswith("\n") else needed["public_cert"] + "\n"
-    return [File(PUBLIC_PEM, cert + needed["public_key"], permissions="0600")]
+    files = [File(PUBLIC_PEM, cert + needed["public_key"], permissions="0600")]
+    if needed.get("public_ca_cert"):
+        files.append(File(PEER_CA, needed["public_ca_cert"], permissions="0644"))
+    return files
 
 
-def _cloud_config(topo, node, doc: dict) -> None:
-    doc["runcmd"] = [["sysctl", "--system"]]
+def _cloud_config(topo: Topology, node: Node, doc: dict) -> None:
+    # The packages start both daemons on install, before ip_nonlocal_bind is set: HAProxy
+    # cannot bind a VIP this proxy does not hold yet and systemd may give up restarting it.
+    # Apply the sysctl file, clear that failure, then (re)start both, HAProxy first
+    # (keepalived's health script asks it).
+    doc["runcmd"] = [
+        ["sysctl", "--system"],
+        ["systemctl", "reset-failed", "haproxy.service", "keepalived.service"],
+        ["systemctl", "enable", "haproxy.service", "keepalived.service"],
+        ["systemctl", "restart", "haproxy.service"],
+        ["systemctl", "restart", "keepalived.service"],
+    ]
 
 
 PROXY = RoleLayer(
-    packages=("haproxy", "keepalived"),
-    files=(("proxy/sysctl.conf.j2", "/etc/sysctl.d/60-keystone-multiregion.conf", "0644"),),
-    secret_files=_public_pem, cloud_config=_cloud_config)
+    # curl: keepalived's health script asks HAProxy's monitor URI with it.
+    packages=("haproxy", "keepalived", "curl", "ca-certificates"),
+    files=(
+        ("proxy/sysctl.conf.j2", "/etc/sysctl.d/60-keystone-multiregion.conf", "0644"),
+        ("proxy/haproxy.cfg.j2", HAPROXY_CFG, "0644"),
+        ("proxy/keepalived.conf.j2", KEEPALIVED_CONF, "0600"),  # carries the VRRP password
+    ),
+    context=_context, secret_files=_secret_files, cloud_config=_cloud_config)
 
 LAYERS = {"proxy": PROXY}
