@@ -28,6 +28,7 @@ if config.get_bool("shared"):
     shared = SharedSecrets("shared", topology.name)
     pulumi.export("secrets", shared.secrets)
     pulumi.export("galera_ca_key", shared.ca_key)
+    pulumi.export("public_dev_ca_key", shared.public_dev_ca_key)
 elif region_name:
     # Secrets come from the shared stack, never from this stack's file.
     # Default: the stack named "shared" of this project, in this organization (a self-managed
@@ -39,6 +40,7 @@ elif region_name:
         topology=topology, region=region.name, secrets=shared.get_output("secrets"),
         ca_key=shared.get_output("galera_ca_key"), cloud=config.get("cloud"),
         public_cert=config.get("publicCertificate"), public_key=config.get_secret("publicKey"),
+        public_ca_cert=config.get("publicCaCertificate"), public_dev_ca_key=shared.get_output("public_dev_ca_key"),
         register_catalog=config.get_bool("registerCatalog", True)))
     pulumi.export("region", region.name)
     pulumi.export("public_hostname", region.public_hostname)

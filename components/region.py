@@ -9,6 +9,7 @@ import pulumi
 import pulumi_openstack as openstack
 import pulumi_tls as tls
 
+from keystone_multiregion.secrets import PUBLIC_CA_CERT
 from keystone_multiregion.security import security_groups
 from keystone_multiregion.topology import Topology
 
@@ -29,6 +30,10 @@ class RegionArgs:
     # development, made here.
     public_cert: pulumi.Input[str] | None = None
     public_key: pulumi.Input[str] | None = None
+    # The CA the proxies verify other regions' endpoints with, for operator certificates
+    # from a private CA; None with real public certificates (the system's CAs).
+    public_ca_cert: pulumi.Input[str] | None = None
+    public_dev_ca_key: pulumi.Input[str] | None = None  # the shared stack's development CA
     cloud: str | None = None  # clouds.yaml entry; None: OS_CLOUD / OS_* from the environment
     register_catalog: bool = True  # register this region's endpoints once its Keystone answers
 
@@ -36,18 +41,23 @@ class RegionArgs:
 DEV_CERT_VALIDITY_HOURS = 365 * 24
 
 
-def dev_certificate(parent: pulumi.Resource, hostname: str, region: str):
-    """A self-signed certificate for the public endpoint, for development only: set
-    keystone-multiregion:publicCertificate and publicKey for a real one."""
+def dev_certificate(parent: pulumi.Resource, hostname: str, region: str, addresses: list[str],
+                    ca_key: pulumi.Input[str], ca_cert: pulumi.Input[str]):
+    """A certificate for the public endpoint from the shared development CA (the shared
+    stack's), for development only: set keystone-multiregion:publicCertificate and
+    publicKey for a real one. Every region's proxies trust that CA, so they can verify
+    each other's endpoints, their backup servers."""
     pulumi.log.warn(f"{region}: no publicCertificate in the stack config; the public endpoint {hostname} "
-                    "gets a self-signed certificate (development only)")
+                    "gets a certificate from the shared development CA (development only)")
     child = pulumi.ResourceOptions(parent=parent)
     key = tls.PrivateKey(f"public-key-{region}", algorithm="ECDSA", ecdsa_curve="P256", opts=child)
-    cert = tls.SelfSignedCert(
-        f"public-cert-{region}", private_key_pem=key.private_key_pem, dns_names=[hostname],
-        subject=tls.SelfSignedCertSubjectArgs(common_name=hostname), validity_period_hours=DEV_CERT_VALIDITY_HOURS,
-        early_renewal_hours=30 * 24, allowed_uses=["digital_signature", "key_encipherment", "server_auth"],
-        opts=child)
+    csr = tls.CertRequest(f"public-csr-{region}", private_key_pem=key.private_key_pem, dns_names=[hostname],
+                          ip_addresses=addresses, subject=tls.CertRequestSubjectArgs(common_name=hostname),
+                          opts=child)
+    cert = tls.LocallySignedCert(
+        f"public-cert-{region}", cert_request_pem=csr.cert_request_pem, ca_private_key_pem=ca_key,
+        ca_cert_pem=ca_cert, validity_period_hours=DEV_CERT_VALIDITY_HOURS, early_renewal_hours=30 * 24,
+        allowed_uses=["digital_signature", "key_encipherment", "server_auth"], opts=child)
     return cert.cert_pem, pulumi.Output.secret(key.private_key_pem)
 
 
@@ -67,14 +77,22 @@ class RegionDeployment(pulumi.ComponentResource):
             name=topo.image, most_recent=True, opts=pulumi.InvokeOutputOptions(parent=self, provider=provider))
         vip_addresses = [v.address for v in topo.vips(region.name)]
         secrets = args.secrets
-        trust = None  # the public endpoint's certificate is trusted through the system's CAs
+        trust = args.public_ca_cert  # None: the public endpoints are trusted through the system's CAs
         if vip_addresses:
             cert, key = args.public_cert, args.public_key
             if cert is None or key is None:
-                cert, key = dev_certificate(self, region.public_hostname, region.name)
-                trust = cert  # self-signed: trust exactly this certificate
-            secrets = pulumi.Output.all(args.secrets, cert, key).apply(
-                lambda a: {**a[0], "public_tls": {region.name: {"cert": a[1], "key": a[2]}}})
+                dev_ca = pulumi.Output.from_input(args.secrets).apply(lambda s: s[PUBLIC_CA_CERT])
+                cert, key = dev_certificate(self, region.public_hostname, region.name, vip_addresses,
+                                            args.public_dev_ca_key, dev_ca)
+                trust = dev_ca
+
+            def with_public_tls(a):
+                values = {k: v for k, v in a[0].items() if k != PUBLIC_CA_CERT}
+                if a[3]:
+                    values[PUBLIC_CA_CERT] = a[3]
+                return {**values, "public_tls": {region.name: {"cert": a[1], "key": a[2]}}}
+
+            secrets = pulumi.Output.all(args.secrets, cert, key, trust).apply(with_public_tls)
 
         self.node_groups = {}
         for role in security_groups(topo, region.name):  # every role present in this region

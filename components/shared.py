@@ -6,7 +6,7 @@ import pulumi
 import pulumi_random as random
 import pulumi_tls as tls
 
-from keystone_multiregion.secrets import CA_CERT, KEY_REPOSITORIES, SECRETS
+from keystone_multiregion.secrets import CA_CERT, KEY_REPOSITORIES, PUBLIC_CA_CERT, SECRETS
 
 CA_VALIDITY_HOURS = 10 * 365 * 24
 
@@ -42,6 +42,18 @@ class SharedSecrets(pulumi.ComponentResource):
             # Fernet keys are URL-safe base64 of 32 random bytes.
             values[repo] = pulumi.Output.all(*keys).apply(
                 lambda ks: {str(i): k.replace("+", "-").replace("/", "_") for i, k in enumerate(ks)})
+        # A development CA for the public endpoints of regions without a real certificate:
+        # every region's proxies trust it to verify the others (their backup servers).
+        dev_key = tls.PrivateKey("public-dev-ca-key", algorithm="ECDSA", ecdsa_curve="P256",
+                                 opts=pulumi.ResourceOptions(parent=self, protect=True))
+        dev_ca = tls.SelfSignedCert(
+            "public-dev-ca", private_key_pem=dev_key.private_key_pem, is_ca_certificate=True,
+            subject=tls.SelfSignedCertSubjectArgs(common_name=f"{deployment} public endpoints (development CA)"),
+            validity_period_hours=CA_VALIDITY_HOURS, allowed_uses=["cert_signing", "crl_signing", "digital_signature"],
+            opts=pulumi.ResourceOptions(parent=self, protect=True))
+        values[PUBLIC_CA_CERT] = dev_ca.cert_pem
         self.secrets = pulumi.Output.secret(pulumi.Output.all(**values))
         self.ca_key = pulumi.Output.secret(ca_key.private_key_pem)
-        self.register_outputs({"secrets": self.secrets, "galera_ca_key": self.ca_key})
+        self.public_dev_ca_key = pulumi.Output.secret(dev_key.private_key_pem)
+        self.register_outputs({"secrets": self.secrets, "galera_ca_key": self.ca_key,
+                               "public_dev_ca_key": self.public_dev_ca_key})

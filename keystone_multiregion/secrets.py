@@ -29,6 +29,8 @@ SECRETS: dict[str, tuple[int, str]] = {
     "vrrp_password": (8, "VRRP authentication between the proxies of a region"),
 }
 CA_CERT = "galera_ca_cert"
+# The development CA of the public endpoints (used when no real certificates are configured).
+PUBLIC_CA_CERT = "public_ca_cert"
 
 # Which shared secrets each role's cloud-init carries; a role listed with any, or one that
 # gets TLS credentials, has its user_data marked secret.
@@ -111,4 +113,9 @@ def require_secrets(role: str, secrets: Mapping, node_name: str | None = None, s
             if not isinstance(creds.get(part), str) or not creds.get(part):
                 raise _missing(f"public_tls.{region}.{part}", role, "the region's public endpoint certificate", source)
         out.update(public_cert=creds["cert"], public_key=creds["key"])
+        # The CA that signed the regions' development certificates, when they are such:
+        # the proxies verify the other regions' endpoints (their backups) with it.
+        ca = secrets.get(PUBLIC_CA_CERT)
+        if isinstance(ca, str) and ca:
+            out["public_ca_cert"] = ca
     return out

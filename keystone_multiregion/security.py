@@ -80,13 +80,16 @@ def security_rules(topo: Topology, region: str) -> tuple[Rule, ...]:
 
     # Galera: clients are the local proxies and the peers; replication from every voter;
     # IST and SST only between data nodes of every region.
-    allow("galera", "tcp", PORTS["mysql"], local("proxy") + [p for p in galera_peers if p not in local("proxy")],
-          "MySQL from the local proxies and Galera peers")
+    # The proxies' database frontends keep other regions' Galera nodes as their last backups,
+    # so every region's proxies may reach MySQL and the health check.
+    proxies = _remotes(topo, topo.nodes(role="proxy"))
+    allow("galera", "tcp", PORTS["mysql"], proxies + [p for p in galera_peers if p not in proxies],
+          "MySQL from the proxies and Galera peers")
     allow("galera", "tcp", PORTS["galera_replication"], voters, "Galera replication")
     allow("galera", "udp", PORTS["galera_replication"], voters, "Galera replication (multicast/udp)")
     allow("galera", "tcp", PORTS["galera_ist"], galera_peers, "Galera IST")
     allow("galera", "tcp", PORTS["galera_sst"], galera_peers, "Galera SST")
-    allow("galera", "tcp", PORTS["galera_health"], local("proxy"), "Galera health check from the local proxies")
+    allow("galera", "tcp", PORTS["galera_health"], proxies, "Galera health check from the proxies")
 
     if topo.nodes(region, ARBITRATOR):
         allow(ARBITRATOR, "tcp", PORTS["galera_replication"], galera_peers, "Galera replication")

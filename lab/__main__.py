@@ -150,7 +150,15 @@ def _drill(args: argparse.Namespace) -> int:
     checks = dep.checks()
     rc = _print_checks(checks)
     print("galera drills:")
-    results = GaleraDrills(dep).run_all(log=lambda line: print("  " + line, flush=True))
+    galera = GaleraDrills(dep)
+    results = galera.run_all(log=lambda line: print("  " + line, flush=True))
+    from .proxy_drills import ProxyDrills
+    print("proxy drills:")
+    results += ProxyDrills(dep).run_all(log=lambda line: print("  " + line, flush=True))
+    if any(rec["name"] == "keystone" for rec in dep.lab.procs.processes().values()):
+        from .keystone_drills import KeystoneDrills
+        print("keystone drills:")
+        results += KeystoneDrills(dep).run_all(galera, log=lambda line: print("  " + line, flush=True))
     failed = [r for r in results if not r.ok]
     print(f"drills: {len(results) - len(failed)} passed, {len(failed)} failed")
     if args.report:

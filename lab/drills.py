@@ -40,7 +40,7 @@ class GaleraDrills:
     def __init__(self, dep: LabDeployment):
         self.dep = dep
         self.topo = dep.topo
-        self.regions = [r.name for r in self.topo.regions]
+        self.regions = [r.name for r in self.topo.regions if self.topo.nodes(r.name, "galera")]
         self.node = {r: self.topo.nodes(r, "galera")[0].name for r in self.regions}
         self.acknowledged: list[tuple[int, str]] = []  # (id, region) of every committed write
 
@@ -112,7 +112,9 @@ class GaleraDrills:
                         return "SST"
         return "IST" if "IST received" in self._log_since(joiner, offsets.get(joiner, 0)) else None
 
-    def synced_everywhere(self, size: int) -> bool:
+    def synced_everywhere(self, size: int | None = None) -> bool:
+        """Every data node Synced and Primary, in a cluster of `size` (default: every voter)."""
+        size = self.topo.galera_voters if size is None else size
         for region in self.regions:
             s = self.status(region)
             if not (s.get("healthy") and s.get("wsrep_cluster_size") == str(size)):
@@ -126,7 +128,7 @@ class GaleraDrills:
 
     # -- drills -----------------------------------------------------------------------------
     def drill_cluster_forms(self) -> DrillResult:
-        size = len(self.regions)
+        size = self.topo.galera_voters
         statuses = {r: self.status(r) for r in self.regions}
         problems = [f"{r}: {s}" for r, s in statuses.items()
                     if not (s.get("healthy") and s.get("wsrep_cluster_size") == str(size))]
@@ -152,7 +154,9 @@ class GaleraDrills:
         region = region or self.regions[-1]
         others = [r for r in self.regions if r != region]
         hosts = [n.name for n in self.topo.nodes(region)]
-        peers = [self.topo.region(r).cidr for r in others]
+        # Cut from every other region, a witness site included.
+        peers = [r.cidr for r in self.topo.regions if r.name != region]
+        self.setup()
         problems, measured = [], {"partitioned": region}
         before, _ = self.write(others[0], "before the partition")
         t = time.monotonic()
@@ -161,11 +165,13 @@ class GaleraDrills:
         measured["non_primary_after_s"] = round(time.monotonic() - t, 1) if went else None
         if not went:
             problems.append(f"{region} did not leave the Primary component within {timeout}s")
+        remaining = self.topo.galera_voters - len(self.topo.nodes(region, "galera")) - \
+            len(self.topo.nodes(region, "arbitrator"))
         majority = self.wait(lambda: all(self.status(r).get("wsrep_cluster_status") == "Primary"
-                                         and self.status(r).get("wsrep_cluster_size") == str(len(others))
+                                         and self.status(r).get("wsrep_cluster_size") == str(remaining)
                                          for r in others), timeout)
         if not majority:
-            problems.append(f"{others} did not settle as a Primary component of {len(others)}")
+            problems.append(f"{others} did not settle as a Primary component of {remaining}")
         during = []
         for r in others:
             ident, err = self.write(r, f"during the partition of {region}")
@@ -197,7 +203,7 @@ class GaleraDrills:
         offsets = self.log_offsets()
         t = time.monotonic()
         self.dep.lab.net.heal(part["hosts"])
-        back = self.wait(lambda: self.synced_everywhere(len(self.regions)), timeout)
+        back = self.wait(lambda: self.synced_everywhere(), timeout)
         measured = {"rejoin_s": round(time.monotonic() - t, 1) if back else None,
                     "transfer": self.transfer_kind(region, offsets)}
         problems = [] if back else [f"{region} did not rejoin within {timeout}s"]
@@ -215,7 +221,8 @@ class GaleraDrills:
         self.dep.lab.procs.kill(name, "mariadb")
         gone = self.wait(lambda: not self.dep.lab.procs.is_alive(name, "mariadb"), 15, 0.2)
         others = [r for r in self.regions if r != region]
-        self.wait(lambda: all(self.status(r).get("wsrep_cluster_size") == str(len(others)) for r in others), 60)
+        self.wait(lambda: all(self.status(r).get("wsrep_cluster_size") == str(self.topo.galera_voters - 1)
+                              for r in others), 60)
         written = [self.write(r, f"while {region} was down")[0] for r in others]
         offsets = self.log_offsets()
         problems = [] if gone else [f"kill -9 did not stop {name}"]
@@ -249,12 +256,12 @@ class GaleraDrills:
             action = schedule.get(i)
             if action == "partition":
                 self.dep.lab.net.partition([n.name for n in self.topo.nodes(cut)],
-                                           peers=[self.topo.region(r).cidr for r in self.regions if r != cut])
+                                           peers=[r.cidr for r in self.topo.regions if r.name != cut])
             elif action == "heal":
                 offsets[cut] = self.log_offsets()
                 t = time.monotonic()
                 self.dep.lab.net.heal([n.name for n in self.topo.nodes(cut)])
-                ok = self.wait(lambda: self.synced_everywhere(len(self.regions)), 120)
+                ok = self.wait(lambda: self.synced_everywhere(), 120)
                 rejoin[cut] = {"rejoin_s": round(time.monotonic() - t, 1) if ok else None,
                                "transfer": self.transfer_kind(cut, offsets[cut])}
             elif action == "kill":
@@ -278,7 +285,7 @@ class GaleraDrills:
                 if seen is False:
                     stale += 1  # a non-Primary or lagging node: counted, checked again at the end
             checks.append({r: self.status(r).get("wsrep_cluster_size") for r in self.regions})
-        settled = self.wait(lambda: self.synced_everywhere(len(self.regions)), 180)
+        settled = self.wait(lambda: self.synced_everywhere(), 180)
         report = self.final_consistency()
         acknowledged = len(self.acknowledged) - first_ack
         measured = {"iterations": i + 1, "acknowledged_writes": acknowledged, "refused_writes": refused,
@@ -335,7 +342,7 @@ class GaleraDrills:
                     self.dep.start_galera(self.node[r])
         except (LabError, TimeoutError) as exc:
             problems.append(f"recovery failed: {exc}")
-        back = self.wait(lambda: self.synced_everywhere(len(self.regions)), 120)
+        back = self.wait(lambda: self.synced_everywhere(), 120)
         measured = {"reports": {n: {"seqno": v.get("seqno"), "safe_to_bootstrap": v.get("safe_to_bootstrap")}
                                 for n, v in reports.items()},
                     "bootstrapped_from": chosen, "recovered_s": round(time.monotonic() - t, 1) if back else None}

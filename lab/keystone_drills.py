@@ -134,7 +134,7 @@ class KeystoneDrills:
                 problems.append(f"the majority could not create a project: {made.get('status')}")
         finally:
             self.dep.lab.net.heal(hosts)
-        back = galera_drills.wait(lambda: galera_drills.synced_everywhere(len(galera_drills.regions)), 120)
+        back = galera_drills.wait(lambda: galera_drills.synced_everywhere(), 120)
         if not back:
             problems.append("Galera did not settle after the heal")
         seen = self.call(cut, "GET", self.admin_token(cut), f"/v3/projects?name={during}")

@@ -30,8 +30,10 @@ MOCK_SECRETS = {
     "vrrp_password": "mockvrrp",
     "fernet_keys": {"0": "mock-fernet-0", "1": "mock-fernet-1"},
     "credential_keys": {"0": "mock-credential-0", "1": "mock-credential-1"},
+    "public_ca_cert": "mock-public-dev-ca\n",
 }
 MOCK_CA_KEY = "mock-ca-key\n"
+MOCK_PUBLIC_DEV_CA_KEY = "mock-public-dev-ca-key\n"
 
 
 def mock_node_secrets(node_name: str, region: str) -> dict:
@@ -158,7 +160,8 @@ def _quiet_unretrieved(loop, context):
 
 def run_program(stack: str, config: dict[str, str], shared_outputs: dict | None = None) -> ProgramRun:
     """Run __main__.py as the Pulumi engine would for `stack`, against mocks."""
-    mocks = _Mocks({"secrets": dict(MOCK_SECRETS), "galera_ca_key": MOCK_CA_KEY}
+    mocks = _Mocks({"secrets": dict(MOCK_SECRETS), "galera_ca_key": MOCK_CA_KEY,
+                    "public_dev_ca_key": MOCK_PUBLIC_DEV_CA_KEY}
                    if shared_outputs is None else shared_outputs)
     monitor = _RecordingMonitor(mocks)
     pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor,

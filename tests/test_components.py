@@ -8,7 +8,7 @@ from keystone_multiregion.render import render_node
 from keystone_multiregion.secrets import SECRETS
 from keystone_multiregion.stacks import region_stacks, stack_config
 from keystone_multiregion.topology import load_topology_file
-from pulumi_harness import MOCK_CA_KEY, MOCK_SECRETS, mock_node_secrets, run_program
+from pulumi_harness import MOCK_CA_KEY, MOCK_PUBLIC_DEV_CA_KEY, MOCK_SECRETS, mock_node_secrets, run_program
 
 TOPO = load_topology_file(ROOT / "topology.yaml")
 REGION_STACKS = region_stacks(ROOT)
@@ -50,11 +50,12 @@ def test_security_group_rules(stack):
     admin = {("tcp", 22, TOPO.admin_cidr)}
 
     galera = _rules(run, region, "galera")
-    assert len(galera_peers) == 9
-    assert galera == admin | {("tcp", 3306, p) for p in galera_peers | local_proxies} \
+    all_proxies = _hosts(TOPO.nodes(role="proxy"))  # every region's database frontend may fail over here
+    assert len(galera_peers) == 9 and len(all_proxies) == 6
+    assert galera == admin | {("tcp", 3306, p) for p in galera_peers | all_proxies} \
         | {(proto, 4567, p) for proto in ("tcp", "udp") for p in galera_peers} \
         | {("tcp", 4568, p) for p in galera_peers} | {("tcp", 4444, p) for p in galera_peers} \
-        | {("tcp", 9200, p) for p in local_proxies}
+        | {("tcp", 9200, p) for p in all_proxies}
     assert _rules(run, region, "keystone") == admin | {("tcp", 5000, p) for p in local_proxies}
     assert _rules(run, region, "memcached") == admin | {("tcp", 11211, p) for p in local_keystone}
     assert _rules(run, region, "proxy") == admin | {("tcp", 443, "0.0.0.0/0")} \
@@ -198,9 +199,15 @@ def test_galera_nodes_get_certificates_from_the_shared_ca(stack):
 
 def test_public_endpoint_gets_a_development_certificate_without_config(stack):
     region, run = stack
+    csr = run.named(f"public-csr-{region}")
+    assert csr.inputs["dnsNames"] == [TOPO.region(region).public_hostname]
+    assert csr.inputs["ipAddresses"] == [v.address for v in TOPO.vips(region)]
     cert = run.named(f"public-cert-{region}")
-    assert cert.inputs["dnsNames"] == [TOPO.region(region).public_hostname]
     assert "server_auth" in cert.inputs["allowedUses"]
+    # Signed by the shared development CA, which every region's proxies trust.
+    assert cert.inputs["caPrivateKeyPem"] == MOCK_PUBLIC_DEV_CA_KEY
+    assert cert.inputs["caCertPem"] == MOCK_SECRETS["public_ca_cert"]
+    assert "peer-ca.pem" in run.named(f"instance-proxy-{region}-1").inputs["userData"]
     proxy = run.named(f"instance-proxy-{region}-1")
     assert f"mock-private-key-public-key-{region}" in proxy.inputs["userData"]
     assert "userData" in proxy.secret_inputs
@@ -208,9 +215,12 @@ def test_public_endpoint_gets_a_development_certificate_without_config(stack):
 
 def test_public_certificate_from_config(tmp_path):
     run = run_program("region-c", {"region": "region-c", "publicCertificate": "REAL-CERT", "publicKey": "REAL-KEY"})
-    assert run.of_type("tls:index/selfSignedCert:SelfSignedCert") == []
+    assert run.of_type("tls:index/locallySignedCert:LocallySignedCert") == [
+        r for r in run.of_type("tls:index/locallySignedCert:LocallySignedCert") if r.name.startswith("tls-cert-")]
+    # A real certificate: the other regions are verified through the system's CAs.
+    shared = {k: v for k, v in MOCK_SECRETS.items() if k != "public_ca_cert"}
     expected = render_node(TOPO, "proxy-region-c-2",
-                           {**MOCK_SECRETS, "public_tls": {"region-c": {"cert": "REAL-CERT", "key": "REAL-KEY"}}})
+                           {**shared, "public_tls": {"region-c": {"cert": "REAL-CERT", "key": "REAL-KEY"}}})
     assert run.named("instance-proxy-region-c-2").inputs["userData"] == expected.user_data
 
 
@@ -247,6 +257,7 @@ def test_shared_stack_generates_every_secret_once():
     assert ca.protect is True and ca.inputs["isCaCertificate"] is True
     assert ca.inputs["subject"] == {"commonName": "keystone Galera CA"}
     assert run.named("galera-ca-key").protect is True
+    assert run.named("public-dev-ca").inputs["isCaCertificate"] is True and run.named("public-dev-ca").protect
 
 
 def _bad_run(tmp_path, config, topology=None):

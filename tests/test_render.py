@@ -79,7 +79,9 @@ def test_proxy_may_bind_addresses_it_does_not_hold(topo):
     rendered = render_node(topo, "proxy-region-b-1", SECRETS)
     sysctl = {f.path: f.content for f in rendered.files}["/etc/sysctl.d/60-keystone-multiregion.conf"]
     assert "net.ipv4.ip_nonlocal_bind = 1" in sysctl.splitlines()
-    assert _doc(rendered.user_data)["runcmd"] == [["sysctl", "--system"]]
+    runcmd = _doc(rendered.user_data)["runcmd"]
+    assert runcmd[0] == ["sysctl", "--system"]  # before HAProxy binds the VIPs it may not hold yet
+    assert ["systemctl", "restart", "haproxy.service"] in runcmd[1:]
 
 
 def test_missing_secret_is_one_clear_error(topo):

@@ -184,7 +184,7 @@ BAD = [
      "index, name, openstack_region, public_hostname, roles, witness"),
     ("security group over the rule quota",
      lambda d: d["defaults"].update(max_rules_per_group=40),
-     "topology: defaults.peer_rules: the galera security group of region-a needs 50 rules, above the quota of 40; "
+     "topology: defaults.peer_rules: the galera security group of region-a needs 58 rules, above the quota of 40; "
      "set defaults.peer_rules: cidr (one rule per region) or raise defaults.max_rules_per_group to your cloud's "
      "quota"),
 ]

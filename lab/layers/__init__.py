@@ -6,9 +6,10 @@
     start(dep, nodes, log)   start the layer's daemons (nodes: this layer's, topology order)
     checks(dep) -> [Check]   measured facts, each able to fail
 
-The deployment calls the layers in ORDER: the database first, the proxies last.
+The deployment calls the layers in ORDER: the database first, Keystone last.
 """
 
 from . import galera, keystone, memcached, proxy
 
-ORDER = (galera, memcached, keystone, proxy)
+# Keystone reaches its database through the proxies' internal VIP: proxies before Keystone.
+ORDER = (galera, memcached, proxy, keystone)

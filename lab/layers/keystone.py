@@ -1,18 +1,56 @@
-"""Keystone in the lab (arrives with the Keystone layer)."""
+"""Keystone in the lab: keystone-node prepares each node and bootstraps one, then uwsgi
+serves the API on the node's address, exactly as the keystone-api unit does on a VM."""
 
 from __future__ import annotations
 
+import time
+
+from keystone_multiregion.roles.keystone import KEY_DIRS, KEYSTONE_NODE_TOOL, UWSGI_INI, is_bootstrap
+from keystone_multiregion.security import PORTS
+
+from ..checks import Check
+
 ROLES = ("keystone",)
-PACKAGES = ()
+PACKAGES = ("keystone", "uwsgi-plugin-python3", "python3-memcache", "python3-pymysql")
+TOOL = ["python3", KEYSTONE_NODE_TOOL]
+# The node's own log and state directories, as on a VM.
+KEYSTONE_DIRS = ("/var/log/keystone", "/var/lib/keystone")
+
+
+def url(dep, name: str, path: str = "/v3") -> str:
+    return f"http://{dep.topo.node(name).address}:{PORTS['keystone']}{path}"
 
 
 def install(dep, rendered) -> None:
-    pass
+    node = rendered.node
+    files = dep.render_dir / node.region / node.name / "files"
+    # The key repositories as whole directories (keystone-node prepare sets their owner).
+    dep.lab.procs.set_binds(node.name, {d: str(files / d.lstrip("/")) for d in KEY_DIRS.values()})
+    dep.lab.procs.make_root(node.name, KEYSTONE_DIRS)
+    dep.lab.procs.run(node.name, TOOL + ["prepare"])
+
+
+def start_api(dep, name: str, timeout: float = 120) -> None:
+    dep.lab.procs.start(name, "keystone", ["uwsgi_python3", "--ini", UWSGI_INI],
+                        ready=lambda: dep.http_status(name, url(dep, name), timeout=2) == 200,
+                        ready_timeout=timeout)
 
 
 def start(dep, nodes, log) -> None:
-    pass
+    for node in nodes:
+        if is_bootstrap(dep.topo, node):
+            t = time.monotonic()
+            out = dep.lab.procs.run(node.name, TOOL + ["bootstrap", "--timeout", "300"], timeout=400)
+            log(f"{node.name}: {out.stdout.strip().splitlines()[-1]} ({time.monotonic() - t:.1f}s)")
+    for node in nodes:
+        t = time.monotonic()
+        start_api(dep, node.name)
+        log(f"{node.name}: API up in {time.monotonic() - t:.1f}s")
 
 
-def checks(dep) -> list:
-    return []
+def checks(dep) -> list[Check]:
+    out = []
+    for node in dep.topo.nodes(role="keystone"):
+        code = dep.http_status(node.name, url(dep, node.name, "/healthcheck"))
+        out.append(Check(f"{node.name} /healthcheck", code == 200, f"HTTP {code}"))
+    return out

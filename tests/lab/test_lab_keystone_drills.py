@@ -1,0 +1,49 @@
+"""The Keystone drills of the lab, on the session's lab (each prints what it measured)."""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.lab
+
+
+@pytest.fixture(scope="module")
+def kdrills(deployment):
+    from lab.keystone_drills import KeystoneDrills
+    return KeystoneDrills(deployment)
+
+
+def _run(drill):
+    result = drill()
+    print(result.line())
+    assert result.ok, result.line()
+    return result
+
+
+def test_k1_one_identity_across_regions(kdrills):
+    result = _run(kdrills.drill_one_identity)
+    assert result.measured["seen_in_lab-c"] == (1, 1)
+
+
+def test_k2_cut_region_validates_and_refuses_writes_clearly(kdrills, deployment):
+    from lab.drills import GaleraDrills
+    result = _run(lambda: kdrills.drill_partition(GaleraDrills(deployment)))
+    m = result.measured
+    assert m["validate_cached"] == 200 and m["validate_uncached"]["status"] == 200
+    assert m["create_project_in_partition"]["status"] == 503
+    assert m["after_heal_sees_majority_project"] == 1
+
+
+def test_k3_totp_multi_factor(kdrills):
+    m = _run(kdrills.drill_mfa).measured
+    assert (m["password_alone"], m["password_and_totp"], m["wrong_code"]) == (401, 201, 401)
+
+
+def test_k4_dead_memcached_costs_latency_not_answers(kdrills):
+    m = _run(kdrills.drill_memcached_down).measured
+    assert m["failed"] == 0 and m["issue_without_memcached"] == 201
+
+
+def test_k5_revocation_within_the_bound(kdrills, deployment):
+    m = _run(kdrills.drill_revocation).measured
+    assert m["accepted_in_other_region_for_s"] <= deployment.topo.keystone.token_cache_s + 5
