@@ -25,13 +25,7 @@ class SharedSecrets(pulumi.ComponentResource):
                 opts=pulumi.ResourceOptions(parent=self, protect=True)).result
         # The CA of Galera's replication and SST TLS: every region issues its nodes'
         # certificates with it (that traffic crosses the WAN).
-        ca_key = tls.PrivateKey("galera-ca-key", algorithm="ECDSA", ecdsa_curve="P256",
-                                opts=pulumi.ResourceOptions(parent=self, protect=True))
-        ca_cert = tls.SelfSignedCert(
-            "galera-ca", private_key_pem=ca_key.private_key_pem, is_ca_certificate=True,
-            subject=tls.SelfSignedCertSubjectArgs(common_name=f"{deployment} Galera CA"),
-            validity_period_hours=CA_VALIDITY_HOURS, allowed_uses=["cert_signing", "crl_signing", "digital_signature"],
-            opts=pulumi.ResourceOptions(parent=self, protect=True))
+        ca_key, ca_cert = self._ca("galera-ca", f"{deployment} Galera CA")
         values[CA_CERT] = ca_cert.cert_pem
         # The Fernet and credential key repositories, identical in every region: a staged
         # key "0" and a primary "1" to start with (rotation adds more, see the README).
@@ -44,16 +38,20 @@ class SharedSecrets(pulumi.ComponentResource):
                 lambda ks: {str(i): k.replace("+", "-").replace("/", "_") for i, k in enumerate(ks)})
         # A development CA for the public endpoints of regions without a real certificate:
         # every region's proxies trust it to verify the others (their backup servers).
-        dev_key = tls.PrivateKey("public-dev-ca-key", algorithm="ECDSA", ecdsa_curve="P256",
-                                 opts=pulumi.ResourceOptions(parent=self, protect=True))
-        dev_ca = tls.SelfSignedCert(
-            "public-dev-ca", private_key_pem=dev_key.private_key_pem, is_ca_certificate=True,
-            subject=tls.SelfSignedCertSubjectArgs(common_name=f"{deployment} public endpoints (development CA)"),
-            validity_period_hours=CA_VALIDITY_HOURS, allowed_uses=["cert_signing", "crl_signing", "digital_signature"],
-            opts=pulumi.ResourceOptions(parent=self, protect=True))
+        dev_key, dev_ca = self._ca("public-dev-ca", f"{deployment} public endpoints (development CA)")
         values[PUBLIC_CA_CERT] = dev_ca.cert_pem
         self.secrets = pulumi.Output.secret(pulumi.Output.all(**values))
         self.ca_key = pulumi.Output.secret(ca_key.private_key_pem)
         self.public_dev_ca_key = pulumi.Output.secret(dev_key.private_key_pem)
         self.register_outputs({"secrets": self.secrets, "galera_ca_key": self.ca_key,
                                "public_dev_ca_key": self.public_dev_ca_key})
+
+    def _ca(self, name: str, common_name: str):
+        """A protected CA key and self-signed CA certificate (`<name>-key`, `<name>`)."""
+        opts = pulumi.ResourceOptions(parent=self, protect=True)
+        key = tls.PrivateKey(f"{name}-key", algorithm="ECDSA", ecdsa_curve="P256", opts=opts)
+        cert = tls.SelfSignedCert(
+            name, private_key_pem=key.private_key_pem, is_ca_certificate=True,
+            subject=tls.SelfSignedCertSubjectArgs(common_name=common_name), validity_period_hours=CA_VALIDITY_HOURS,
+            allowed_uses=["cert_signing", "crl_signing", "digital_signature"], opts=opts)
+        return key, cert

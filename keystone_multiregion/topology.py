@@ -561,14 +561,18 @@ def duration_seconds(value: Any, where: str) -> float:
     return int(h or 0) * 3600 + int(mi or 0) * 60 + float(sec or 0)
 
 
-def _galera_settings(data: Mapping[str, Any]) -> GaleraSettings:
+def _section(data: Any, name: str, defaults: Mapping[str, Any]) -> dict:
+    """A settings section merged over its defaults; unknown keys are errors."""
     if not isinstance(data, Mapping):
-        raise TopologyError("galera", "is not a mapping", "give Galera settings as key: value pairs")
+        raise TopologyError(name, "is not a mapping", f"give {name} settings as key: value pairs")
     for key in data:
-        if key not in DEFAULT_GALERA:
-            raise TopologyError(f"galera.{key}", "is not a known setting",
-                                f"use one of {', '.join(sorted(DEFAULT_GALERA))}")
-    g = {**DEFAULT_GALERA, **data}
+        if key not in defaults:
+            raise TopologyError(f"{name}.{key}", "is not a known setting", f"use one of {', '.join(sorted(defaults))}")
+    return {**defaults, **data}
+
+
+def _galera_settings(data: Mapping[str, Any]) -> GaleraSettings:
+    g = _section(data, "galera", DEFAULT_GALERA)
     secs = {k: duration_seconds(g[k], f"galera.{k}") for k in
             ("evs_keepalive_period", "evs_suspect_timeout", "evs_inactive_timeout", "evs_install_timeout")}
     if not secs["evs_keepalive_period"] < secs["evs_suspect_timeout"] <= secs["evs_inactive_timeout"]:
@@ -598,13 +602,7 @@ def _galera_settings(data: Mapping[str, Any]) -> GaleraSettings:
 
 
 def _keystone_settings(data: Mapping[str, Any]) -> KeystoneSettings:
-    if not isinstance(data, Mapping):
-        raise TopologyError("keystone", "is not a mapping", "give Keystone settings as key: value pairs")
-    for key in data:
-        if key not in DEFAULT_KEYSTONE:
-            raise TopologyError(f"keystone.{key}", "is not a known setting",
-                                f"use one of {', '.join(sorted(DEFAULT_KEYSTONE))}")
-    k = {**DEFAULT_KEYSTONE, **data}
+    k = _section(data, "keystone", DEFAULT_KEYSTONE)
     values = {key: _int(k[key], f"keystone.{key}", 1, "give a positive whole number")
               for key in DEFAULT_KEYSTONE if key != "uwsgi_processes"}
     if k["uwsgi_processes"] is not None:
