@@ -23,6 +23,18 @@ DB = "drill"
 NOT_PRIMARY = re.compile(r"ERROR 1047|WSREP has not yet prepared node for application use")
 
 
+def wait_until(predicate, timeout: float, interval: float = 0.5):
+    """predicate's first truthy value, or None after `timeout` seconds (bounded in time and
+    in count: at most timeout/interval + 1 calls)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return None
+
+
 @dataclass
 class DrillResult:
     name: str
@@ -49,13 +61,7 @@ class GaleraDrills:
         return self.dep.galera_status(self.node[region])
 
     def wait(self, predicate, timeout: float, interval: float = 0.5):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = predicate()
-            if value:
-                return value
-            time.sleep(interval)
-        return None
+        return wait_until(predicate, timeout, interval)
 
     def sql(self, region: str, statement: str, check: bool = False):
         return self.dep.sql(self.node[region], statement, timeout=30, check=check)

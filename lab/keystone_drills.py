@@ -17,7 +17,7 @@ from pathlib import Path
 
 from keystone_multiregion.security import PORTS
 
-from .drills import DrillResult
+from .drills import DrillResult, wait_until
 from .ksclient import totp
 
 CLIENT = str(Path(__file__).resolve().parent / "ksclient.py")
@@ -52,15 +52,6 @@ class KeystoneDrills:
     def call(self, region: str, method: str, auth: str, path: str, body: dict | None = None) -> dict:
         args = [method, self.url(region), auth, path] + ([json.dumps(body)] if body is not None else [])
         return self.ks(region, "call", *args)
-
-    def wait(self, predicate, timeout: float, interval: float = 1.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = predicate()
-            if value:
-                return value
-            time.sleep(interval)
-        return None
 
     # -- drills -----------------------------------------------------------------------------
     def drill_one_identity(self) -> DrillResult:
@@ -243,7 +234,7 @@ class KeystoneDrills:
             still.append(v.get("status"))
             return v.get("status") == 404
 
-        done = self.wait(rejected, timeout=bound + 60, interval=1.0)
+        done = wait_until(rejected, timeout=bound + 60, interval=1.0)
         elapsed = round(time.monotonic() - t, 1)
         measured = {"bound_s": bound, "revoked_in": first, "revoke_status": gone_first,
                     "accepted_in_other_region_for_s": elapsed if done else None, "checks": len(still)}
