@@ -25,7 +25,10 @@ if config.get_bool("shared"):
     if region_name:
         raise pulumi.RunError("config: keystone-multiregion:shared and keystone-multiregion:region are both set; "
                               "a stack is either the shared stack or one region's stack, so remove one")
-    shared = SharedSecrets("shared", topology.name)
+    # `pulumi config set fernetRotations N+1` rotates the Fernet keys; roll the change out to
+    # every region before the next rotation (README: key rotation).
+    shared = SharedSecrets("shared", topology.name, fernet_rotations=config.get_int("fernetRotations") or 0,
+                           max_active_keys=topology.keystone.max_active_keys)
     pulumi.export("secrets", shared.secrets)
     pulumi.export("galera_ca_key", shared.ca_key)
     pulumi.export("public_dev_ca_key", shared.public_dev_ca_key)

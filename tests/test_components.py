@@ -353,3 +353,11 @@ def test_catalog_registers_only_this_regions_unversioned_endpoints(stack):
     catalog_region = run.named(f"catalog-region-{region}")
     assert catalog_region.inputs["region_id"] == region
     assert "admin_password" in catalog_region.secret_inputs
+
+
+def test_fernet_rotation_in_the_shared_stack():
+    run = run_program("shared", {"shared": True, "fernetRotations": 2})
+    fernet = sorted(r.name for r in run.of_type("random:index/randomBytes:RandomBytes") if r.name.startswith("fernet"))
+    assert fernet == ["fernet-keys-0", "fernet-keys-1", "fernet-keys-2", "fernet-keys-3"]
+    credential = [r.name for r in run.of_type("random:index/randomBytes:RandomBytes") if r.name.startswith("credential")]
+    assert sorted(credential) == ["credential-keys-0", "credential-keys-1"]  # not rotated

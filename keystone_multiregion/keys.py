@@ -1,0 +1,37 @@
+"""Fernet key repositories across rotations, computed once for every region.
+
+Keystone's own rotation (keystone-manage fernet_rotate) promotes the staged key "0" to the
+next-numbered primary, stages a new "0", and drops the oldest keys beyond max_active_keys.
+Run on each node it would give every region different keys; here the repository after N
+rotations is a pure function of one key sequence, so every region gets the same files.
+
+Safety: the key that becomes primary at rotation N+1 was already staged (and so used for
+validation) in every region at rotation N. Rolling N+1 out region by region therefore
+never breaks validation, provided N+1 has reached every region before N+2 starts.
+"""
+
+from __future__ import annotations
+
+
+def repository(keys: list[str], rotations: int, max_active: int) -> dict[str, str]:
+    """The key repository after `rotations` rotations of `keys` (keys[0] the first primary,
+    keys[1] the first staged key, keys[i] the key staged by rotation i-1): file name -> key."""
+    if rotations < 0:
+        raise ValueError("rotations must be 0 or more")
+    if len(keys) < rotations + 2:
+        raise ValueError(f"{rotations} rotations need {rotations + 2} keys, got {len(keys)}")
+    if max_active < 3:
+        # With only the staged and the primary key, a rotation drops the key that signed
+        # every live token: regions already rotated would refuse them.
+        raise ValueError("max_active must be at least 3 (staged, primary, and the previous primary)")
+    repo = {"0": keys[rotations + 1]}
+    for j in range(rotations, -1, -1):  # the primary first, then older keys, newest first
+        if len(repo) >= max_active:
+            break
+        repo[str(j + 1)] = keys[j]
+    return repo
+
+
+def primary(repo: dict[str, str]) -> str:
+    """The key that signs: the highest-numbered one."""
+    return repo[str(max(int(k) for k in repo))]
