@@ -248,6 +248,39 @@ class KeystoneDrills:
         return DrillResult("K5. a revoked token stops validating in other regions within the bound", not problems,
                            measured, problems)
 
+    def drill_rotation(self) -> DrillResult:
+        """One Fernet rotation rolled out region by region (the repository computed once,
+        keys.py): after each region, tokens issued before the rotation and tokens signed by
+        every region so far validate in every region, rotated or not."""
+        from keystone_multiregion.keys import primary, repository
+        from keystone_multiregion.roles.keystone import KEY_DIRS
+
+        current = self.dep.secrets()["fernet_keys"]
+        sequence = [current[max(current, key=int)], current["0"],
+                    base64.urlsafe_b64encode(os.urandom(32)).decode()]
+        rotated = repository(sequence, 1, self.topo.keystone.max_active_keys)
+        before = self.admin_token(self.regions[0])
+        tokens = {"before": before}
+        problems, measured = [], {"new_primary_was_staged": primary(rotated) == current["0"], "validations": 0}
+        for region in self.regions:
+            for node in self.topo.nodes(region, "keystone"):
+                keydir = self.dep.render_dir / node.region / node.name / "files" / KEY_DIRS["fernet_keys"].lstrip("/")
+                for old in keydir.iterdir():
+                    old.unlink()
+                for name, key in rotated.items():
+                    (keydir / name).write_text(key + "\n")
+                self.dep.lab.procs.run(node.name, ["python3", "/usr/local/sbin/keystone-node", "prepare"])
+            tokens[f"signed_in_{region}"] = self.admin_token(region)
+            for label, token in tokens.items():
+                for r in self.regions:
+                    status = self.validate(r, token, token).get("status")
+                    measured["validations"] += 1
+                    if status != 200:
+                        problems.append(f"after rotating {region}: token {label} got {status} in {r}")
+        measured["rotated_regions"] = len(self.regions)
+        return DrillResult("K6. a Fernet rotation rolled out region by region breaks no validation",
+                           not problems, measured, problems)
+
     def _revoke(self, region: str, admin: str, subject: str) -> int | None:
         code = ("import json,sys,urllib.request as u\n"
                 "r=u.Request(sys.argv[1]+'/v3/auth/tokens',method='DELETE',"
@@ -261,7 +294,7 @@ class KeystoneDrills:
     def run_all(self, galera_drills, log=print) -> list[DrillResult]:
         results = []
         for drill in (self.drill_one_identity, lambda: self.drill_partition(galera_drills), self.drill_mfa,
-                      self.drill_memcached_down, self.drill_revocation):
+                      self.drill_memcached_down, self.drill_revocation, self.drill_rotation):
             result = drill()
             log(result.line())
             results.append(result)

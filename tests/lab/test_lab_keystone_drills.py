@@ -47,3 +47,8 @@ def test_k4_dead_memcached_costs_latency_not_answers(kdrills):
 def test_k5_revocation_within_the_bound(kdrills, deployment):
     m = _run(kdrills.drill_revocation).measured
     assert m["accepted_in_other_region_for_s"] <= deployment.topo.keystone.token_cache_s + 5
+
+
+def test_k6_rotation_region_by_region(kdrills):
+    m = _run(kdrills.drill_rotation).measured
+    assert m["new_primary_was_staged"] is True and m["rotated_regions"] == 3
