@@ -12,6 +12,8 @@ never breaks validation, provided N+1 has reached every region before N+2 starts
 
 from __future__ import annotations
 
+import hashlib
+
 
 def repository(keys: list[str], rotations: int, max_active: int) -> dict[str, str]:
     """The key repository after `rotations` rotations of `keys` (keys[0] the first primary,
@@ -35,3 +37,10 @@ def repository(keys: list[str], rotations: int, max_active: int) -> dict[str, st
 def primary(repo: dict[str, str]) -> str:
     """The key that signs: the highest-numbered one."""
     return repo[str(max(int(k) for k in repo))]
+
+
+def digest(repo: dict[str, str]) -> str:
+    """sha256 over `name:key` lines in name order: what `keystone-node key-digest` prints for
+    a node's repository, so a node that drifted from the others (or from the stack) shows."""
+    lines = "".join(f"{name}:{repo[name].strip()}\n" for name in sorted(repo, key=int))
+    return hashlib.sha256(lines.encode()).hexdigest()

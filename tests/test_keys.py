@@ -39,3 +39,17 @@ def test_bad_arguments():
         repository(KEYS[:4], 3, 5)
     with pytest.raises(ValueError, match="max_active must be at least 3"):
         repository(KEYS, 0, 2)
+
+
+def test_digest_matches_the_node_tool_and_changes_with_any_key(tmp_path):
+    import importlib.util
+    from keystone_multiregion.keys import digest
+    from keystone_multiregion.render import TEMPLATES
+    spec = importlib.util.spec_from_file_location("keystone_node", TEMPLATES / "keystone/keystone-node.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    repo = repository(KEYS, 3, 5)
+    on_disk = {name: key + "\n" for name, key in repo.items()}  # files end with a newline
+    assert tool.repository_digest(on_disk) == digest(repo)
+    assert digest({**repo, "0": "other"}) != digest(repo)
+    assert digest(repository(KEYS, 4, 5)) != digest(repo)

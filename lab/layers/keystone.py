@@ -48,9 +48,26 @@ def start(dep, nodes, log) -> None:
         log(f"{node.name}: API up in {time.monotonic() - t:.1f}s")
 
 
+def key_digests(dep) -> dict[str, dict]:
+    """Each Keystone node's repository digests (keystone-node key-digest)."""
+    import json
+    return {n.name: json.loads(dep.lab.procs.run(n.name, TOOL + ["key-digest"]).stdout)
+            for n in dep.topo.nodes(role="keystone")}
+
+
 def checks(dep) -> list[Check]:
     out = []
     for node in dep.topo.nodes(role="keystone"):
         code = dep.http_status(node.name, url(dep, node.name, "/healthcheck"))
         out.append(Check(f"{node.name} /healthcheck", code == 200, f"HTTP {code}"))
+    # Drift check: every node of every region holds the same key repositories.
+    digests = key_digests(dep)
+    distinct = {json_key(d) for d in digests.values()}
+    out.append(Check("key repositories identical on every Keystone node", len(distinct) == 1,
+                     f"{len(digests)} nodes, {len(distinct)} distinct"
+                     + ("" if len(distinct) == 1 else f": {digests}")))
     return out
+
+
+def json_key(d: dict) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(d.items()))

@@ -10,9 +10,12 @@ only. Reads the node's facts from /etc/keystone-multiregion/node.json.
                               `keystone-manage db_sync` and `keystone-manage bootstrap`
                               (both safe to run again); elsewhere it does nothing
     keystone-node wait-ready  until this node's API answers (bounded)
+    keystone-node key-digest  a digest of each key repository, to compare across nodes
+                              and regions (a drift check: they must all be equal)
 """
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -103,16 +106,36 @@ def cmd_wait_ready(args):
     return 1
 
 
+def repository_digest(files):
+    """sha256 over the repository's `name:key` lines in name order (keys.digest, the same)."""
+    lines = "".join(f"{name}:{files[name].strip()}\n" for name in sorted(files, key=int))
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def cmd_key_digest(args):
+    out = {}
+    for d in KEY_DIRS:
+        files = {}
+        for name in os.listdir(d):
+            with open(os.path.join(d, name)) as fh:
+                files[name] = fh.read()
+        out[os.path.basename(d)] = repository_digest(files)
+    print(json.dumps(out, sort_keys=True))
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="keystone-node", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("prepare")
+    sub.add_parser("key-digest")
     for name in ("bootstrap", "wait-ready"):
         p = sub.add_parser(name)
         p.add_argument("--timeout", type=float, default=900)
     args = parser.parse_args(argv)
-    return {"prepare": cmd_prepare, "bootstrap": cmd_bootstrap, "wait-ready": cmd_wait_ready}[args.command](args)
+    return {"prepare": cmd_prepare, "bootstrap": cmd_bootstrap, "wait-ready": cmd_wait_ready,
+            "key-digest": cmd_key_digest}[args.command](args)
 
 
 if __name__ == "__main__":
