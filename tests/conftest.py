@@ -7,5 +7,23 @@ for p in (ROOT, ROOT / "tests"):
         sys.path.insert(0, str(p))
 
 
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def topo():
+    """The example topology (topology.yaml's content), validated."""
+    from helpers import example
+    from keystone_multiregion.topology import load_topology
+    return load_topology(example())
+
+
+@pytest.fixture(scope="module")
+def secrets(topo):
+    """Every secret the example topology needs, generated locally (keys, CAs, certificates)."""
+    from keystone_multiregion import pki
+    return pki.generate_secrets(topo)
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "lab: runs real daemons in network namespaces (needs root; slow)")

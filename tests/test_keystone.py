@@ -10,20 +10,9 @@ import pytest
 import yaml
 
 from helpers import example
-from keystone_multiregion import pki
 from keystone_multiregion.render import TEMPLATES, render_node
 from keystone_multiregion.roles.keystone import ADMIN_PASSWORD_FILE, KEYSTONE_CONF, UWSGI_INI, WSGI_FILE
 from keystone_multiregion.topology import TopologyError, load_topology
-
-
-@pytest.fixture(scope="module")
-def topo():
-    return load_topology(example())
-
-
-@pytest.fixture(scope="module")
-def secrets(topo):
-    return pki.generate_secrets(topo)
 
 
 def _files(topo, name, secrets):

@@ -57,16 +57,6 @@ def case(request):
     return request.param, topo, pki.generate_secrets(topo)
 
 
-@pytest.fixture(scope="module")
-def topo():
-    return load_topology(example())
-
-
-@pytest.fixture(scope="module")
-def secrets(topo):
-    return pki.generate_secrets(topo)
-
-
 def _files(rendered) -> dict:
     return {f.path: f for f in rendered.files}
 

@@ -21,11 +21,6 @@ from keystone_multiregion.topology import load_topology
 SECRETS = pki.generate_secrets(load_topology(example()))
 
 
-@pytest.fixture(scope="module")
-def topo():
-    return load_topology(example())
-
-
 def _doc(user_data):
     assert user_data.startswith("#cloud-config\n")
     return yaml.safe_load(user_data)
