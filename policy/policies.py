@@ -194,16 +194,24 @@ def _describe_rule(props: dict, low: int, high: int) -> str:
     return f"{proto} {ports}"
 
 
+def _world_open(name: str, props: dict):
+    """(source, low port, high port) of an ingress rule open to 0.0.0.0/0 or ::/0, else None."""
+    ports = _rule_ports(name, props)
+    if ports is None:
+        return None
+    source, network = _source(name, props)
+    if not _is_world(network):
+        return None
+    return (source, *ports)
+
+
 def check_service_ports_not_world_open(name: str, props: dict, report: ReportViolation) -> None:
     """No ingress rule opens a database, replication, SST, memcached or health-check port
     to 0.0.0.0/0 or ::/0."""
-    ports = _rule_ports(name, props)
-    if ports is None:
+    opened = _world_open(name, props)
+    if opened is None:
         return
-    source, network = _source(name, props)
-    if not _is_world(network):
-        return
-    low, high = ports
+    source, low, high = opened
     hit = [f"{p} ({label})" for p, label in sorted(SERVICE_PORTS.items()) if low <= p <= high]
     if hit:
         report(f"security group rule '{name}' lets {_describe_rule(props, low, high)} in from {source}, "
@@ -233,13 +241,10 @@ def check_ssh_only_from_admin(name: str, props: dict, admin_cidr: Optional[str],
 
 def check_world_open_only_https(name: str, props: dict, report: ReportViolation) -> None:
     """Advisory: the only port the world should reach is HTTPS (443) on the proxies."""
-    ports = _rule_ports(name, props)
-    if ports is None:
+    opened = _world_open(name, props)
+    if opened is None:
         return
-    source, network = _source(name, props)
-    if not _is_world(network):
-        return
-    low, high = ports
+    source, low, high = opened
     if low == high == HTTPS_PORT and _protocol(props) == "tcp":
         return
     # Service ports and SSH have mandatory policies of their own; this one catches the rest.
