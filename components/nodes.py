@@ -7,9 +7,10 @@ from typing import Mapping
 
 import pulumi
 import pulumi_openstack as openstack
-import pulumi_tls as tls
 
 from keystone_multiregion.render import render_node
+
+from .certificates import signed_certificate
 from keystone_multiregion.secrets import CA_CERT, TLS_ROLES, role_has_secrets
 from keystone_multiregion.topology import ARBITRATOR, Node, Topology
 
@@ -46,17 +47,11 @@ CERT_VALIDITY_HOURS = 5 * 365 * 24
 def node_tls(parent: pulumi.Resource, node: Node, secrets: pulumi.Input[Mapping], ca_key: pulumi.Input[str]):
     """A key and a certificate for the node, signed by the shared CA, with the node's address
     as subjectAltName (the SST donor checks it); returns the node's secrets with them added."""
-    child = pulumi.ResourceOptions(parent=parent)
-    key = tls.PrivateKey(f"tls-key-{node.name}", algorithm="ECDSA", ecdsa_curve="P256", opts=child)
-    csr = tls.CertRequest(f"tls-csr-{node.name}", private_key_pem=key.private_key_pem,
-                          subject=tls.CertRequestSubjectArgs(common_name=node.name),
-                          ip_addresses=[node.address], dns_names=[node.name], opts=child)
     ca_cert = pulumi.Output.from_input(secrets).apply(lambda s: s[CA_CERT])
-    cert = tls.LocallySignedCert(
-        f"tls-cert-{node.name}", cert_request_pem=csr.cert_request_pem, ca_private_key_pem=ca_key,
-        ca_cert_pem=ca_cert, validity_period_hours=CERT_VALIDITY_HOURS, early_renewal_hours=30 * 24,
-        allowed_uses=["digital_signature", "key_encipherment", "server_auth", "client_auth"], opts=child)
-    return pulumi.Output.all(secrets, cert.cert_pem, key.private_key_pem).apply(
+    cert, key = signed_certificate(parent, "tls", node.name, node.name, [node.name], [node.address], ca_key, ca_cert,
+                                   CERT_VALIDITY_HOURS,
+                                   ["digital_signature", "key_encipherment", "server_auth", "client_auth"])
+    return pulumi.Output.all(secrets, cert, key).apply(
         lambda a: {**a[0], "tls": {node.name: {"cert": a[1], "key": a[2]}}})
 
 

@@ -7,13 +7,13 @@ from typing import Mapping
 
 import pulumi
 import pulumi_openstack as openstack
-import pulumi_tls as tls
 
 from keystone_multiregion.secrets import PUBLIC_CA_CERT
 from keystone_multiregion.security import security_groups
 from keystone_multiregion.topology import Topology
 
 from .catalog import CatalogArgs, RegionCatalog
+from .certificates import signed_certificate
 from .network import RegionNetwork, RegionNetworkArgs
 from .nodes import NodeGroup, NodeGroupArgs
 from .security import SecurityGroups, SecurityGroupsArgs
@@ -49,16 +49,9 @@ def dev_certificate(parent: pulumi.Resource, hostname: str, region: str, address
     each other's endpoints, their backup servers."""
     pulumi.log.warn(f"{region}: no publicCertificate in the stack config; the public endpoint {hostname} "
                     "gets a certificate from the shared development CA (development only)")
-    child = pulumi.ResourceOptions(parent=parent)
-    key = tls.PrivateKey(f"public-key-{region}", algorithm="ECDSA", ecdsa_curve="P256", opts=child)
-    csr = tls.CertRequest(f"public-csr-{region}", private_key_pem=key.private_key_pem, dns_names=[hostname],
-                          ip_addresses=addresses, subject=tls.CertRequestSubjectArgs(common_name=hostname),
-                          opts=child)
-    cert = tls.LocallySignedCert(
-        f"public-cert-{region}", cert_request_pem=csr.cert_request_pem, ca_private_key_pem=ca_key,
-        ca_cert_pem=ca_cert, validity_period_hours=DEV_CERT_VALIDITY_HOURS, early_renewal_hours=30 * 24,
-        allowed_uses=["digital_signature", "key_encipherment", "server_auth"], opts=child)
-    return cert.cert_pem, pulumi.Output.secret(key.private_key_pem)
+    cert, key = signed_certificate(parent, "public", region, hostname, [hostname], addresses, ca_key, ca_cert,
+                                   DEV_CERT_VALIDITY_HOURS, ["digital_signature", "key_encipherment", "server_auth"])
+    return cert, pulumi.Output.secret(key)
 
 
 class RegionDeployment(pulumi.ComponentResource):
