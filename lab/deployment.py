@@ -6,10 +6,10 @@ with the files the renderer produced for it (the bytes cloud-init would write on
     dep.checks()      # what works and what is refused, measured
     dep.lab.teardown()
 
-Layers arrive with their issues. Running now: the network of every region, the security
-groups (nftables in each node, from the same rules the Pulumi components create), each
-node's rendered files at their VM paths, the proxies' sysctl file, and memcached with its
-rendered /etc/memcached.conf, started through Debian's own wrapper as systemd would.
+Generic here: the network of every region, the security groups (nftables in each node,
+from the same rules the Pulumi components create) and each node's rendered files at their
+VM paths. Each layer's daemons (Galera, memcached, proxies, Keystone) start from
+lab/layers/, in that order.
 """
 
 from __future__ import annotations
