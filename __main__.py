@@ -6,6 +6,7 @@ stack says `keystone-multiregion:shared: true`. Everything else comes from topol
 
 import pulumi
 
+from components.keys import SshAccess
 from components.region import RegionArgs, RegionDeployment
 from components.shared import SharedSecrets
 from keystone_multiregion.topology import TopologyError, load_topology_file
@@ -20,6 +21,25 @@ try:
         region = topology.region(region_name)
 except TopologyError as exc:
     raise pulumi.RunError(str(exc)) from None
+
+
+def ssh_access() -> SshAccess | None:
+    """How this stack reaches its Keystone nodes to push the key repositories; None for a
+    region without Keystone nodes (a witness site). Checked before any resource exists."""
+    if not topology.nodes(region.name, "keystone"):
+        return None
+    key = config.get_secret("sshPrivateKey")
+    if key is None:
+        raise pulumi.RunError(
+            "config: keystone-multiregion:sshPrivateKey is not set; this region's Keystone nodes receive the "
+            "Fernet and credential keys over SSH from where Pulumi runs: run `pulumi config set --secret "
+            f"sshPrivateKey < <file>` with the private key of the key pair {topology.key_pair!r} (topology.yaml), "
+            "and `pulumi config set sshBastion <host>` unless Pulumi runs inside the admin network")
+    return SshAccess(user=config.get("sshUser") or "debian", private_key=key,
+                     bastion_host=config.get("sshBastion"), bastion_user=config.get("sshBastionUser"),
+                     bastion_port=config.get_int("sshBastionPort") or 22,
+                     bastion_host_key=config.get("sshBastionHostKey"))
+
 
 if config.get_bool("shared"):
     if region_name:
@@ -38,19 +58,22 @@ elif region_name:
     # backend calls its only organization "organization").
     org = pulumi.get_organization() or "organization"
     shared_stack = config.get("sharedStack") or f"{org}/{pulumi.get_project()}/shared"
+    ssh = ssh_access()
     shared = pulumi.StackReference(shared_stack)
     deployment = RegionDeployment(region.name, RegionArgs(
         topology=topology, region=region.name, secrets=shared.get_output("secrets"),
         ca_key=shared.get_output("galera_ca_key"), cloud=config.get("cloud"),
         public_cert=config.get("publicCertificate"), public_key=config.get_secret("publicKey"),
         public_ca_cert=config.get("publicCaCertificate"), public_dev_ca_key=shared.get_output("public_dev_ca_key"),
-        register_catalog=config.get_bool("registerCatalog", True)))
+        register_catalog=config.get_bool("registerCatalog", True), ssh=ssh))
     pulumi.export("region", region.name)
     pulumi.export("public_hostname", region.public_hostname)
     pulumi.export("addresses", deployment.addresses)
     pulumi.export("vips", {v.name: v.address for v in topology.vips(region.name)})
     # Publish these as A records of public_hostname (DNS round-robin over the VIPs).
     pulumi.export("public_ips", deployment.public_ips)
+    # What each Keystone node reported holding after the last key push (equal everywhere).
+    pulumi.export("key_digests", deployment.key_digests)
 else:
     raise pulumi.RunError("config: keystone-multiregion:region is not set; run "
                           "`pulumi config set region <name>` with a region from topology.yaml, "

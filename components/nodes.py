@@ -7,11 +7,12 @@ from typing import Mapping
 
 import pulumi
 import pulumi_openstack as openstack
+import pulumi_tls as tls
 
 from keystone_multiregion.render import render_node
 
 from .certificates import signed_certificate
-from keystone_multiregion.secrets import CA_CERT, TLS_ROLES, role_has_secrets
+from keystone_multiregion.secrets import CA_CERT, PUSH_ROLES, TLS_ROLES, role_has_secrets
 from keystone_multiregion.topology import ARBITRATOR, Node, Topology
 
 # Roles whose VMs hold state: never replaced because their cloud-init changed.
@@ -55,8 +56,19 @@ def node_tls(parent: pulumi.Resource, node: Node, secrets: pulumi.Input[Mapping]
         lambda a: {**a[0], "tls": {node.name: {"cert": a[1], "key": a[2]}}})
 
 
+def ssh_host_key(parent: pulumi.Resource, node: Node, secrets: pulumi.Input[Mapping]):
+    """An SSH host key for a node the stack pushes files to: its cloud-init installs it, the
+    push pins its public half (no trust on first use). Returns (secrets with it, public key)."""
+    key = tls.PrivateKey(f"ssh-host-{node.name}", algorithm="ED25519", opts=pulumi.ResourceOptions(parent=parent))
+    public = key.public_key_openssh.apply(lambda k: k.strip())
+    with_key = pulumi.Output.all(secrets, key.private_key_openssh, public).apply(
+        lambda a: {**a[0], "ssh_host_keys": {node.name: {"private": a[1], "public": a[2]}}})
+    return with_key, public
+
+
 class NodeGroup(pulumi.ComponentResource):
     addresses: dict[str, str]
+    host_keys: dict[str, pulumi.Output[str]]  # pinned SSH host keys of the nodes in PUSH_ROLES
     instance_ids: dict[str, pulumi.Output[str]]
     port_ids: dict[str, pulumi.Output[str]]
 
@@ -71,7 +83,7 @@ class NodeGroup(pulumi.ComponentResource):
             # Two nodes of a role never share a hypervisor: one host failure costs one node.
             policies="anti-affinity", opts=child)
 
-        self.addresses, self.instance_ids, self.port_ids = {}, {}, {}
+        self.addresses, self.instance_ids, self.port_ids, self.host_keys = {}, {}, {}, {}
         for node in nodes:
             port = openstack.networking.Port(
                 f"port-{node.name}", name=f"{topo.name}-{node.name}",
@@ -85,6 +97,8 @@ class NodeGroup(pulumi.ComponentResource):
             # A role without secrets renders from none: its user_data stays a plain value.
             node_secrets = (node_tls(self, node, args.secrets, args.ca_key) if role in TLS_ROLES
                             else args.secrets if role_has_secrets(role) else {})
+            if role in PUSH_ROLES:
+                node_secrets, self.host_keys[node.name] = ssh_host_key(self, node, node_secrets)
             block_devices = None
             image_id = args.image_id
             if node.volume_gb:

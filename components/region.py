@@ -13,6 +13,7 @@ from keystone_multiregion.security import security_groups
 from keystone_multiregion.topology import Topology
 
 from .catalog import CatalogArgs, RegionCatalog
+from .keys import KeyPush, KeyPushArgs, SshAccess
 from .certificates import signed_certificate
 from .network import RegionNetwork, RegionNetworkArgs
 from .nodes import NodeGroup, NodeGroupArgs
@@ -36,6 +37,7 @@ class RegionArgs:
     public_dev_ca_key: pulumi.Input[str] | None = None  # the shared stack's development CA
     cloud: str | None = None  # clouds.yaml entry; None: OS_CLOUD / OS_* from the environment
     register_catalog: bool = True  # register this region's endpoints once its Keystone answers
+    ssh: SshAccess | None = None  # how the key repositories reach the Keystone nodes (required with any)
 
 
 DEV_CERT_VALIDITY_HOURS = 365 * 24
@@ -97,6 +99,16 @@ class RegionDeployment(pulumi.ComponentResource):
                               secrets=secrets, ca_key=args.ca_key,
                               allowed_addresses=vip_addresses if role == "proxy" else []),
                 opts=child)
+        self.key_digests = {}
+        if topo.nodes(region.name, "keystone"):
+            if args.ssh is None:
+                raise ValueError(f"{region.name}: its Keystone nodes get their keys over SSH, but no SSH access "
+                                 "was given (RegionArgs.ssh)")
+            keystone = self.node_groups["keystone"]
+            self.key_push = KeyPush(f"keys-{region.name}", KeyPushArgs(
+                topology=topo, region=region.name, secrets=args.secrets, instance_ids=keystone.instance_ids,
+                host_keys=keystone.host_keys, ssh=args.ssh), opts=pulumi.ResourceOptions(parent=self))
+            self.key_digests = self.key_push.digests
         self.public_ips = {}
         if topo.vips(region.name):  # a witness site serves no endpoint
             self.vips = Vips(f"vips-{region.name}",
@@ -110,7 +122,7 @@ class RegionDeployment(pulumi.ComponentResource):
                 f"catalog-{region.name}",
                 CatalogArgs(topology=topo, region=region.name, admin_password=pulumi.Output.secret(admin_password),
                             ca_pem=trust),
-                opts=pulumi.ResourceOptions(parent=self, depends_on=[self.node_groups["keystone"],
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[self.node_groups["keystone"], self.key_push,
                                                                      self.node_groups["proxy"], self.vips]))
         self.addresses = {name: addr for g in self.node_groups.values() for name, addr in g.addresses.items()}
         self.register_outputs({"addresses": self.addresses, "public_ips": self.public_ips})

@@ -13,6 +13,8 @@ never breaks validation, provided N+1 has reached every region before N+2 starts
 from __future__ import annotations
 
 import hashlib
+import json
+from typing import Mapping
 
 
 def repository(keys: list[str], rotations: int, max_active: int) -> dict[str, str]:
@@ -44,3 +46,20 @@ def digest(repo: dict[str, str]) -> str:
     a node's repository, so a node that drifted from the others (or from the stack) shows."""
     lines = "".join(f"{name}:{repo[name].strip()}\n" for name in sorted(repo, key=int))
     return hashlib.sha256(lines.encode()).hexdigest()
+
+
+# -- pushing the repositories to running nodes -----------------------------------------
+# Keystone nodes do not get their keys from cloud-init: the region stack pushes them over
+# SSH (pulumi-command) to `keystone-node install-keys`, which reads this payload on stdin.
+# So a rotation changes files on running nodes, never their cloud-init, and rebuilds none.
+
+def payload(repos: Mapping[str, Mapping[str, str]]) -> str:
+    """What `keystone-node install-keys` reads on stdin: {repository: {file name: key}}."""
+    return json.dumps({repo: {str(name): key.strip() for name, key in keys.items()}
+                       for repo, keys in repos.items()}, sort_keys=True)
+
+
+def digests(repos: Mapping[str, Mapping[str, str]]) -> dict[str, str]:
+    """{repository: digest}: what `keystone-node install-keys` and `key-digest` print for a
+    node holding `repos` (the stack compares them after every push)."""
+    return {repo: digest(keys) for repo, keys in sorted(repos.items())}

@@ -59,13 +59,23 @@ def issue(ca_cert_pem: str, ca_key_pem: str, node_name: str, address: str | list
     return cert.public_bytes(serialization.Encoding.PEM).decode(), _pem_key(key)
 
 
+def ssh_host_key() -> dict[str, str]:
+    """An Ed25519 SSH host key in OpenSSH formats (what the stack makes with pulumi-tls)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    key = Ed25519PrivateKey.generate()
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                serialization.NoEncryption()).decode()
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return {"private": private, "public": public.decode()}
+
+
 def generate_secrets(topo) -> dict:
     """Every secret a topology needs, made locally: for the lab and for tests (the stacks make
     theirs with pulumi-random and pulumi-tls). The public endpoints get certificates from a
     development CA, returned as `public_ca_cert` so clients can trust them."""
     import secrets as _random
 
-    from .secrets import CA_CERT, SECRETS, TLS_ROLES
+    from .secrets import CA_CERT, PUSH_ROLES, SECRETS, TLS_ROLES
 
     values: dict = {name: _random.token_hex(max(4, length // 2))[:length] for name, (length, _) in SECRETS.items()}
     ca_cert, ca_key = make_ca(topo.name)
@@ -75,6 +85,7 @@ def generate_secrets(topo) -> dict:
         if node.role in TLS_ROLES:
             cert, key = issue(ca_cert, ca_key, node.name, node.address)
             values["tls"][node.name] = {"cert": cert, "key": key}
+    values["ssh_host_keys"] = {node.name: ssh_host_key() for node in topo.nodes() if node.role in PUSH_ROLES}
     import base64
     import os
     for repo in ("fernet_keys", "credential_keys"):

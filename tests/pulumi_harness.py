@@ -4,6 +4,7 @@ every resource registration, with the resource options the engine would receive.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import runpy
 from dataclasses import dataclass, field
@@ -15,6 +16,8 @@ from pulumi.runtime.mocks import MockMonitor
 from pulumi.runtime.settings import SETTINGS
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
+
+from keystone_multiregion import keys
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 PROJECT = "keystone-multiregion"
@@ -43,7 +46,9 @@ def mock_node_secrets(node_name: str, region: str) -> dict:
             "tls": {node_name: {"cert": f"mock-cert-tls-cert-{node_name}\n",
                                 "key": f"mock-private-key-tls-key-{node_name}\n"}},
             "public_tls": {region: {"cert": f"mock-cert-public-cert-{region}\n",
-                                    "key": f"mock-private-key-public-key-{region}\n"}}}
+                                    "key": f"mock-private-key-public-key-{region}\n"}},
+            "ssh_host_keys": {node_name: {"private": f"mock-openssh-private-key-ssh-host-{node_name}\n",
+                                          "public": f"ssh-ed25519 mock-ssh-host-{node_name}"}}}
 
 
 @dataclass
@@ -63,8 +68,9 @@ class Registered:
 
 
 class _Mocks(pulumi.runtime.Mocks):
-    def __init__(self, shared_outputs: dict):
+    def __init__(self, shared_outputs: dict, drifted: tuple[str, ...] = ()):
         self.shared_outputs = shared_outputs
+        self.drifted = drifted
         self.calls: list[tuple[str, dict]] = []
         self._fip = 0
 
@@ -81,6 +87,15 @@ class _Mocks(pulumi.runtime.Mocks):
             state["base64"] = f"bW9jay1{args.name}+/="  # has the characters URL-safe base64 replaces
         if args.typ == "tls:index/privateKey:PrivateKey":
             state["privateKeyPem"] = f"mock-private-key-{args.name}\n"
+            state["privateKeyOpenssh"] = f"mock-openssh-private-key-{args.name}\n"
+            state["publicKeyOpenssh"] = f"ssh-ed25519 mock-{args.name}\n"
+        if args.typ == "command:remote:Command":
+            # The node as keystone-node install-keys leaves it: holding what was pushed, and
+            # printing its digests (a node in `drifted` reports other keys).
+            repos = json.loads(_unwrap_secrets(state["stdin"]))
+            if args.name in self.drifted:
+                repos["fernet_keys"]["0"] = "drifted"
+            state["stdout"] = json.dumps(keys.digests(repos), sort_keys=True)
         if args.typ == "tls:index/certRequest:CertRequest":
             state["certRequestPem"] = f"mock-csr-{args.name}\n"
         if args.typ in ("tls:index/locallySignedCert:LocallySignedCert", "tls:index/selfSignedCert:SelfSignedCert"):
@@ -158,15 +173,24 @@ def _quiet_unretrieved(loop, context):
         loop.default_exception_handler(context)
 
 
-def run_program(stack: str, config: dict[str, str], shared_outputs: dict | None = None) -> ProgramRun:
-    """Run __main__.py as the Pulumi engine would for `stack`, against mocks."""
+MOCK_SSH_KEY = "mock-ssh-private-key\n"
+
+
+def run_program(stack: str, config: dict[str, str], shared_outputs: dict | None = None,
+                ssh_key: str | None = MOCK_SSH_KEY, drifted: tuple[str, ...] = ()) -> ProgramRun:
+    """Run __main__.py as the Pulumi engine would for `stack`, against mocks. The operator has
+    set the secret sshPrivateKey (`ssh_key`, None: not set); the key push to the nodes in
+    `drifted` (resource names) reads back other keys."""
     mocks = _Mocks({"secrets": dict(MOCK_SECRETS), "galera_ca_key": MOCK_CA_KEY,
                     "public_dev_ca_key": MOCK_PUBLIC_DEV_CA_KEY}
-                   if shared_outputs is None else shared_outputs)
+                   if shared_outputs is None else shared_outputs, drifted)
+    if ssh_key is not None and "sshPrivateKey" not in config:
+        config = {**config, "sshPrivateKey": ssh_key}
     monitor = _RecordingMonitor(mocks)
     pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor,
                              organization=ORGANIZATION)
-    pulumi.runtime.set_all_config({f"{PROJECT}:{k}": str(v) for k, v in config.items()})
+    pulumi.runtime.set_all_config({f"{PROJECT}:{k}": str(v) for k, v in config.items()},
+                                  secret_keys=[f"{PROJECT}:sshPrivateKey"])
     SETTINGS.rpc_manager.clear()
     SETTINGS.outputs.clear()
     # A program that fails (bad config, a missing secret) leaves the futures of resources it

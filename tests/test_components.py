@@ -194,6 +194,7 @@ def test_galera_nodes_get_certificates_from_the_shared_ca(stack):
         assert {"server_auth", "client_auth"} <= set(cert.inputs["allowedUses"])
     keys = run.of_type("tls:index/privateKey:PrivateKey")
     assert sorted(k.name for k in keys) == sorted([f"tls-key-{n.name}" for n in TOPO.nodes(region, "galera")]
+                                                  + [f"ssh-host-{n.name}" for n in TOPO.nodes(region, "keystone")]
                                                   + [f"public-key-{region}"])
 
 
@@ -313,7 +314,7 @@ def test_witness_stack_runs_only_the_arbitrator(tmp_path):
     from test_topology import two_regions_and_a_witness
     path = tmp_path / "topology.yaml"
     path.write_text(yaml.safe_dump(two_regions_and_a_witness()))
-    run = run_program("witness", {"region": "witness", "topology": str(path)})
+    run = run_program("witness", {"region": "witness", "topology": str(path)}, ssh_key=None)  # nothing to push
     instances = run.of_type(INSTANCE)
     assert [i.name for i in instances] == ["instance-arbitrator-witness-1"]
     garbd = instances[0]
@@ -361,3 +362,73 @@ def test_fernet_rotation_in_the_shared_stack():
     assert fernet == ["fernet-keys-0", "fernet-keys-1", "fernet-keys-2", "fernet-keys-3"]
     credential = [r.name for r in run.of_type("random:index/randomBytes:RandomBytes") if r.name.startswith("credential")]
     assert sorted(credential) == ["credential-keys-0", "credential-keys-1"]  # not rotated
+
+
+COMMAND = "command:remote:Command"
+
+
+def test_keys_are_pushed_to_every_keystone_node_over_pinned_ssh(stack):
+    from keystone_multiregion.keys import payload
+    from keystone_multiregion.roles.keystone import install_keys_command
+    from pulumi_harness import MOCK_SSH_KEY
+    region, run = stack
+    commands = run.of_type(COMMAND)
+    nodes = TOPO.nodes(region, "keystone")
+    assert sorted(c.name for c in commands) == sorted(f"keys-{n.name}" for n in nodes)
+    repos = {r: MOCK_SECRETS[r] for r in ("fernet_keys", "credential_keys")}
+    for node in nodes:
+        cmd = run.named(f"keys-{node.name}")
+        assert cmd.inputs["create"] == cmd.inputs["update"] == install_keys_command()
+        assert cmd.inputs["stdin"] == payload(repos) and "stdin" in cmd.secret_inputs
+        conn = cmd.inputs["connection"]
+        assert conn["host"] == node.address and conn["user"] == "debian"
+        assert conn["privateKey"] == MOCK_SSH_KEY and "connection" in cmd.secret_inputs
+        # The host key is the one the node's cloud-init installs: no trust on first use.
+        assert conn["hostKey"] == f"ssh-ed25519 mock-ssh-host-{node.name}"
+        instance = run.named(f"instance-{node.name}")
+        assert f"ssh-ed25519 mock-ssh-host-{node.name}" in instance.inputs["userData"]
+        assert cmd.inputs["triggers"] == [f"instance-{node.name}-id"]  # a new VM gets the keys again
+        for key in list(repos["fernet_keys"].values()) + list(repos["credential_keys"].values()):
+            assert key not in instance.inputs["userData"]
+    # The catalog (and its readiness gate) waits for every push.
+    catalog = run.named(f"catalog-{region}")
+    assert {f"keys-{n.name}" for n in nodes} <= {d.rsplit("::", 1)[1] for d in catalog.dependencies}
+
+
+def test_a_rotation_changes_what_is_pushed_and_no_cloud_init(tmp_path):
+    from keystone_multiregion.keys import repository
+    base = {"secrets": dict(MOCK_SECRETS), "galera_ca_key": MOCK_CA_KEY, "public_dev_ca_key": MOCK_PUBLIC_DEV_CA_KEY}
+    keys = ["k0", "k1", "k2"]
+    before = run_program("region-b", {"region": "region-b"},
+                         shared_outputs={**base, "secrets": {**MOCK_SECRETS, "fernet_keys": repository(keys, 0, 5)}})
+    after = run_program("region-b", {"region": "region-b"},
+                        shared_outputs={**base, "secrets": {**MOCK_SECRETS, "fernet_keys": repository(keys, 1, 5)}})
+    for node in TOPO.nodes("region-b"):
+        assert before.named(f"instance-{node.name}").inputs == after.named(f"instance-{node.name}").inputs
+    for node in TOPO.nodes("region-b", "keystone"):
+        assert before.named(f"keys-{node.name}").inputs["stdin"] != after.named(f"keys-{node.name}").inputs["stdin"]
+
+
+def test_a_node_holding_other_keys_after_the_push_fails_the_update():
+    with pytest.raises(Exception) as info:
+        run_program("region-c", {"region": "region-c"}, drifted=("keys-keystone-region-c-2",))
+    assert "keystone-region-c-2: after the push its key repositories are" in str(info.value)
+    assert "keystone-region-c-1" not in str(info.value)
+
+
+def test_missing_ssh_key_fails_before_any_resource_and_says_how_to_fix_it():
+    with pytest.raises(Exception) as info:
+        run_program("region-a", {"region": "region-a"}, ssh_key=None)
+    assert ("config: keystone-multiregion:sshPrivateKey is not set; this region's Keystone nodes receive the "
+            "Fernet and credential keys over SSH") in str(info.value)
+    assert "with the private key of the key pair 'ops'" in str(info.value)
+
+
+def test_keys_go_through_the_configured_bastion():
+    run = run_program("region-a", {"region": "region-a", "sshUser": "ubuntu", "sshBastion": "198.51.100.7",
+                                   "sshBastionUser": "jump", "sshBastionHostKey": "ssh-ed25519 BASTION"})
+    conn = run.named("keys-keystone-region-a-1").inputs["connection"]
+    assert conn["user"] == "ubuntu"
+    proxy = {k: conn["proxy"][k] for k in ("host", "user", "port", "privateKey", "hostKey")}
+    assert proxy == {"host": "198.51.100.7", "user": "jump", "port": 22.0,
+                     "privateKey": "mock-ssh-private-key\n", "hostKey": "ssh-ed25519 BASTION"}

@@ -53,3 +53,111 @@ def test_digest_matches_the_node_tool_and_changes_with_any_key(tmp_path):
     assert tool.repository_digest(on_disk) == digest(repo)
     assert digest({**repo, "0": "other"}) != digest(repo)
     assert digest(repository(KEYS, 4, 5)) != digest(repo)
+
+
+# -- keystone-node install-keys / key-check: the node's end of the push ------------------
+
+import base64
+import io
+import json
+import os
+
+from keystone_multiregion.keys import digests, payload
+
+FERNET = [base64.urlsafe_b64encode(bytes([i]) * 32).decode() for i in range(8)]
+
+
+@pytest.fixture
+def node(tmp_path, monkeypatch):
+    """keystone-node with its paths under tmp_path, run as the current user."""
+    import importlib.util
+    from keystone_multiregion.render import TEMPLATES
+    spec = importlib.util.spec_from_file_location("keystone_node", TEMPLATES / "keystone/keystone-node.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    monkeypatch.setattr(tool, "KEY_DIRS", {r: str(tmp_path / "etc" / r) for r in ("fernet_keys", "credential_keys")})
+    monkeypatch.setattr(tool, "PUSHED", str(tmp_path / "pushed" / "key-digests.json"))
+    monkeypatch.setattr(tool, "PREPARED", str(tmp_path / "prepared"))
+    monkeypatch.setattr(tool, "_keystone_ids", lambda: (os.getuid(), os.getgid()))
+    (tmp_path / "prepared").write_text("prepared\n")
+
+    def push(repos, *extra):
+        monkeypatch.setattr("sys.stdin", io.StringIO(payload(repos)))
+        return tool.main(["install-keys", "--timeout", "0.2", *extra])
+    tool.push = push
+    return tool
+
+
+def repos_after(rotations):
+    return {"fernet_keys": repository(FERNET, rotations, 4), "credential_keys": {"0": FERNET[7], "1": FERNET[6]}}
+
+
+def test_install_keys_first_push_installs_and_reports_digests(node, capsys):
+    assert node.push(repos_after(2)) == 0
+    assert json.loads(capsys.readouterr().out) == digests(repos_after(2))
+    d = node.KEY_DIRS["fernet_keys"]
+    assert sorted(os.listdir(d)) == sorted(repos_after(2)["fernet_keys"])  # no temporary file left
+    assert all(os.stat(os.path.join(d, n)).st_mode & 0o777 == 0o600 for n in os.listdir(d))
+    assert json.loads(open(node.PUSHED).read()) == digests(repos_after(2))
+    assert node.main(["key-check"]) == 0
+
+
+def test_install_keys_rotation_keeps_old_and_new_primary_at_every_step(node, monkeypatch):
+    assert node.push(repos_after(2)) == 0
+    old, new = repos_after(2)["fernet_keys"], repos_after(3)["fernet_keys"]
+    seen, real_replace = [], os.replace
+
+    def replace(src, dst):
+        real_replace(src, dst)
+        seen.append(set(node.read_repository(node.KEY_DIRS["fernet_keys"]).values()))
+    monkeypatch.setattr(node.os, "replace", replace)
+    assert node.push(repos_after(3)) == 0
+    assert len(seen) >= 2
+    # Keystone reading the directory mid-push validates tokens of the old and the new primary.
+    assert all({primary(old), primary(new)} <= keys for keys in seen)
+    assert node.read_repository(node.KEY_DIRS["fernet_keys"]) == new
+
+
+def test_install_keys_refuses_a_skipped_rotation_and_changes_nothing(node, capsys):
+    assert node.push(repos_after(1)) == 0
+    capsys.readouterr()
+    assert node.push(repos_after(3)) == 2
+    err = capsys.readouterr().err
+    assert "fernet_keys: the new primary key (file 4) is not in this node's repository" in err
+    assert "nothing was changed" in err
+    assert node.read_repository(node.KEY_DIRS["fernet_keys"]) == repos_after(1)["fernet_keys"]
+    # Rolling back one rotation is safe (the old primary is still held) and accepted.
+    assert node.push(repos_after(2)) == 0 and node.push(repos_after(1)) == 0
+    # An operator who knows better can force it.
+    assert node.push(repos_after(3), "--force") == 0
+
+
+def test_install_keys_refuses_malformed_payloads(node, capsys):
+    bad_key = repos_after(0)
+    bad_key["fernet_keys"]["0"] = "not-a-fernet-key"
+    assert node.push(bad_key) == 2
+    assert "fernet_keys/0: not a Fernet key" in capsys.readouterr().err
+    assert node.push({"fernet_keys": repos_after(0)["fernet_keys"]}) == 2
+    assert "expected exactly the repositories ['credential_keys', 'fernet_keys']" in capsys.readouterr().err
+    assert not os.path.exists(node.PUSHED)
+
+
+def test_install_keys_waits_for_prepare_then_gives_up(node, capsys):
+    os.unlink(node.PREPARED)
+    assert node.push(repos_after(0)) == 1
+    assert "keystone-node prepare` has not run" in capsys.readouterr().err
+
+
+def test_key_check_reports_the_repository_that_drifted(node, capsys):
+    assert node.main(["key-check"]) == 1
+    assert "no keys were pushed to this node" in capsys.readouterr().err
+    assert node.push(repos_after(1)) == 0
+    with open(os.path.join(node.KEY_DIRS["fernet_keys"], "0"), "w") as fh:
+        fh.write(FERNET[6] + "\n")
+    capsys.readouterr()
+    assert node.main(["key-check"]) == 1
+    err = capsys.readouterr().err
+    assert f"DRIFT: {node.KEY_DIRS['fernet_keys']} differs from what the stack pushed" in err
+    assert "credential" not in err
+    assert node.push(repos_after(1)) == 0  # pushing again repairs it
+    assert node.main(["key-check"]) == 0

@@ -52,14 +52,20 @@ def test_uwsgi_binds_the_node_address_only(topo, secrets):
     assert ini["rem-header"] == "Content-Length"
 
 
-def test_keys_are_shared_and_private(topo, secrets):
+def test_keys_are_pushed_not_baked_into_cloud_init(topo, secrets):
+    for node in topo.nodes(role="keystone"):
+        rendered = render_node(topo, node.name, secrets)
+        paths = {f.path for f in rendered.files}
+        assert not [p for p in paths if "fernet-keys" in p or "credential-keys" in p]
+        for repo in ("fernet_keys", "credential_keys"):
+            for key in secrets[repo].values():
+                assert key not in rendered.user_data  # a rotation never changes cloud-init
+        # The host key the stack pins when it pushes them.
+        doc = yaml.safe_load(rendered.user_data)
+        assert doc["ssh_keys"] == {"ed25519_private": secrets["ssh_host_keys"][node.name]["private"],
+                                   "ed25519_public": secrets["ssh_host_keys"][node.name]["public"]}
     a = _files(topo, "keystone-region-a-1", secrets)
     c = _files(topo, "keystone-region-c-2", secrets)
-    for repo in ("fernet-keys", "credential-keys"):
-        for index in ("0", "1"):
-            path = f"/etc/keystone/{repo}/{index}"
-            assert a[path].content == c[path].content  # identical in every region
-            assert a[path].permissions == "0600"
     assert a[KEYSTONE_CONF].permissions == "0600"
     # Only the bootstrap node carries the admin password.
     assert a[ADMIN_PASSWORD_FILE].content.strip() == secrets["keystone_admin_password"]
@@ -67,16 +73,36 @@ def test_keys_are_shared_and_private(topo, secrets):
     facts = {n: json.loads(_files(topo, n, secrets)["/etc/keystone-multiregion/node.json"].content)["keystone_bootstrap"]
              for n in (x.name for x in topo.nodes(role="keystone"))}
     assert [n for n, flag in facts.items() if flag] == ["keystone-region-a-1"]
+    # Other roles get no host key from the stack.
+    assert "ssh_keys" not in yaml.safe_load(render_node(topo, "galera-region-a-1", secrets).user_data)
 
 
-def test_first_boot_runs_our_unit_not_debians(topo, secrets):
+def test_first_boot_runs_our_unit_not_debians_and_only_once_keys_are_in(topo, secrets):
     doc = yaml.safe_load(render_node(topo, "keystone-region-a-1", secrets).user_data)
     steps = [" ".join(c) for c in doc["runcmd"]]
     assert steps.index("python3 /usr/local/sbin/keystone-node prepare") < \
         steps.index("python3 /usr/local/sbin/keystone-node bootstrap") < \
-        steps.index("systemctl enable --now keystone-api.service")
+        steps.index("systemctl enable --now keystone-api.path keystone-key-check.timer")
     assert "systemctl disable --now keystone.service" in steps
+    assert not [s for s in steps if "keystone-api.service" in s]  # started by the path unit, not at boot
     assert doc["bootcmd"][0][:3] == ["cloud-init-per", "once", "ksm-deny-service-start"]
+    files = _files(topo, "keystone-region-a-1", secrets)
+    tool = _tool()
+    # The API starts when (and only when) install-keys has written the file it writes last.
+    path_unit = _ini(files["/etc/systemd/system/keystone-api.path"].content)
+    assert path_unit["Path"]["PathExists"] == tool.PUSHED
+    assert path_unit["Path"]["Unit"] == "keystone-api.service"
+    assert f"ConditionPathExists={tool.PUSHED}" in files["/etc/systemd/system/keystone-api.service"].content
+    assert "[Install]" not in files["/etc/systemd/system/keystone-api.service"].content
+    check = _ini(files["/etc/systemd/system/keystone-key-check.service"].content)
+    assert check["Service"]["ExecStart"] == "/usr/bin/python3 /usr/local/sbin/keystone-node key-check"
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("keystone_node", TEMPLATES / "keystone/keystone-node.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
 
 
 def test_galera_creates_keystones_database_user(topo, secrets):

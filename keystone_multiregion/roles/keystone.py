@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+
 from ..security import PORTS
 from ..topology import Node, Topology
 from .base import File, RoleLayer
@@ -45,17 +47,31 @@ def _context(topo: Topology, node: Node, needed: dict) -> dict:
     }
 
 
-def _key_files(topo: Topology, node: Node, needed: dict) -> list[File]:
-    files = [File(f"{KEY_DIRS[repo]}/{index}", key + "\n" if not key.endswith("\n") else key, permissions="0600")
-             for repo in KEY_DIRS for index, key in sorted(needed[repo].items())]
+def _admin_password_file(topo: Topology, node: Node, needed: dict) -> list[File]:
+    # The key repositories are not here: the region stack pushes them (install_keys_argv).
     if is_bootstrap(topo, node):
-        files.append(File(ADMIN_PASSWORD_FILE, needed["keystone_admin_password"] + "\n", permissions="0600"))
-    return files
+        return [File(ADMIN_PASSWORD_FILE, needed["keystone_admin_password"] + "\n", permissions="0600")]
+    return []
+
+
+def install_keys_argv() -> list[str]:
+    """How the key repositories reach a Keystone node: this command, run as root on the node
+    with the payload (keys.payload) on stdin. The region stack runs it over SSH on every
+    push (components/keys.py); the lab runs the very same argv in the node's namespace.
+    It waits (bounded) until cloud-init has prepared the node."""
+    return ["python3", KEYSTONE_NODE_TOOL, "install-keys", "--timeout", "1800"]
+
+
+def install_keys_command() -> str:
+    """install_keys_argv as the SSH command line (the login user has passwordless sudo, as
+    the cloud images' default user does)."""
+    return "sudo " + shlex.join(install_keys_argv())
 
 
 def _cloud_config(topo: Topology, node: Node, doc: dict) -> None:
     # Debian's package would start its own service on 0.0.0.0:5000 with a configuration the
-    # node has not finished: the node starts its own unit, on its own address.
+    # node has not finished: the node starts its own unit, on its own address, and only
+    # once the stack has pushed the key repositories (keystone-api.path waits for them).
     doc["bootcmd"] = [DENY_SERVICE_START]
     doc["runcmd"] = [
         ["rm", "-f", "/usr/sbin/policy-rc.d"],
@@ -63,8 +79,7 @@ def _cloud_config(topo: Topology, node: Node, doc: dict) -> None:
         ["systemctl", "disable", "--now", "keystone.service"],
         ["python3", KEYSTONE_NODE_TOOL, "bootstrap"],
         ["systemctl", "daemon-reload"],
-        ["systemctl", "enable", "--now", "keystone-api.service"],
-        ["python3", KEYSTONE_NODE_TOOL, "wait-ready"],
+        ["systemctl", "enable", "--now", "keystone-api.path", "keystone-key-check.timer"],
     ]
 
 
@@ -76,7 +91,10 @@ KEYSTONE = RoleLayer(
         ("keystone/keystone-api.service.j2", "/etc/systemd/system/keystone-api.service", "0644"),
         ("keystone/keystone-node.py", KEYSTONE_NODE_TOOL, "0755"),
         ("keystone/keystone-wsgi.py", WSGI_FILE, "0644"),
+        ("keystone/keystone-api.path", "/etc/systemd/system/keystone-api.path", "0644"),
+        ("keystone/keystone-key-check.service", "/etc/systemd/system/keystone-key-check.service", "0644"),
+        ("keystone/keystone-key-check.timer", "/etc/systemd/system/keystone-key-check.timer", "0644"),
     ),
-    context=_context, secret_files=_key_files, cloud_config=_cloud_config)
+    context=_context, secret_files=_admin_password_file, cloud_config=_cloud_config)
 
 LAYERS = {"keystone": KEYSTONE}

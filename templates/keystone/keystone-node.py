@@ -5,16 +5,26 @@ Shipped by keystone-multiregion to every Keystone node (cloud-init writes it to
 /usr/local/sbin/keystone-node); the local lab runs the very same file. Standard library
 only. Reads the node's facts from /etc/keystone-multiregion/node.json.
 
-    keystone-node prepare     key repositories owned by keystone, 0700/0600
-    keystone-node bootstrap   on the bootstrap node only: wait for the database, then
-                              `keystone-manage db_sync` and `keystone-manage bootstrap`
-                              (both safe to run again); elsewhere it does nothing
-    keystone-node wait-ready  until this node's API answers (bounded)
-    keystone-node key-digest  a digest of each key repository, to compare across nodes
-                              and regions (a drift check: they must all be equal)
+    keystone-node prepare       key directories owned by keystone (0700), config 0640;
+                                then marks the node ready to receive keys
+    keystone-node install-keys  read the Fernet and credential key repositories (JSON on
+                                stdin, from the region stack's push over SSH) and install
+                                them file by file, atomically; refuse a repository whose
+                                primary key this node never held (a rotation that skipped
+                                one), print the new digests
+    keystone-node key-check     drift check: exit 1 if a repository differs from what was
+                                last pushed (a systemd timer runs it; see the journal)
+    keystone-node key-digest    a digest of each key repository, to compare across nodes
+                                and regions (they must all be equal)
+    keystone-node bootstrap     on the bootstrap node only: wait for the database, then
+                                `keystone-manage db_sync` and `keystone-manage bootstrap`
+                                (both safe to run again); elsewhere it does nothing
+    keystone-node wait-ready    until this node's API answers (bounded)
 """
 
 import argparse
+import base64
+import binascii
 import hashlib
 import json
 import os
@@ -25,7 +35,11 @@ import urllib.error
 import urllib.request
 
 FACTS = "/etc/keystone-multiregion/node.json"
-KEY_DIRS = ("/etc/keystone/fernet-keys", "/etc/keystone/credential-keys")
+KEY_DIRS = {"fernet_keys": "/etc/keystone/fernet-keys", "credential_keys": "/etc/keystone/credential-keys"}
+# Written by install-keys after the keys: what the node should hold (key-check compares),
+# and the file keystone-api.path waits for before it starts the API.
+PUSHED = "/etc/keystone-multiregion/key-digests.json"
+PREPARED = "/var/lib/keystone-multiregion/prepared"
 ADMIN_PASSWORD_FILE = "/etc/keystone/bootstrap-admin-password"
 CONFIG = "/etc/keystone/keystone.conf"
 
@@ -35,11 +49,16 @@ def facts():
         return json.load(fh)
 
 
-def cmd_prepare(args):
+def _keystone_ids():
     import grp
     import pwd
-    uid, gid = pwd.getpwnam("keystone").pw_uid, grp.getgrnam("keystone").gr_gid
-    for d in KEY_DIRS:
+    return pwd.getpwnam("keystone").pw_uid, grp.getgrnam("keystone").gr_gid
+
+
+def cmd_prepare(args):
+    uid, gid = _keystone_ids()
+    for d in KEY_DIRS.values():
+        os.makedirs(d, exist_ok=True)
         os.chown(d, uid, gid)
         os.chmod(d, 0o700)
         for name in os.listdir(d):
@@ -51,6 +70,9 @@ def cmd_prepare(args):
     for d in ("/var/log/keystone", "/var/lib/keystone"):
         os.makedirs(d, exist_ok=True)
         os.chown(d, uid, gid)
+    os.makedirs(os.path.dirname(PREPARED), exist_ok=True)
+    with open(PREPARED, "w") as fh:
+        fh.write("prepared\n")
     return 0
 
 
@@ -112,15 +134,142 @@ def repository_digest(files):
     return hashlib.sha256(lines.encode()).hexdigest()
 
 
-def cmd_key_digest(args):
+def read_repository(d):
+    """{file name: key} of the numbered files in a key directory ({} if there is none)."""
     out = {}
-    for d in KEY_DIRS:
-        files = {}
+    if os.path.isdir(d):
         for name in os.listdir(d):
-            with open(os.path.join(d, name)) as fh:
-                files[name] = fh.read()
-        out[os.path.basename(d)] = repository_digest(files)
-    print(json.dumps(out, sort_keys=True))
+            if name.isdigit():
+                with open(os.path.join(d, name)) as fh:
+                    out[name] = fh.read().strip()
+    return out
+
+
+def current_digests():
+    return {repo: repository_digest(read_repository(d)) for repo, d in sorted(KEY_DIRS.items())}
+
+
+def payload_problem(data):
+    """Why a pushed payload is not a pair of key repositories, or None."""
+    if not isinstance(data, dict) or set(data) != set(KEY_DIRS):
+        return f"expected exactly the repositories {sorted(KEY_DIRS)}"
+    for repo, keys in data.items():
+        if not isinstance(keys, dict) or "0" not in keys or len(keys) < 2:
+            return f"{repo}: needs a staged key '0' and at least one more"
+        for name, key in keys.items():
+            if not (isinstance(name, str) and name.isdigit() and str(int(name)) == name):
+                return f"{repo}: file name {name!r} is not a key number"
+            try:
+                if not isinstance(key, str) or len(base64.urlsafe_b64decode(key.encode())) != 32:
+                    return f"{repo}/{name}: not a Fernet key (URL-safe base64 of 32 bytes)"
+            except (binascii.Error, ValueError):
+                return f"{repo}/{name}: not a Fernet key (URL-safe base64 of 32 bytes)"
+    return None
+
+
+def transition_problem(repo, current, new):
+    """Why replacing `current` with `new` could break validation, or None. The new primary
+    (the highest-numbered key: it signs from now on) must already be on this node, as the
+    staged key of the previous rotation, so that every region could validate with it
+    before any region signed with it. An empty node (first push) takes any repository."""
+    if not current or current == new:
+        return None
+    top = str(max(int(n) for n in new))
+    if new[top] not in current.values():
+        return (f"{repo}: the new primary key (file {top}) is not in this node's repository, so it was never "
+                "staged here; roll out the previous rotation (fernetRotations one lower) to every region "
+                "first, then this one")
+    return None
+
+
+def write_repository(d, new, ids):
+    """Install `new` into directory `d` file by file with atomic renames, highest number
+    first: the new primary appears before the old staged key "0" is replaced, and the
+    dropped keys go last, so Keystone reading the directory meanwhile always finds keys
+    that validate both old and new tokens."""
+    os.makedirs(d, mode=0o700, exist_ok=True)
+    current = read_repository(d)
+    for name in sorted(new, key=int, reverse=True):
+        if current.get(name) == new[name]:
+            continue
+        tmp = os.path.join(d, f".{name}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(new[name] + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        if ids:
+            os.chown(tmp, *ids)
+        os.replace(tmp, os.path.join(d, name))
+    for name in current:
+        if name not in new:
+            os.unlink(os.path.join(d, name))
+
+
+def cmd_install_keys(args):
+    deadline = time.monotonic() + args.timeout
+    # The push may arrive while cloud-init is still installing Keystone: wait for prepare.
+    while not os.path.exists(PREPARED):
+        if time.monotonic() > deadline:
+            print(f"keystone-node: {PREPARED} did not appear within {args.timeout}s: `keystone-node prepare` "
+                  "has not run (is cloud-init still installing, or did it fail? see cloud-init status)",
+                  file=sys.stderr)
+            return 1
+        time.sleep(2)
+    try:
+        data = json.load(sys.stdin)
+    except ValueError as exc:
+        print(f"keystone-node: the pushed keys are not JSON ({exc})", file=sys.stderr)
+        return 2
+    problem = payload_problem(data)
+    if problem:
+        print(f"keystone-node: refused: the pushed keys are malformed: {problem}", file=sys.stderr)
+        return 2
+    problems = [p for p in (transition_problem(repo, read_repository(KEY_DIRS[repo]), data[repo])
+                            for repo in sorted(data)) if p]
+    if problems and not args.force:
+        for p in problems:
+            print(f"keystone-node: refused: {p} (nothing was changed)", file=sys.stderr)
+        return 2
+    ids = _keystone_ids()
+    for repo in sorted(data):
+        write_repository(KEY_DIRS[repo], data[repo], ids)
+    digests = current_digests()
+    expected = {repo: repository_digest(keys) for repo, keys in sorted(data.items())}
+    if digests != expected:
+        print(f"keystone-node: after the install the repositories read back {digests}, expected {expected}",
+              file=sys.stderr)
+        return 1
+    tmp = PUSHED + ".tmp"
+    os.makedirs(os.path.dirname(PUSHED), exist_ok=True)
+    with open(tmp, "w") as fh:
+        json.dump(expected, fh, sort_keys=True)
+    os.replace(tmp, PUSHED)
+    print(json.dumps(digests, sort_keys=True))
+    return 0
+
+
+def cmd_key_check(args):
+    try:
+        with open(PUSHED) as fh:
+            expected = json.load(fh)
+    except (OSError, ValueError):
+        print(f"keystone-node: no keys were pushed to this node ({PUSHED} is missing); run `pulumi up` "
+              "on this region's stack", file=sys.stderr)
+        return 1
+    found = current_digests()
+    drifted = [repo for repo in sorted(set(expected) | set(found)) if expected.get(repo) != found.get(repo)]
+    for repo in drifted:
+        print(f"keystone-node: DRIFT: {KEY_DIRS.get(repo, repo)} differs from what the stack pushed "
+              f"(expected {expected.get(repo)}, found {found.get(repo)}); run `pulumi up` on this region's "
+              "stack to push the keys again", file=sys.stderr)
+    if not drifted:
+        print(json.dumps({"keys": "as pushed", **found}, sort_keys=True))
+    return 1 if drifted else 0
+
+
+def cmd_key_digest(args):
+    print(json.dumps(current_digests(), sort_keys=True))
     return 0
 
 
@@ -128,13 +277,18 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="keystone-node", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("prepare")
-    sub.add_parser("key-digest")
+    for name in ("prepare", "key-digest", "key-check"):
+        sub.add_parser(name)
     for name in ("bootstrap", "wait-ready"):
         p = sub.add_parser(name)
         p.add_argument("--timeout", type=float, default=900)
+    p = sub.add_parser("install-keys")
+    p.add_argument("--timeout", type=float, default=1800, help="how long to wait for `prepare` (seconds)")
+    p.add_argument("--force", action="store_true",
+                   help="install even a repository whose primary key this node never held")
     args = parser.parse_args(argv)
     return {"prepare": cmd_prepare, "bootstrap": cmd_bootstrap, "wait-ready": cmd_wait_ready,
+            "install-keys": cmd_install_keys, "key-check": cmd_key_check,
             "key-digest": cmd_key_digest}[args.command](args)
 
 
