@@ -248,28 +248,41 @@ class KeystoneDrills:
         return DrillResult("K5. a revoked token stops validating in other regions within the bound", not problems,
                            measured, problems)
 
-    def drill_rotation(self) -> DrillResult:
-        """One Fernet rotation rolled out region by region (the repository computed once,
-        keys.py): after each region, tokens issued before the rotation and tokens signed by
-        every region so far validate in every region, rotated or not."""
-        from keystone_multiregion.keys import primary, repository
-        from keystone_multiregion.roles.keystone import KEY_DIRS
-
+    def _fernet_state(self) -> tuple[list[str], int]:
+        """The key sequence and rotation count the lab's Keystone nodes hold now."""
+        if getattr(self, "_rotation", None):
+            return self._rotation
         current = self.dep.secrets()["fernet_keys"]
-        sequence = [current[max(current, key=int)], current["0"],
-                    base64.urlsafe_b64encode(os.urandom(32)).decode()]
-        rotated = repository(sequence, 1, self.topo.keystone.max_active_keys)
+        return [current[max(current, key=int)], current["0"]], 0
+
+    def _repos(self, fernet: dict) -> dict:
+        return {"fernet_keys": fernet, "credential_keys": self.dep.secrets()["credential_keys"]}
+
+    def drill_rotation(self) -> DrillResult:
+        """One Fernet rotation rolled out region by region as the stacks do it: the repository
+        computed once (keys.py), pushed to each running node with `keystone-node install-keys`
+        (the stack's command, keys on stdin), no node rebuilt or restarted. After each region,
+        tokens issued before the rotation and tokens signed by every region so far validate
+        in every region, rotated or not."""
+        from keystone_multiregion.keys import primary, repository
+
+        from .layers.keystone import push_keys
+
+        sequence, rotations = self._fernet_state()
+        current = repository(sequence, rotations, self.topo.keystone.max_active_keys)
+        sequence = sequence + [base64.urlsafe_b64encode(os.urandom(32)).decode()]
+        rotated = repository(sequence, rotations + 1, self.topo.keystone.max_active_keys)
         before = self.admin_token(self.regions[0])
         tokens = {"before": before}
-        problems, measured = [], {"new_primary_was_staged": primary(rotated) == current["0"], "validations": 0}
+        problems, measured = [], {"new_primary_was_staged": primary(rotated) == current["0"], "validations": 0,
+                                  "push_s": []}
         for region in self.regions:
             for node in self.topo.nodes(region, "keystone"):
-                keydir = self.dep.render_dir / node.region / node.name / "files" / KEY_DIRS["fernet_keys"].lstrip("/")
-                for old in keydir.iterdir():
-                    old.unlink()
-                for name, key in rotated.items():
-                    (keydir / name).write_text(key + "\n")
-                self.dep.lab.procs.run(node.name, ["python3", "/usr/local/sbin/keystone-node", "prepare"])
+                t = time.monotonic()
+                out = push_keys(self.dep, node.name, self._repos(rotated), check=False)
+                measured["push_s"].append(round(time.monotonic() - t, 2))
+                if out.returncode != 0:
+                    problems.append(f"push to {node.name} failed: {out.stderr.strip()[-300:]}")
             tokens[f"signed_in_{region}"] = self.admin_token(region)
             for label, token in tokens.items():
                 for r in self.regions:
@@ -277,8 +290,59 @@ class KeystoneDrills:
                     measured["validations"] += 1
                     if status != 200:
                         problems.append(f"after rotating {region}: token {label} got {status} in {r}")
+        self._rotation = (sequence, rotations + 1)
         measured["rotated_regions"] = len(self.regions)
-        return DrillResult("K6. a Fernet rotation rolled out region by region breaks no validation",
+        measured["push_s"] = f"{min(measured['push_s'])}-{max(measured['push_s'])}"
+        return DrillResult("K6. a Fernet rotation pushed region by region breaks no validation",
+                           not problems, measured, problems)
+
+    def drill_key_safety(self) -> DrillResult:
+        """What protects the shared keys on a running node: a push that skips a rotation (its
+        primary key was never staged there) is refused and changes nothing; a repository
+        changed behind the stack's back is reported by the drift check (key-check, and the
+        lab's checks); pushing again repairs it, and the region keeps validating."""
+        from keystone_multiregion.keys import repository
+
+        from .layers.keystone import key_digests, push_keys
+
+        region = self.regions[-1]
+        node = self.topo.nodes(region, "keystone")[0].name
+        problems, measured = [], {"node": node}
+        sequence, rotations = self._fernet_state()
+        held = repository(sequence, rotations, self.topo.keystone.max_active_keys)
+        fresh = [base64.urlsafe_b64encode(os.urandom(32)).decode() for _ in range(2)]
+        skipped = repository(sequence + fresh, rotations + 2, self.topo.keystone.max_active_keys)
+        before = key_digests(self.dep)[node]
+        refused = push_keys(self.dep, node, self._repos(skipped), check=False)
+        measured["skipped_rotation_exit"] = refused.returncode
+        if refused.returncode != 2 or "is not in this node's repository" not in refused.stderr:
+            problems.append(f"a push skipping a rotation was not refused: exit {refused.returncode} "
+                            f"{refused.stderr.strip()[-300:]}")
+        if key_digests(self.dep)[node] != before:
+            problems.append("the refused push changed the node's keys")
+        # Drift: someone replaces the staged key on the node by hand.
+        keydir = self.dep.lab.procs.host_path(node, "/etc/keystone/fernet-keys")
+        with open(os.path.join(keydir, "0"), "w") as fh:
+            fh.write(base64.urlsafe_b64encode(os.urandom(32)).decode() + "\n")
+        check = self.dep.lab.procs.run(node, ["python3", "/usr/local/sbin/keystone-node", "key-check"], check=False)
+        measured["key_check_exit_after_tamper"] = check.returncode
+        if check.returncode != 1 or "DRIFT: /etc/keystone/fernet-keys differs" not in check.stderr:
+            problems.append(f"key-check did not report the drift: exit {check.returncode} {check.stderr.strip()}")
+        failing = [c.name for c in self.dep.checks() if not c.ok]
+        measured["lab_checks_failing"] = failing
+        if f"{node} keys as pushed" not in failing or "key repositories identical on every Keystone node" not in failing:
+            problems.append(f"the lab's checks did not report the drifted node: failing {failing}")
+        repaired = push_keys(self.dep, node, self._repos(held), check=False)
+        check = self.dep.lab.procs.run(node, ["python3", "/usr/local/sbin/keystone-node", "key-check"], check=False)
+        measured["key_check_exit_after_push"] = check.returncode
+        if repaired.returncode != 0 or check.returncode != 0:
+            problems.append(f"pushing again did not repair: {repaired.stderr.strip()[-300:]} {check.stderr.strip()}")
+        token = self.admin_token(self.regions[0])
+        status = self.validate(region, token, token).get("status")
+        measured["validation_after_repair"] = status
+        if status != 200:
+            problems.append(f"{region} answered {status} validating a token after the repair")
+        return DrillResult("K7. skipped rotations are refused, drifted keys are reported and repaired",
                            not problems, measured, problems)
 
     def _revoke(self, region: str, admin: str, subject: str) -> int | None:
@@ -294,7 +358,8 @@ class KeystoneDrills:
     def run_all(self, galera_drills, log=print) -> list[DrillResult]:
         results = []
         for drill in (self.drill_one_identity, lambda: self.drill_partition(galera_drills), self.drill_mfa,
-                      self.drill_memcached_down, self.drill_revocation, self.drill_rotation):
+                      self.drill_memcached_down, self.drill_revocation, self.drill_rotation,
+                      self.drill_key_safety):
             result = drill()
             log(result.line())
             results.append(result)

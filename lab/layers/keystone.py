@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import time
 
-from keystone_multiregion.roles.keystone import KEY_DIRS, KEYSTONE_NODE_TOOL, UWSGI_INI, is_bootstrap
+from keystone_multiregion.keys import payload
+from keystone_multiregion.roles.keystone import (KEY_DIRS, KEYSTONE_NODE_TOOL, UWSGI_INI, install_keys_argv,
+                                                 is_bootstrap)
+from keystone_multiregion.secrets import require_key_repositories
 from keystone_multiregion.security import PORTS
 
 from ..checks import Check
@@ -13,8 +16,9 @@ from ..checks import Check
 ROLES = ("keystone",)
 PACKAGES = ("keystone", "uwsgi-plugin-python3", "python3-memcache", "python3-pymysql")
 TOOL = ["python3", KEYSTONE_NODE_TOOL]
-# The node's own log and state directories, as on a VM.
-KEYSTONE_DIRS = ("/var/log/keystone", "/var/lib/keystone")
+# The node's own log and state directories, and its key repositories (empty until the
+# keys are pushed), as on a VM.
+KEYSTONE_DIRS = ("/var/log/keystone", "/var/lib/keystone", "/var/lib/keystone-multiregion", *KEY_DIRS.values())
 
 
 def url(dep, name: str, path: str = "/v3") -> str:
@@ -23,11 +27,15 @@ def url(dep, name: str, path: str = "/v3") -> str:
 
 def install(dep, rendered) -> None:
     node = rendered.node
-    files = dep.render_dir / node.region / node.name / "files"
-    # The key repositories as whole directories (keystone-node prepare sets their owner).
-    dep.lab.procs.set_binds(node.name, {d: str(files / d.lstrip("/")) for d in KEY_DIRS.values()})
     dep.lab.procs.make_root(node.name, KEYSTONE_DIRS)
     dep.lab.procs.run(node.name, TOOL + ["prepare"])
+
+
+def push_keys(dep, name: str, repos: dict | None = None, extra: tuple[str, ...] = (), check: bool = True):
+    """What the region stack does over SSH (components/keys.py): the same argv, as root on the
+    node, with the same payload on stdin. Default: the deployment's current repositories."""
+    repos = repos if repos is not None else require_key_repositories(dep.secrets(), source="lab secrets")
+    return dep.lab.procs.run(name, install_keys_argv() + list(extra), input=payload(repos), timeout=60, check=check)
 
 
 def start_api(dep, name: str, timeout: float = 120) -> None:
@@ -37,6 +45,10 @@ def start_api(dep, name: str, timeout: float = 120) -> None:
 
 
 def start(dep, nodes, log) -> None:
+    for node in nodes:
+        t = time.monotonic()
+        pushed = push_keys(dep, node.name)
+        log(f"{node.name}: keys pushed, digests {pushed.stdout.strip()} ({time.monotonic() - t:.1f}s)")
     for node in nodes:
         if is_bootstrap(dep.topo, node):
             t = time.monotonic()
@@ -60,12 +72,17 @@ def checks(dep) -> list[Check]:
     for node in dep.topo.nodes(role="keystone"):
         code = dep.http_status(node.name, url(dep, node.name, "/healthcheck"))
         out.append(Check(f"{node.name} /healthcheck", code == 200, f"HTTP {code}"))
-    # Drift check: every node of every region holds the same key repositories.
+    # Drift check: every node of every region holds the same key repositories, and each
+    # holds what was last pushed to it (keystone-node key-check, as the node's timer runs it).
     digests = key_digests(dep)
     distinct = {json_key(d) for d in digests.values()}
     out.append(Check("key repositories identical on every Keystone node", len(distinct) == 1,
                      f"{len(digests)} nodes, {len(distinct)} distinct"
                      + ("" if len(distinct) == 1 else f": {digests}")))
+    for node in dep.topo.nodes(role="keystone"):
+        check = dep.lab.procs.run(node.name, TOOL + ["key-check"], check=False)
+        out.append(Check(f"{node.name} keys as pushed", check.returncode == 0,
+                         (check.stderr or check.stdout).strip()[-300:]))
     return out
 
 

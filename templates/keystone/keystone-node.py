@@ -16,7 +16,7 @@ only. Reads the node's facts from /etc/keystone-multiregion/node.json.
                                 last pushed (a systemd timer runs it; see the journal)
     keystone-node key-digest    a digest of each key repository, to compare across nodes
                                 and regions (they must all be equal)
-    keystone-node bootstrap     on the bootstrap node only: wait for the database, then
+    keystone-node bootstrap     on the bootstrap node only: wait for the keys and the database, then
                                 `keystone-manage db_sync` and `keystone-manage bootstrap`
                                 (both safe to run again); elsewhere it does nothing
     keystone-node wait-ready    until this node's API answers (bounded)
@@ -38,7 +38,7 @@ FACTS = "/etc/keystone-multiregion/node.json"
 KEY_DIRS = {"fernet_keys": "/etc/keystone/fernet-keys", "credential_keys": "/etc/keystone/credential-keys"}
 # Written by install-keys after the keys: what the node should hold (key-check compares),
 # and the file keystone-api.path waits for before it starts the API.
-PUSHED = "/etc/keystone-multiregion/key-digests.json"
+PUSHED = "/var/lib/keystone-multiregion/key-digests.json"
 PREPARED = "/var/lib/keystone-multiregion/prepared"
 ADMIN_PASSWORD_FILE = "/etc/keystone/bootstrap-admin-password"
 CONFIG = "/etc/keystone/keystone.conf"
@@ -90,6 +90,13 @@ def cmd_bootstrap(args):
         print(json.dumps({"node": node["name"], "bootstrap": "not this node"}))
         return 0
     deadline = time.monotonic() + args.timeout
+    # keystone-manage bootstrap needs the Fernet keys: wait for the stack's push (bounded).
+    while not os.path.exists(PUSHED):
+        if time.monotonic() > deadline:
+            print(f"keystone-node: no keys were pushed within {args.timeout}s ({PUSHED} is missing); run "
+                  "`pulumi up` on this region's stack, then `keystone-node bootstrap` again", file=sys.stderr)
+            return 1
+        time.sleep(2)
     while True:  # the database may still be forming: retry, bounded by --timeout
         try:
             t = time.monotonic()
@@ -281,7 +288,7 @@ def main(argv=None):
         sub.add_parser(name)
     for name in ("bootstrap", "wait-ready"):
         p = sub.add_parser(name)
-        p.add_argument("--timeout", type=float, default=900)
+        p.add_argument("--timeout", type=float, default=1800)
     p = sub.add_parser("install-keys")
     p.add_argument("--timeout", type=float, default=1800, help="how long to wait for `prepare` (seconds)")
     p.add_argument("--force", action="store_true",

@@ -52,3 +52,12 @@ def test_k5_revocation_within_the_bound(kdrills, deployment):
 def test_k6_rotation_region_by_region(kdrills):
     m = _run(kdrills.drill_rotation).measured
     assert m["new_primary_was_staged"] is True and m["rotated_regions"] == 3
+
+
+def test_k7_skipped_rotation_refused_drift_reported_and_repaired(kdrills, deployment):
+    m = _run(kdrills.drill_key_safety).measured
+    assert m["skipped_rotation_exit"] == 2
+    assert (m["key_check_exit_after_tamper"], m["key_check_exit_after_push"]) == (1, 0)
+    assert m["validation_after_repair"] == 200
+    # After the drill the lab is whole again: every check passes.
+    assert [c.line() for c in deployment.checks() if not c.ok] == []
