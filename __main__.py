@@ -28,6 +28,11 @@ def ssh_access() -> SshAccess | None:
     region without Keystone nodes (a witness site). Checked before any resource exists."""
     if not topology.nodes(region.name, "keystone"):
         return None
+    if not topology.key_pair:
+        raise pulumi.RunError(
+            "topology: defaults.key_pair is not set; this region's Keystone nodes receive their keys over SSH, "
+            "so they need a login key: name a Nova key pair (defaults.key_pair: ops) whose private key you "
+            "give this stack as sshPrivateKey")
     key = config.get_secret("sshPrivateKey")
     if key is None:
         raise pulumi.RunError(

@@ -432,3 +432,11 @@ def test_keys_go_through_the_configured_bastion():
     proxy = {k: conn["proxy"][k] for k in ("host", "user", "port", "privateKey", "hostKey")}
     assert proxy == {"host": "198.51.100.7", "user": "jump", "port": 22.0,
                      "privateKey": "mock-ssh-private-key\n", "hostKey": "ssh-ed25519 BASTION"}
+
+
+def test_keystone_nodes_without_a_login_key_pair_fail_before_any_resource(tmp_path):
+    data = example()
+    data["defaults"].pop("key_pair", None)
+    info = _bad_run(tmp_path, {"region": "region-a"}, data)
+    assert "topology: defaults.key_pair is not set; this region's Keystone nodes receive their keys over SSH" \
+        in str(info.value)

@@ -161,3 +161,12 @@ def test_key_check_reports_the_repository_that_drifted(node, capsys):
     assert "credential" not in err
     assert node.push(repos_after(1)) == 0  # pushing again repairs it
     assert node.main(["key-check"]) == 0
+
+
+def test_bootstrap_waits_for_the_keys_then_says_what_to_do(node, tmp_path, monkeypatch, capsys):
+    # keystone-manage bootstrap refuses to run without Fernet keys (seen in the lab).
+    facts = tmp_path / "node.json"
+    facts.write_text(json.dumps({"name": "keystone-a-1", "region": "a", "keystone_bootstrap": True}))
+    monkeypatch.setattr(node, "FACTS", str(facts))
+    assert node.main(["bootstrap", "--timeout", "0.1"]) == 1
+    assert "no keys were pushed within 0.1s" in capsys.readouterr().err
