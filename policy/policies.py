@@ -49,6 +49,7 @@ PORT = "openstack:networking/port:Port"
 FLOATING_IP = "openstack:networking/floatingIp:FloatingIp"
 FLOATING_IP_ASSOCIATE = "openstack:networking/floatingIpAssociate:FloatingIpAssociate"
 ENDPOINT = "openstack:identity/endpointV3:EndpointV3"
+REMOTE_COMMAND = "command:remote:Command"
 
 # The metadata key components/nodes.py puts on every VM, and the roles it writes there.
 ROLE_KEY = "keystone-multiregion-role"
@@ -283,6 +284,38 @@ def check_endpoint_url(name: str, props: dict, report: ReportViolation) -> None:
         report(f"catalog endpoint '{name}' is public but its url {url} uses {parts.scheme}: passwords and "
                "tokens would cross the internet in clear text. "
                f"Fix: set url to https://{parts.netloc}{path} (the proxies terminate TLS on 443).")
+
+
+# --- SSH pushes (pulumi-command) --------------------------------------------------------------
+
+def check_remote_command_pins_host_key(name: str, props: dict, report: ReportViolation) -> None:
+    """A remote command (the key push) verifies the host it connects to: without a pinned
+    host key, Fernet keys could be handed to whoever answers on that address."""
+    conn = props.get("connection")
+    if conn is UNKNOWN:
+        raise _needs(name, "connection")
+    host_key = (conn or {}).get("hostKey")
+    if host_key is UNKNOWN:
+        raise _needs(name, "connection.hostKey")
+    if not host_key:
+        report(f"remote command '{name}' connects to {(conn or {}).get('host')!r} without a pinned host key, so "
+               "it trusts whichever host answers there and would hand it what it sends (the Keystone keys). "
+               "Fix: set connection.hostKey (components/keys.py pins the host key each node's cloud-init "
+               "installs).")
+
+
+def check_bastion_pins_host_key(name: str, props: dict, report: ReportViolation) -> None:
+    """Advisory: a bastion (connection.proxy) is verified too."""
+    conn = props.get("connection")
+    if conn is UNKNOWN or not isinstance(conn, dict):
+        return
+    proxy = conn.get("proxy")
+    if not isinstance(proxy, dict) or proxy.get("hostKey") is UNKNOWN:
+        return
+    if not proxy.get("hostKey"):
+        report(f"remote command '{name}' goes through the bastion {proxy.get('host')!r} without pinning its "
+               "host key. Fix: `pulumi config set sshBastionHostKey \"ssh-ed25519 AAAA...\"` (the bastion's "
+               "/etc/ssh/ssh_host_ed25519_key.pub).")
 
 
 # --- instances -----------------------------------------------------------------------------
@@ -581,6 +614,15 @@ def make_policies(admin_cidr: Optional[str]) -> list:
             "galera-security-group-not-public",
             "No Galera node's security group is shared with the public-facing proxies.",
             check_galera_groups_not_public),
+        _resource_policy(
+            "remote-command-pins-host-key",
+            "A remote command (the key push to Keystone nodes) pins the host key of the node it connects to.",
+            {REMOTE_COMMAND}, lambda args, props, report: check_remote_command_pins_host_key(args.name, props, report)),
+        _resource_policy(
+            "bastion-pins-host-key",
+            "A remote command going through a bastion pins the bastion's host key.",
+            {REMOTE_COMMAND}, lambda args, props, report: check_bastion_pins_host_key(args.name, props, report),
+            level=EnforcementLevel.ADVISORY),
         _resource_policy(
             "world-open-only-https",
             "Only HTTPS (tcp 443) should be open to the whole internet.",

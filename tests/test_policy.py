@@ -28,8 +28,9 @@ STACKS = sorted(stack_files(ROOT))
 
 RULE = policies.SECGROUP_RULE
 MANDATORY = ["no-service-port-open-to-world", "ssh-only-from-admin-cidr", "catalog-endpoint-unversioned-https",
-             "control-plane-anti-affinity", "galera-volume-protected", "galera-security-group-not-public"]
-ADVISORY = ["world-open-only-https", "user-data-size"]
+             "control-plane-anti-affinity", "galera-volume-protected", "galera-security-group-not-public",
+             "remote-command-pins-host-key"]
+ADVISORY = ["world-open-only-https", "user-data-size", "bastion-pins-host-key"]
 STACK_POLICIES = {"control-plane-anti-affinity", "galera-volume-protected", "galera-security-group-not-public"}
 
 
@@ -400,6 +401,8 @@ MUTATIONS = {
                              "control-plane-anti-affinity", "instance-memcached-region-a-1"),
     "ssh from anywhere": ("sg-galera-region-a-tcp-22-from-198-51-100-0-24", _set("remoteIpPrefix", "0.0.0.0/0"),
                           "ssh-only-from-admin-cidr", "sg-galera-region-a-tcp-22-from-198-51-100-0-24"),
+    "key push without host key": ("keys-keystone-region-a-2", lambda r: r.inputs["connection"].pop("hostKey"),
+                                  "remote-command-pins-host-key", "keys-keystone-region-a-2"),
     "database port to the world": ("sg-galera-region-a-tcp-3306-from-10-10-1-42-32",
                                    _set("remoteIpPrefix", "0.0.0.0/0"), "no-service-port-open-to-world",
                                    "sg-galera-region-a-tcp-3306-from-10-10-1-42-32"),
@@ -417,3 +420,38 @@ def test_example_stack_mutation_is_caught(pack, runs, mutation, preview):
     mandatory = [d for d in pack.analyze_all(resources) if d.level == "mandatory"]
     assert {d.policy for d in mandatory} == {policy}, "\n".join(map(str, mandatory))
     assert any(f"'{culprit}'" in d.message for d in mandatory), "\n".join(map(str, mandatory))
+
+
+# --- remote commands pin host keys ----------------------------------------------------------------
+
+def push(connection):
+    return res(policies.REMOTE_COMMAND, "keys-keystone-t-1",
+               {"create": "sudo python3 /usr/local/sbin/keystone-node install-keys", "stdin": "{}",
+                "connection": connection}, secret=("connection", "stdin"))
+
+
+def test_key_push_without_host_key_fails(pack):
+    d = assert_violation(pack.analyze(push({"host": "10.0.0.5", "user": "debian", "privateKey": "k"})),
+                         "remote-command-pins-host-key", "keys-keystone-t-1")
+    assert "'10.0.0.5' without a pinned host key" in d.message
+
+
+def test_key_push_with_host_key_passes(pack):
+    diags = pack.analyze(push({"host": "10.0.0.5", "user": "debian", "privateKey": "k",
+                               "hostKey": "ssh-ed25519 AAAA"}))
+    assert only(diags, "remote-command-pins-host-key") == [] and only(diags, "bastion-pins-host-key") == []
+
+
+def test_key_push_host_key_unknown_in_preview_is_not_a_violation(pack):
+    """A new node's host key is made in the same update: the SDK's advisory, checked again at `up`."""
+    diags = only(pack.analyze(push({"host": "10.0.0.5", "user": "debian", "privateKey": "k", "hostKey": UNKNOWN})),
+                 "remote-command-pins-host-key")
+    assert diags and all(d.level == "advisory" and "can't be known during preview" in d.message for d in diags)
+
+
+def test_bastion_without_host_key_is_advisory(pack):
+    diags = pack.analyze(push({"host": "10.0.0.5", "hostKey": "ssh-ed25519 AAAA", "privateKey": "k",
+                               "proxy": {"host": "198.51.100.7", "privateKey": "k"}}))
+    assert only(diags, "remote-command-pins-host-key") == []
+    d = assert_violation(diags, "bastion-pins-host-key", "keys-keystone-t-1", level="advisory")
+    assert "sshBastionHostKey" in d.message
