@@ -33,6 +33,7 @@ from keystone_multiregion.topology import Node, Topology
 from . import Lab, firewall, layers, packages
 from .checks import Check
 from .net import HostSpec
+from .ssh import OPS_HOST, ops_address
 from .util import LabError
 
 LAB_TOPOLOGY = Path(__file__).resolve().parent / "topology.yaml"
@@ -104,8 +105,10 @@ class LabDeployment:
             write_rendered(r, self.render_dir)
         log(f"rendered {len(rendered)} nodes into {self.render_dir}")
 
-        self.lab.net.build([self.host_spec(n) for n in self.topo.nodes()],
-                           region_cidrs={r.name: r.cidr for r in self.topo.regions})
+        # The nodes, and the ops host in admin_cidr: where Pulumi runs (the key push comes from there).
+        self.lab.net.build([self.host_spec(n) for n in self.topo.nodes()]
+                           + [HostSpec(OPS_HOST, "admin", str(ops_address(self.topo)))],
+                           region_cidrs={**{r.name: r.cidr for r in self.topo.regions}, "admin": self.topo.admin_cidr})
         log(f"network: {len(self.topo.regions)} regions, {len(rendered)} namespaces")
         if wan_latency_ms:
             mode = self.set_wan_latency(wan_latency_ms)

@@ -345,6 +345,45 @@ class KeystoneDrills:
         return DrillResult("K7. skipped rotations are refused, drifted keys are reported and repaired",
                            not problems, measured, problems)
 
+    def drill_push_path(self) -> DrillResult:
+        """The key push goes only where it should: from the admin network to a node whose host
+        key matches the one the stack pinned. A client pinning another key is refused before
+        it sends anything; a host outside admin_cidr (a proxy) cannot reach SSH at all (the
+        security group drops it)."""
+        from keystone_multiregion.pki import ssh_host_key
+        from keystone_multiregion.roles.keystone import install_keys_command
+
+        from .layers.keystone import key_digests
+        from .ssh import known_hosts, ssh
+
+        region = self.regions[0]
+        node = self.topo.nodes(region, "keystone")[0].name
+        problems, measured = [], {"node": node}
+        before = key_digests(self.dep)[node]
+        impostor = known_hosts(self.dep, override={node: ssh_host_key()["public"]})
+        t = time.monotonic()
+        wrong = ssh(self.dep, node, install_keys_command(), input="{}", known=impostor, timeout=30)
+        measured["wrong_host_key"] = {"exit": wrong.returncode, "s": round(time.monotonic() - t, 2)}
+        if wrong.returncode != 255 or "Host key verification failed" not in wrong.stderr:
+            problems.append(f"a client pinning another host key was not refused: exit {wrong.returncode} "
+                            f"{wrong.stderr.strip()[-300:]}")
+        proxy = self.topo.nodes(region, "proxy")[0].name
+        t = time.monotonic()
+        outside = ssh(self.dep, node, "true", source=proxy, timeout=30)
+        measured["from_outside_admin_cidr"] = {"exit": outside.returncode, "s": round(time.monotonic() - t, 2)}
+        if outside.returncode != 255 or "timed out" not in outside.stderr:
+            problems.append(f"SSH from {proxy} (outside admin_cidr) was not dropped: exit {outside.returncode} "
+                            f"{outside.stderr.strip()[-300:]}")
+        t = time.monotonic()
+        ok = ssh(self.dep, node, "true", timeout=30)
+        measured["from_admin_network"] = {"exit": ok.returncode, "s": round(time.monotonic() - t, 2)}
+        if ok.returncode != 0:
+            problems.append(f"SSH from the admin network failed: {ok.stderr.strip()[-300:]}")
+        if key_digests(self.dep)[node] != before:
+            problems.append("the node's keys changed")
+        return DrillResult("K8. the key push reaches only the pinned node, only from the admin network",
+                           not problems, measured, problems)
+
     def _revoke(self, region: str, admin: str, subject: str) -> int | None:
         code = ("import json,sys,urllib.request as u\n"
                 "r=u.Request(sys.argv[1]+'/v3/auth/tokens',method='DELETE',"
@@ -359,7 +398,7 @@ class KeystoneDrills:
         results = []
         for drill in (self.drill_one_identity, lambda: self.drill_partition(galera_drills), self.drill_mfa,
                       self.drill_memcached_down, self.drill_revocation, self.drill_rotation,
-                      self.drill_key_safety):
+                      self.drill_key_safety, self.drill_push_path):
             result = drill()
             log(result.line())
             results.append(result)

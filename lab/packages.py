@@ -20,6 +20,7 @@ from .util import LabError, run
 NET_PACKAGES = ["iproute2", "nftables", "iptables", "iputils-ping", "util-linux", "procps"]
 DELAYER_DEBS = ["libnetfilter-queue-dev", "gcc"]
 DELAYER_PIP = "NetfilterQueue"
+POLICY_RC_D = "/usr/sbin/policy-rc.d"
 
 _updated = False
 
@@ -61,8 +62,21 @@ def ensure_packages(packages: Sequence[str], *, timeout: float = 1800,
     if verbose:
         print(f"lab: installing {' '.join(missing)}", file=sys.stderr, flush=True)
     apt_update()
-    run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing],
-        timeout=timeout, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    # The lab starts every daemon itself, inside its namespaces: no package may start its
+    # service on the machine (openssh-server would listen on its port 22). Debian's
+    # policy-rc.d hook denies that; add one for the install if the machine has none.
+    guard = None
+    if not os.path.exists(POLICY_RC_D):
+        guard = POLICY_RC_D
+        with open(guard, "w") as fh:
+            fh.write("#!/bin/sh\n# keystone-multiregion lab: no service starts during package installs\nexit 101\n")
+        os.chmod(guard, 0o755)
+    try:
+        run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing],
+            timeout=timeout, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    finally:
+        if guard:
+            os.unlink(guard)
     still = missing_packages(missing)
     if still:
         raise LabError(f"apt-get install finished but still missing: {still}")

@@ -6,15 +6,17 @@ from __future__ import annotations
 import time
 
 from keystone_multiregion.keys import payload
-from keystone_multiregion.roles.keystone import (KEY_DIRS, KEYSTONE_NODE_TOOL, UWSGI_INI, install_keys_argv,
+from keystone_multiregion.roles.keystone import (KEY_DIRS, KEYSTONE_NODE_TOOL, UWSGI_INI, install_keys_command,
                                                  is_bootstrap)
 from keystone_multiregion.secrets import require_key_repositories
 from keystone_multiregion.security import PORTS
 
 from ..checks import Check
+from ..ssh import SSHD_PACKAGES, client_key, ssh, start_sshd
+from ..util import LabError
 
 ROLES = ("keystone",)
-PACKAGES = ("keystone", "uwsgi-plugin-python3", "python3-memcache", "python3-pymysql")
+PACKAGES = ("keystone", "uwsgi-plugin-python3", "python3-memcache", "python3-pymysql", *SSHD_PACKAGES)
 TOOL = ["python3", KEYSTONE_NODE_TOOL]
 # The node's own log and state directories, and its key repositories (empty until the
 # keys are pushed), as on a VM.
@@ -32,10 +34,15 @@ def install(dep, rendered) -> None:
 
 
 def push_keys(dep, name: str, repos: dict | None = None, extra: tuple[str, ...] = (), check: bool = True):
-    """What the region stack does over SSH (components/keys.py): the same argv, as root on the
-    node, with the same payload on stdin. Default: the deployment's current repositories."""
+    """What the region stack does (components/keys.py): over SSH from the admin network, host
+    key pinned, the same command line with the same payload on stdin. Default: the
+    deployment's current repositories."""
     repos = repos if repos is not None else require_key_repositories(dep.secrets(), source="lab secrets")
-    return dep.lab.procs.run(name, install_keys_argv() + list(extra), input=payload(repos), timeout=60, check=check)
+    command = " ".join([install_keys_command(), *extra])
+    out = ssh(dep, name, command, input=payload(repos))
+    if check and out.returncode != 0:
+        raise LabError(f"key push to {name} failed (rc={out.returncode}): {out.stderr.strip()[-1000:]}")
+    return out
 
 
 def start_api(dep, name: str, timeout: float = 120) -> None:
@@ -45,10 +52,13 @@ def start_api(dep, name: str, timeout: float = 120) -> None:
 
 
 def start(dep, nodes, log) -> None:
+    client_key(dep)
     for node in nodes:
         t = time.monotonic()
+        start_sshd(dep, node.name)
         pushed = push_keys(dep, node.name)
-        log(f"{node.name}: keys pushed, digests {pushed.stdout.strip()} ({time.monotonic() - t:.1f}s)")
+        log(f"{node.name}: sshd up, keys pushed over SSH from the admin network, digests "
+            f"{pushed.stdout.strip()} ({time.monotonic() - t:.1f}s)")
     for node in nodes:
         if is_bootstrap(dep.topo, node):
             t = time.monotonic()

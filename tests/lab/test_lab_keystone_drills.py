@@ -61,3 +61,9 @@ def test_k7_skipped_rotation_refused_drift_reported_and_repaired(kdrills, deploy
     assert m["validation_after_repair"] == 200
     # After the drill the lab is whole again: every check passes.
     assert [c.line() for c in deployment.checks() if not c.ok] == []
+
+
+def test_k8_push_only_to_the_pinned_node_from_the_admin_network(kdrills):
+    m = _run(kdrills.drill_push_path).measured
+    assert m["wrong_host_key"]["exit"] == 255 and m["from_outside_admin_cidr"]["exit"] == 255
+    assert m["from_admin_network"]["exit"] == 0
