@@ -50,6 +50,8 @@ ROLE_SECRETS: dict[str, tuple[str, ...]] = {
 }
 # Roles that speak Galera's replication protocol, which crosses the WAN: TLS everywhere.
 TLS_ROLES = ("galera", "arbitrator")
+# Database clients that verify the Galera nodes' certificates (the CA, no key of their own).
+DB_CLIENT_TLS_ROLES = ("keystone",)
 
 
 class SecretsError(ValueError):
@@ -124,6 +126,11 @@ def require_secrets(role: str, secrets: Mapping, node_name: str | None = None, s
             if not isinstance(creds.get(part), str) or not creds.get(part):
                 raise _missing(f"tls.{node_name}.{part}", role, "this node's replication TLS credentials", source)
         out.update(ca_cert=ca, tls_cert=creds["cert"], tls_key=creds["key"])
+    if role in DB_CLIENT_TLS_ROLES:
+        ca = secrets.get(CA_CERT)
+        if not isinstance(ca, str) or not ca:
+            raise _missing(CA_CERT, role, "the CA its database connections verify the Galera nodes with", source)
+        out["ca_cert"] = ca
     if role in PUSH_ROLES:
         creds = (secrets.get("ssh_host_keys") or {}).get(node_name) or {}
         for part in ("private", "public"):

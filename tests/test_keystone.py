@@ -37,10 +37,13 @@ def test_keystone_conf(topo, secrets):
     assert conf["cache"]["memcache_servers"].split(",") == [f"{n.address}:11211" for n in topo.nodes("region-b", "memcached")]
     assert conf["cache"]["expiration_time"] == "3600"
     assert conf["cache"]["memcache_socket_timeout"] == "1" and conf["cache"]["memcache_dead_retry"] == "30"
-    # The database through the region's internal VIP.
+    # The database through the region's internal VIP, over TLS verified with the Galera CA.
     internal = topo.vips("region-b", "internal")[0].address
     assert conf["database"]["connection"] == \
-        f"mysql+pymysql://keystone:{secrets['keystone_db_password']}@{internal}:3306/keystone"
+        f"mysql+pymysql://keystone:{secrets['keystone_db_password']}@{internal}:3306/keystone" \
+        "?ssl_ca=/etc/keystone/galera-ca.pem&ssl_check_hostname=false"
+    ca = _files(topo, "keystone-region-b-2", secrets)["/etc/keystone/galera-ca.pem"]
+    assert ca.content == secrets["galera_ca_cert"] and ca.permissions == "0644"
     assert conf["healthcheck"]["path"] == "/healthcheck"
 
 
@@ -111,6 +114,11 @@ def test_galera_creates_keystones_database_user(topo, secrets):
     [user] = users["users"]
     assert user["password"] == secrets["keystone_db_password"]
     assert user["hosts"] == ["10.10.1.0/255.255.255.0", "10.10.2.0/255.255.255.0", "10.10.3.0/255.255.255.0"]
+    assert user["require_ssl"] is True  # its connections may cross the WAN: TLS or nothing
+    cnf = _files(topo, "galera-region-a-1", secrets)["/etc/mysql/mariadb.conf.d/99-keystone-multiregion.cnf"].content
+    mysqld = _ini(cnf)["mysqld"]
+    assert (mysqld["ssl_cert"], mysqld["ssl_key"], mysqld["ssl_ca"]) == (
+        "/etc/mysql/ssl/node-cert.pem", "/etc/mysql/ssl/node-key.pem", "/etc/mysql/ssl/ca.pem")
 
 
 def test_max_active_keys_follows_the_rotation_interval():

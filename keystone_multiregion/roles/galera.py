@@ -66,7 +66,8 @@ def _tls_files(topo: Topology, node: Node, needed: dict) -> list[File]:
         # (through the internal proxies; the security groups admit only those).
         users = {"databases": ["keystone"],
                  "users": [{"name": "keystone", "password": needed["keystone_db_password"], "database": "keystone",
-                            "hosts": [_mysql_host_pattern(r.cidr) for r in topo.regions if not r.witness]}]}
+                            "hosts": [_mysql_host_pattern(r.cidr) for r in topo.regions if not r.witness],
+                            "require_ssl": True}]}
         files.append(File(DB_USERS, json.dumps(users, indent=2, sort_keys=True) + "\n", permissions="0600"))
     return files
 

@@ -14,6 +14,7 @@ KEYSTONE_CONF = "/etc/keystone/keystone.conf"
 UWSGI_INI = "/etc/keystone/keystone-multiregion-uwsgi.ini"
 WSGI_FILE = "/usr/local/lib/keystone-multiregion/keystone-wsgi.py"
 ADMIN_PASSWORD_FILE = "/etc/keystone/bootstrap-admin-password"
+DB_CA_FILE = "/etc/keystone/galera-ca.pem"  # verifies the Galera nodes' certificates
 KEY_DIRS = {"fernet_keys": "/etc/keystone/fernet-keys", "credential_keys": "/etc/keystone/credential-keys"}
 
 
@@ -44,14 +45,16 @@ def _context(topo: Topology, node: Node, needed: dict) -> dict:
         "port": PORTS["keystone"],
         "processes": topo.keystone.uwsgi_processes or node.vcpus,
         "wsgi_file": WSGI_FILE,
+        "db_ca_path": DB_CA_FILE,
     }
 
 
-def _admin_password_file(topo: Topology, node: Node, needed: dict) -> list[File]:
+def _secret_files(topo: Topology, node: Node, needed: dict) -> list[File]:
     # The key repositories are not here: the region stack pushes them (install_keys_argv).
+    files = [File(DB_CA_FILE, needed["ca_cert"])]
     if is_bootstrap(topo, node):
-        return [File(ADMIN_PASSWORD_FILE, needed["keystone_admin_password"] + "\n", permissions="0600")]
-    return []
+        files.append(File(ADMIN_PASSWORD_FILE, needed["keystone_admin_password"] + "\n", permissions="0600"))
+    return files
 
 
 def install_keys_argv() -> list[str]:
@@ -95,6 +98,6 @@ KEYSTONE = RoleLayer(
         ("keystone/keystone-key-check.service", "/etc/systemd/system/keystone-key-check.service", "0644"),
         ("keystone/keystone-key-check.timer", "/etc/systemd/system/keystone-key-check.timer", "0644"),
     ),
-    context=_context, secret_files=_admin_password_file, cloud_config=_cloud_config)
+    context=_context, secret_files=_secret_files, cloud_config=_cloud_config)
 
 LAYERS = {"keystone": KEYSTONE}

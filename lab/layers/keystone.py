@@ -89,11 +89,52 @@ def checks(dep) -> list[Check]:
     out.append(Check("key repositories identical on every Keystone node", len(distinct) == 1,
                      f"{len(digests)} nodes, {len(distinct)} distinct"
                      + ("" if len(distinct) == 1 else f": {digests}")))
+    out.append(db_tls_check(dep))
     for node in dep.topo.nodes(role="keystone"):
         check = dep.lab.procs.run(node.name, TOOL + ["key-check"], check=False)
         out.append(Check(f"{node.name} keys as pushed", check.returncode == 0,
                          (check.stderr or check.stdout).strip()[-300:]))
     return out
+
+
+# Keystone's database login from a proxy (which may reach 3306), without TLS and with it, with
+# the distribution's python3 and PyMySQL (what Keystone uses).
+_DB_LOGIN = r"""
+import json, sys, pymysql
+host, password, ca = sys.argv[1:4]
+out = {}
+for label, ssl in (("plain", None), ("tls", {"ca": ca, "check_hostname": False})):
+    try:
+        c = pymysql.connect(host=host, user="keystone", password=password, database="keystone", ssl=ssl,
+                            connect_timeout=5)
+        cur = c.cursor()
+        cur.execute("SHOW SESSION STATUS LIKE 'Ssl_cipher'")
+        out[label] = cur.fetchone()[1] or "no cipher"
+        c.close()
+    except pymysql.MySQLError as exc:
+        out[label] = f"refused {exc.args[0]}"
+print(json.dumps(out))
+"""
+
+
+def db_tls_check(dep) -> Check:
+    """Keystone's database user gets in only over TLS verified with the Galera CA (what
+    keystone.conf's connection does through the proxies, across the WAN when it falls back)."""
+    import json
+    from keystone_multiregion.roles.keystone import DB_CA_FILE
+    node = dep.topo.nodes(role="keystone")[0]
+    galera = dep.topo.nodes(node.region, "galera")[0]
+    proxy = dep.topo.nodes(node.region, "proxy")[0]
+    ca = str(dep.render_dir / node.region / node.name / "files" / DB_CA_FILE.lstrip("/"))
+    res = dep.lab.net.exec(proxy.name, ["/usr/bin/python3", "-c", _DB_LOGIN, galera.address,
+                                        dep.secrets()["keystone_db_password"], ca], timeout=30, check=False)
+    try:
+        seen = json.loads(res.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return Check("keystone's DB user: TLS only", False, (res.stderr or res.stdout).strip()[-300:])
+    ok = seen.get("plain") == "refused 1045" and not str(seen.get("tls", "refused")).startswith(("refused", "no "))
+    return Check("keystone's DB user: TLS only", ok, f"without TLS: {seen.get('plain')}; with the Galera CA: "
+                 f"{seen.get('tls')}")
 
 
 def json_key(d: dict) -> str:

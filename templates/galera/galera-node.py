@@ -216,10 +216,12 @@ def cmd_init_cluster(args):
             mysql(f"CREATE DATABASE IF NOT EXISTS `{db}`")
         for user in spec.get("users", []):
             password = _quote(user["password"])
+            # Users whose connections may cross the WAN get in only over TLS.
+            require = " REQUIRE SSL" if user.get("require_ssl") else ""
             for host in user["hosts"]:
                 account = f"{_quote(user['name'])}@{_quote(host)}"
-                mysql(f"CREATE USER IF NOT EXISTS {account} IDENTIFIED BY {password}")
-                mysql(f"ALTER USER {account} IDENTIFIED BY {password}")
+                mysql(f"CREATE USER IF NOT EXISTS {account} IDENTIFIED BY {password}{require}")
+                mysql(f"ALTER USER {account} IDENTIFIED BY {password}{require}")
                 mysql(f"GRANT ALL PRIVILEGES ON `{user['database']}`.* TO {account}")
                 created.append(f"{user['name']}@{host}")
     # root keeps socket authentication for local tools, and gets the password as well.

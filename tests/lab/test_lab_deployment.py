@@ -15,9 +15,9 @@ def test_every_check_passes(deployment):
         print(c.line())
     # pings between 3 regions, memcached (answers, refuses) and Galera (member, health from
     # the proxy, health refused to Keystone) per region, the proxy layer's 36, and Keystone's
-    # /healthcheck on 3 nodes, the keys identical on all of them, and each node's own drift
-    # check (keystone-node key-check)
-    assert len(checks) == 3 + 3 * 2 + 3 * 3 + 36 + 3 + 1 + 3
+    # /healthcheck on 3 nodes, the keys identical on all of them, the Keystone DB user's TLS,
+    # and each node's own drift check (keystone-node key-check)
+    assert len(checks) == 3 + 3 * 2 + 3 * 3 + 36 + 3 + 1 + 1 + 3
     assert [c.line() for c in checks if not c.ok] == []
 
 
