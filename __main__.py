@@ -52,8 +52,10 @@ if config.get_bool("shared"):
                               "a stack is either the shared stack or one region's stack, so remove one")
     # `pulumi config set fernetRotations N+1` rotates the Fernet keys; roll the change out to
     # every region before the next rotation (README: key rotation).
+    # `credentialRotations` likewise rotates the credential keys (then credential-migrate).
     shared = SharedSecrets("shared", topology.name, fernet_rotations=config.get_int("fernetRotations") or 0,
-                           max_active_keys=topology.keystone.max_active_keys)
+                           max_active_keys=topology.keystone.max_active_keys,
+                           credential_rotations=config.get_int("credentialRotations") or 0)
     pulumi.export("secrets", shared.secrets)
     pulumi.export("galera_ca_key", shared.ca_key)
     pulumi.export("public_dev_ca_key", shared.public_dev_ca_key)

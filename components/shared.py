@@ -6,7 +6,7 @@ import pulumi
 import pulumi_random as random
 import pulumi_tls as tls
 
-from keystone_multiregion.keys import repository
+from keystone_multiregion.keys import CREDENTIAL_MAX_ACTIVE, repository
 from keystone_multiregion.secrets import CA_CERT, KEY_REPOSITORIES, PUBLIC_CA_CERT, SECRETS
 
 CA_VALIDITY_HOURS = 10 * 365 * 24
@@ -16,7 +16,7 @@ class SharedSecrets(pulumi.ComponentResource):
     secrets: pulumi.Output[dict]
 
     def __init__(self, name: str, deployment: str, fernet_rotations: int = 0, max_active_keys: int = 5,
-                 opts: pulumi.ResourceOptions | None = None):
+                 credential_rotations: int = 0, opts: pulumi.ResourceOptions | None = None):
         super().__init__("keystone-multiregion:shared:SharedSecrets", name, None, opts)
         values = {}
         for secret, (length, purpose) in SECRETS.items():
@@ -29,18 +29,19 @@ class SharedSecrets(pulumi.ComponentResource):
         # certificates with it (that traffic crosses the WAN).
         ca_key, ca_cert = self._ca("galera-ca", f"{deployment} Galera CA")
         values[CA_CERT] = ca_cert.cert_pem
-        # The Fernet and credential key repositories, identical in every region. Fernet keys
-        # rotate: `fernetRotations` (config) rotations of one key sequence (keys.py); the
-        # credential keys (which encrypt TOTP secrets) do not.
+        # The Fernet and credential key repositories, identical in every region, each after
+        # `fernetRotations` / `credentialRotations` (config) rotations of one key sequence
+        # (keys.py). Credential keys encrypt TOTP secrets: they keep three keys (README).
         for repo in KEY_REPOSITORIES:
-            rotations = fernet_rotations if repo == "fernet_keys" else 0
+            rotations, max_active = ((fernet_rotations, max_active_keys) if repo == "fernet_keys"
+                                     else (credential_rotations, CREDENTIAL_MAX_ACTIVE))
             keys = [random.RandomBytes(f"{repo.replace('_', '-')}-{i}", length=32,
                                        opts=pulumi.ResourceOptions(parent=self, protect=True)).base64
                     for i in range(rotations + 2)]
             # Fernet keys are URL-safe base64 of 32 random bytes.
             values[repo] = pulumi.Output.all(*keys).apply(
-                lambda ks, r=rotations: repository([k.replace("+", "-").replace("/", "_") for k in ks], r,
-                                                   max_active_keys))
+                lambda ks, r=rotations, m=max_active: repository([k.replace("+", "-").replace("/", "_") for k in ks],
+                                                                 r, m))
         # A development CA for the public endpoints of regions without a real certificate:
         # every region's proxies trust it to verify the others (their backup servers).
         dev_key, dev_ca = self._ca("public-dev-ca", f"{deployment} public endpoints (development CA)")

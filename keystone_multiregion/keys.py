@@ -17,6 +17,12 @@ import json
 from typing import Mapping
 
 
+# The credential repository keeps the staged key, the primary and the previous primary: a
+# credential rotation is complete once `keystone-node credential-migrate` has re-encrypted
+# every credential with the new primary, before the next rotation drops the previous one.
+CREDENTIAL_MAX_ACTIVE = 3
+
+
 def repository(keys: list[str], rotations: int, max_active: int) -> dict[str, str]:
     """The key repository after `rotations` rotations of `keys` (keys[0] the first primary,
     keys[1] the first staged key, keys[i] the key staged by rotation i-1): file name -> key."""

@@ -138,30 +138,35 @@ class KeystoneDrills:
         return DrillResult("K2. a cut region keeps validating and refuses writes; the heal reconciles",
                            not problems, measured, problems)
 
+    def _totp_user(self, region: str) -> tuple[str, str, str, list]:
+        """A new user with the member role on admin, a TOTP credential and a password+totp
+        rule, created in `region`: (name, password, TOTP secret, the three setup statuses)."""
+        token = self.admin_token(region)
+        name = f"mfa-{uuid.uuid4().hex[:8]}"
+        password = "pw-" + uuid.uuid4().hex
+        secret = base64.b32encode(os.urandom(20)).decode().rstrip("=")
+        user = self.call(region, "POST", token, "/v3/users",
+                         {"user": {"name": name, "password": password, "domain_id": "default"}})
+        uid = ((user.get("body") or {}).get("user") or {}).get("id")
+        projects = self.call(region, "GET", token, "/v3/projects?name=admin")
+        pid = projects["body"]["projects"][0]["id"]
+        roles = self.call(region, "GET", token, "/v3/roles?name=member")
+        rid = roles["body"]["roles"][0]["id"]
+        self.call(region, "PUT", token, f"/v3/projects/{pid}/users/{uid}/roles/{rid}")
+        cred = self.call(region, "POST", token, "/v3/credentials",
+                         {"credential": {"type": "totp", "user_id": uid, "blob": secret}})
+        rule = self.call(region, "PATCH", token, f"/v3/users/{uid}",
+                         {"user": {"options": {"multi_factor_auth_enabled": True,
+                                               "multi_factor_auth_rules": [["password", "totp"]]}}})
+        return name, password, secret, [user.get("status"), cred.get("status"), rule.get("status")]
+
     def drill_mfa(self) -> DrillResult:
         """A user with a TOTP credential and a password+totp rule: the password alone gets a
         receipt (401); a current code completes it; a wrong code is refused; a receipt from
         one region is accepted in another."""
         first, other = self.regions[0], self.regions[-1]
-        token = self.admin_token(first)
-        name = f"mfa-{uuid.uuid4().hex[:8]}"
-        password = "pw-" + uuid.uuid4().hex
-        secret = base64.b32encode(os.urandom(20)).decode().rstrip("=")
         problems, measured = [], {}
-        user = self.call(first, "POST", token, "/v3/users",
-                         {"user": {"name": name, "password": password, "domain_id": "default"}})
-        uid = ((user.get("body") or {}).get("user") or {}).get("id")
-        projects = self.call(first, "GET", token, "/v3/projects?name=admin")
-        pid = projects["body"]["projects"][0]["id"]
-        roles = self.call(first, "GET", token, "/v3/roles?name=member")
-        rid = roles["body"]["roles"][0]["id"]
-        self.call(first, "PUT", token, f"/v3/projects/{pid}/users/{uid}/roles/{rid}")
-        cred = self.call(first, "POST", token, "/v3/credentials",
-                         {"credential": {"type": "totp", "user_id": uid, "blob": secret}})
-        rule = self.call(first, "PATCH", token, f"/v3/users/{uid}",
-                         {"user": {"options": {"multi_factor_auth_enabled": True,
-                                               "multi_factor_auth_rules": [["password", "totp"]]}}})
-        measured["setup"] = [user.get("status"), cred.get("status"), rule.get("status")]
+        name, password, secret, measured["setup"] = self._totp_user(first)
         if measured["setup"] != [201, 201, 200]:
             return DrillResult("K3. multi-factor authentication", False, measured, [f"setup failed: {measured}"])
         alone = self.ks(first, "token", self.url(first), name, password, "admin")
@@ -255,8 +260,21 @@ class KeystoneDrills:
         current = self.dep.secrets()["fernet_keys"]
         return [current[max(current, key=int)], current["0"]], 0
 
-    def _repos(self, fernet: dict) -> dict:
-        return {"fernet_keys": fernet, "credential_keys": self.dep.secrets()["credential_keys"]}
+    def _credential_state(self) -> tuple[list[str], int]:
+        """The credential key sequence and rotation count the lab's Keystone nodes hold now."""
+        if getattr(self, "_credential_rotation", None):
+            return self._credential_rotation
+        current = self.dep.secrets()["credential_keys"]
+        return [current[max(current, key=int)], current["0"]], 0
+
+    def _repos(self, fernet: dict | None = None, credential: dict | None = None) -> dict:
+        """Both repositories as pushed: the given ones, else what the nodes hold now."""
+        from keystone_multiregion.keys import CREDENTIAL_MAX_ACTIVE, repository
+        if fernet is None:
+            fernet = repository(*self._fernet_state(), self.topo.keystone.max_active_keys)
+        if credential is None:
+            credential = repository(*self._credential_state(), CREDENTIAL_MAX_ACTIVE)
+        return {"fernet_keys": fernet, "credential_keys": credential}
 
     def drill_rotation(self) -> DrillResult:
         """One Fernet rotation rolled out region by region as the stacks do it: the repository
@@ -384,6 +402,97 @@ class KeystoneDrills:
         return DrillResult("K8. the key push reaches only the pinned node, only from the admin network",
                            not problems, measured, problems)
 
+    def drill_credential_rotation(self) -> DrillResult:
+        """The credential keys (they encrypt TOTP secrets) rotated region by region: a TOTP
+        user created before keeps logging in with password + code in every region after each
+        region. The next rotation, which drops the key the secret is encrypted with, is refused
+        until `keystone-node credential-migrate` has re-encrypted the credentials; then it goes
+        through and the user still logs in everywhere (caches flushed: decrypted from the
+        database with the keys on disk)."""
+        from keystone_multiregion.keys import CREDENTIAL_MAX_ACTIVE, repository
+
+        from .layers import memcached as mc_layer
+        from .layers.keystone import push_keys
+
+        problems, measured = [], {}
+        name, password, secret, measured["setup"] = self._totp_user(self.regions[0])
+        if measured["setup"] != [201, 201, 200]:
+            return DrillResult("K9. credential key rotation", False, measured, [f"setup failed: {measured}"])
+        sequence, rotations = self._credential_state()
+        sequence = sequence + [base64.urlsafe_b64encode(os.urandom(32)).decode() for _ in range(2)]
+
+        def credential(r):
+            return repository(sequence, r, CREDENTIAL_MAX_ACTIVE)
+
+        def push_everywhere(r, label):
+            for node in self.topo.nodes(role="keystone"):
+                out = push_keys(self.dep, node.name, self._repos(credential=credential(r)), check=False)
+                if out.returncode != 0:
+                    problems.append(f"{label}: push to {node.name} failed: {out.stderr.strip()[-300:]}")
+
+        def flush_caches():
+            for region in self.regions:
+                client = self.topo.nodes(region, "keystone")[0].name
+                for mc in self.topo.nodes(region, "memcached"):
+                    if not mc_layer.flush(self.dep, client, mc.name):
+                        problems.append(f"flush_all on {mc.name} failed")
+
+        def mfa_everywhere(label):
+            statuses = {}
+            for region in self.regions:
+                out = self.ks(region, "token", self.url(region), name, password, "admin", "--passcode", totp(secret))
+                statuses[region] = out.get("status")
+            measured[label] = statuses
+            if set(statuses.values()) != {201}:
+                problems.append(f"{label}: password + TOTP refused somewhere: {statuses}")
+
+        # Rotation 1, region by region: the new primary was staged everywhere before.
+        for region in self.regions:
+            for node in self.topo.nodes(region, "keystone"):
+                out = push_keys(self.dep, node.name, self._repos(credential=credential(rotations + 1)), check=False)
+                if out.returncode != 0:
+                    problems.append(f"rotation 1: push to {node.name} failed: {out.stderr.strip()[-300:]}")
+            mfa_everywhere(f"mfa_after_rotating_{region}")
+        self._credential_rotation = (sequence, rotations + 1)
+        # Rotation 2 drops the key the TOTP secret is encrypted with: refused until migrated.
+        first = self.topo.nodes(role="keystone")[0].name
+        early = push_keys(self.dep, first, self._repos(credential=credential(rotations + 2)), check=False)
+        measured["rotation_2_before_migrate_exit"] = early.returncode
+        if early.returncode != 2 or "still encrypted with a key this repository drops" not in early.stderr:
+            problems.append(f"rotation 2 before credential-migrate was not refused: exit {early.returncode} "
+                            f"{early.stderr.strip()[-300:]}")
+        t = time.monotonic()
+        migrated = self.dep.lab.procs.run(first, ["python3", "/usr/local/sbin/keystone-node", "credential-migrate",
+                                                  "--timeout", "300"], timeout=330, check=False)
+        measured["credential_migrate"] = migrated.stdout.strip() or migrated.stderr.strip()[-300:]
+        measured["credential_migrate_s"] = round(time.monotonic() - t, 1)
+        if migrated.returncode != 0:
+            problems.append(f"credential-migrate failed: {migrated.stderr.strip()[-300:]}")
+        push_everywhere(rotations + 2, "rotation 2")
+        self._credential_rotation = (sequence, rotations + 2)
+        flush_caches()
+        mfa_everywhere("mfa_after_rotation_2_caches_flushed")
+        # Control: the check above can fail. A node forced onto unrelated credential keys
+        # cannot decrypt the secret (once its region's cache is empty); then it is restored.
+        region, node = self.regions[-1], self.topo.nodes(self.regions[-1], "keystone")[0].name
+        bogus = repository([base64.urlsafe_b64encode(os.urandom(32)).decode() for _ in range(2)], 0,
+                           CREDENTIAL_MAX_ACTIVE)
+        forced = push_keys(self.dep, node, self._repos(credential=bogus), extra=("--force",), check=False)
+        flush_caches()
+        wrong = self.ks(region, "token", self.url(region), name, password, "admin", "--passcode", totp(secret))
+        measured["control_mfa_with_other_credential_keys"] = wrong.get("status") or str(wrong.get("error"))[-160:]
+        if forced.returncode != 0 or wrong.get("status") == 201:
+            problems.append(f"control: with other credential keys {region} answered {wrong.get('status')} "
+                            f"(push exit {forced.returncode})")
+        restored = push_keys(self.dep, node, self._repos(), extra=("--force",), check=False)
+        flush_caches()
+        again = self.ks(region, "token", self.url(region), name, password, "admin", "--passcode", totp(secret))
+        measured["mfa_after_restore"] = again.get("status")
+        if restored.returncode != 0 or again.get("status") != 201:
+            problems.append(f"restoring {node}'s keys: push exit {restored.returncode}, login {again.get('status')}")
+        return DrillResult("K9. credential keys rotate region by region; TOTP users keep logging in",
+                           not problems, measured, problems)
+
     def _revoke(self, region: str, admin: str, subject: str) -> int | None:
         code = ("import json,sys,urllib.request as u\n"
                 "r=u.Request(sys.argv[1]+'/v3/auth/tokens',method='DELETE',"
@@ -398,7 +507,7 @@ class KeystoneDrills:
         results = []
         for drill in (self.drill_one_identity, lambda: self.drill_partition(galera_drills), self.drill_mfa,
                       self.drill_memcached_down, self.drill_revocation, self.drill_rotation,
-                      self.drill_key_safety, self.drill_push_path):
+                      self.drill_key_safety, self.drill_push_path, self.drill_credential_rotation):
             result = drill()
             log(result.line())
             results.append(result)

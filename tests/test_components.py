@@ -361,7 +361,12 @@ def test_fernet_rotation_in_the_shared_stack():
     fernet = sorted(r.name for r in run.of_type("random:index/randomBytes:RandomBytes") if r.name.startswith("fernet"))
     assert fernet == ["fernet-keys-0", "fernet-keys-1", "fernet-keys-2", "fernet-keys-3"]
     credential = [r.name for r in run.of_type("random:index/randomBytes:RandomBytes") if r.name.startswith("credential")]
-    assert sorted(credential) == ["credential-keys-0", "credential-keys-1"]  # not rotated
+    assert sorted(credential) == ["credential-keys-0", "credential-keys-1"]  # rotated on their own
+    run = run_program("shared", {"shared": True, "credentialRotations": 1})
+    credential = [r.name for r in run.of_type("random:index/randomBytes:RandomBytes") if r.name.startswith("credential")]
+    assert sorted(credential) == ["credential-keys-0", "credential-keys-1", "credential-keys-2"]
+    fernet = [r.name for r in run.of_type("random:index/randomBytes:RandomBytes") if r.name.startswith("fernet")]
+    assert sorted(fernet) == ["fernet-keys-0", "fernet-keys-1"]
 
 
 COMMAND = "command:remote:Command"

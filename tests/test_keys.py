@@ -170,3 +170,46 @@ def test_bootstrap_waits_for_the_keys_then_says_what_to_do(node, tmp_path, monke
     monkeypatch.setattr(node, "FACTS", str(facts))
     assert node.main(["bootstrap", "--timeout", "0.1"]) == 1
     assert "no keys were pushed within 0.1s" in capsys.readouterr().err
+
+
+# -- credential rotation: never strand a credential ----------------------------------------
+
+def credential_repos(rotations):
+    from keystone_multiregion.keys import CREDENTIAL_MAX_ACTIVE
+    return {"fernet_keys": repository(FERNET, 1, 4), "credential_keys": repository(FERNET, rotations,
+                                                                                   CREDENTIAL_MAX_ACTIVE)}
+
+
+def test_credential_rotation_keeps_the_previous_primary_and_drops_the_one_before():
+    r1, r2 = credential_repos(1)["credential_keys"], credential_repos(2)["credential_keys"]
+    assert sorted(r1.values()) == sorted([FERNET[0], FERNET[1], FERNET[2]])
+    assert FERNET[0] not in r2.values() and {FERNET[1], FERNET[2], FERNET[3]} == set(r2.values())
+
+
+def test_credential_rotation_refused_while_credentials_use_a_dropped_key(node, monkeypatch, capsys):
+    import hashlib
+    assert node.push(credential_repos(0)) == 0 and node.push(credential_repos(1)) == 0  # drops nothing
+    # Keystone's key_hash: sha1 of the primary key as read from its file (with its newline).
+    in_use = {hashlib.sha1((FERNET[0] + "\n").encode()).hexdigest(): 2}
+    monkeypatch.setattr(node, "credential_hashes_in_use", lambda: in_use)
+    capsys.readouterr()
+    assert node.push(credential_repos(2)) == 2
+    err = capsys.readouterr().err
+    assert "credential_keys: 2 credential(s) (TOTP secrets) are still encrypted with a key this repository drops" in err
+    assert "keystone-node credential-migrate" in err
+    assert node.read_repository(node.KEY_DIRS["credential_keys"]) == credential_repos(1)["credential_keys"]
+    # After credential_migrate every credential uses the new primary: the rotation goes on.
+    in_use.clear()
+    in_use[hashlib.sha1((FERNET[1] + "\n").encode()).hexdigest()] = 2
+    assert node.push(credential_repos(2)) == 0
+
+
+def test_credential_rotation_refused_when_the_database_cannot_be_asked(node, monkeypatch, capsys):
+    assert node.push(credential_repos(0)) == 0 and node.push(credential_repos(1)) == 0
+
+    def unreachable():
+        raise OSError("Can't connect to MySQL server")
+    monkeypatch.setattr(node, "credential_hashes_in_use", unreachable)
+    capsys.readouterr()
+    assert node.push(credential_repos(2)) == 2
+    assert "could not be checked (OSError: Can't connect to MySQL server)" in capsys.readouterr().err

@@ -13,13 +13,14 @@ ROLES = ("memcached",)
 PACKAGES = ("memcached",)
 MEMCACHED_WRAPPER = "/usr/share/memcached/scripts/systemd-memcached-wrapper"
 
-# Asks a memcached server for its stats from inside a lab namespace; bounded by a timeout.
-_MEMCACHED_STATS = r"""
+# Sends one command (stats, flush_all) to a memcached server from inside a lab namespace and
+# prints the reply; bounded by a timeout.
+_MEMCACHED_COMMAND = r"""
 import socket, sys
 s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[3]))
-s.sendall(b"stats\r\n")
+s.sendall(sys.argv[4].encode() + b"\r\n")
 data = b""
-while not data.endswith(b"END\r\n"):
+while not data.endswith((b"END\r\n", b"OK\r\n", b"ERROR\r\n")):
     chunk = s.recv(65536)
     if not chunk:
         break
@@ -28,10 +29,21 @@ print(data.decode())
 """
 
 
+def command(dep, client: str, server: str, cmd: str, timeout: float = 2.0):
+    """memcached's reply to `cmd` as seen from the `client` node (a CompletedProcess)."""
+    return dep.lab.net.exec(client, [sys.executable, "-c", _MEMCACHED_COMMAND, dep.topo.node(server).address,
+                                     str(PORTS["memcached"]), str(timeout), cmd], timeout=timeout + 5, check=False)
+
+
+def flush(dep, client: str, server: str) -> bool:
+    """Empty a memcached server (flush_all), from `client`; True if it said OK."""
+    result = command(dep, client, server, "flush_all")
+    return result.returncode == 0 and result.stdout.strip() == "OK"
+
+
 def stats(dep, client: str, server: str, timeout: float = 2.0) -> dict[str, str] | None:
     """memcached's stats as seen from the `client` node, or None if it does not answer."""
-    result = dep.lab.net.exec(client, [sys.executable, "-c", _MEMCACHED_STATS, dep.topo.node(server).address,
-                                       str(PORTS["memcached"]), str(timeout)], timeout=timeout + 5, check=False)
+    result = command(dep, client, server, "stats", timeout)
     if result.returncode != 0:
         return None
     out = {}

@@ -12,6 +12,10 @@ only. Reads the node's facts from /etc/keystone-multiregion/node.json.
                                 them file by file, atomically; refuse a repository whose
                                 primary key this node never held (a rotation that skipped
                                 one), print the new digests
+    keystone-node credential-migrate
+                                re-encrypt every credential (TOTP secrets) with the primary
+                                credential key (`keystone-manage credential_migrate`): once,
+                                on one node, after a credential rotation reached every region
     keystone-node key-check     drift check: exit 1 if a repository differs from what was
                                 last pushed (a systemd timer runs it; see the journal)
     keystone-node key-digest    a digest of each key repository, to compare across nodes
@@ -213,6 +217,49 @@ def write_repository(d, new, ids):
             os.unlink(os.path.join(d, name))
 
 
+def _hashes(key):
+    """Keystone's key_hash of credentials encrypted with `key`: sha1 of the primary key as
+    read from its file (with or without the trailing newline a file may have)."""
+    return {hashlib.sha1(k.encode()).hexdigest() for k in (key, key + "\n")}
+
+
+def credential_hashes_in_use():
+    """{key_hash: number of credentials} in Keystone's database, through keystone.conf's
+    own connection (TLS as configured there). Needs Keystone's PyMySQL (python3-pymysql)."""
+    import configparser
+    import urllib.parse
+
+    import pymysql
+    conf = configparser.ConfigParser(interpolation=None)
+    conf.read(CONFIG)
+    url = urllib.parse.urlsplit(conf["database"]["connection"])
+    query = dict(urllib.parse.parse_qsl(url.query))
+    ssl = None
+    if "ssl_ca" in query:
+        ssl = {"ca": query["ssl_ca"], "check_hostname": query.get("ssl_check_hostname", "true").lower() != "false"}
+    conn = pymysql.connect(host=url.hostname, port=url.port or 3306, user=urllib.parse.unquote(url.username),
+                           password=urllib.parse.unquote(url.password or ""), database=url.path.lstrip("/"),
+                           ssl=ssl, connect_timeout=10)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT key_hash, COUNT(*) FROM credential GROUP BY key_hash")
+            return {h: int(n) for h, n in cur.fetchall()}
+    finally:
+        conn.close()
+
+
+def credential_problem(current, new, in_use):
+    """Why installing the credential repository `new` would strand credentials: a key it
+    drops still encrypts some (they could never be decrypted again), or None."""
+    dropped = [k for k in current.values() if k not in new.values()]
+    stranded = sum(in_use.get(h, 0) for k in dropped for h in _hashes(k))
+    if stranded:
+        return (f"credential_keys: {stranded} credential(s) (TOTP secrets) are still encrypted with a key this "
+                "repository drops and could never be read again; run `keystone-node credential-migrate` on one "
+                "Keystone node (once the previous credential rotation has reached every region), then push again")
+    return None
+
+
 def cmd_install_keys(args):
     deadline = time.monotonic() + args.timeout
     # The push may arrive while cloud-init is still installing Keystone: wait for prepare.
@@ -234,6 +281,16 @@ def cmd_install_keys(args):
         return 2
     problems = [p for p in (transition_problem(repo, read_repository(KEY_DIRS[repo]), data[repo])
                             for repo in sorted(data)) if p]
+    current = read_repository(KEY_DIRS["credential_keys"])
+    if not problems and set(current.values()) - set(data["credential_keys"].values()):
+        # A credential rotation drops a key: only if no credential is still encrypted with it.
+        try:
+            problem = credential_problem(current, data["credential_keys"], credential_hashes_in_use())
+        except Exception as exc:  # noqa: BLE001 - any failure means "cannot tell": refuse
+            problem = (f"credential_keys: this repository drops a key, and whether credentials still use it "
+                       f"could not be checked ({type(exc).__name__}: {exc})")
+        if problem:
+            problems.append(problem)
     if problems and not args.force:
         for p in problems:
             print(f"keystone-node: refused: {p} (nothing was changed)", file=sys.stderr)
@@ -254,6 +311,18 @@ def cmd_install_keys(args):
     os.replace(tmp, PUSHED)
     print(json.dumps(digests, sort_keys=True))
     return 0
+
+
+def cmd_credential_migrate(args):
+    t = time.monotonic()
+    _manage("credential_migrate", "--keystone-user", "keystone", "--keystone-group", "keystone", timeout=args.timeout)
+    primary = read_repository(KEY_DIRS["credential_keys"])
+    primary = primary[str(max(int(n) for n in primary))]
+    in_use = credential_hashes_in_use()
+    with_primary = sum(in_use.get(h, 0) for h in _hashes(primary))
+    print(json.dumps({"credentials": sum(in_use.values()), "with_primary_key": with_primary,
+                      "seconds": round(time.monotonic() - t, 1)}))
+    return 0 if with_primary == sum(in_use.values()) else 1
 
 
 def cmd_key_check(args):
@@ -286,7 +355,7 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="command", required=True)
     for name in ("prepare", "key-digest", "key-check"):
         sub.add_parser(name)
-    for name in ("bootstrap", "wait-ready"):
+    for name in ("bootstrap", "wait-ready", "credential-migrate"):
         p = sub.add_parser(name)
         p.add_argument("--timeout", type=float, default=1800)
     p = sub.add_parser("install-keys")
@@ -296,6 +365,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     return {"prepare": cmd_prepare, "bootstrap": cmd_bootstrap, "wait-ready": cmd_wait_ready,
             "install-keys": cmd_install_keys, "key-check": cmd_key_check,
+            "credential-migrate": cmd_credential_migrate,
             "key-digest": cmd_key_digest}[args.command](args)
 
 

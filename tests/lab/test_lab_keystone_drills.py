@@ -67,3 +67,10 @@ def test_k8_push_only_to_the_pinned_node_from_the_admin_network(kdrills):
     m = _run(kdrills.drill_push_path).measured
     assert m["wrong_host_key"]["exit"] == 255 and m["from_outside_admin_cidr"]["exit"] == 255
     assert m["from_admin_network"]["exit"] == 0
+
+
+def test_k9_credential_rotation_keeps_totp_users_logging_in(kdrills, deployment):
+    m = _run(kdrills.drill_credential_rotation).measured
+    assert m["rotation_2_before_migrate_exit"] == 2
+    assert set(m["mfa_after_rotation_2_caches_flushed"].values()) == {201}
+    assert [c.line() for c in deployment.checks() if not c.ok] == []
