@@ -60,6 +60,11 @@ class LabDeployment:
     def render_dir(self) -> Path:
         return Path(self.lab.labdir) / "render"
 
+    @property
+    def drill_keys_path(self) -> Path:
+        """Where the Keystone drills record the key repositories they rotated the nodes to."""
+        return Path(self.lab.labdir) / "drill-keys.json"
+
     def secrets(self) -> dict:
         """The lab's own secrets and TLS credentials, generated once per lab directory (0600)."""
         path = Path(self.lab.labdir) / "secrets.yaml"
@@ -99,6 +104,8 @@ class LabDeployment:
         # (rightly) stop galera-node from starting a new cluster.
         for leftover in (Path(self.lab.labdir) / "hosts", self.render_dir):
             shutil.rmtree(leftover, ignore_errors=True)
+        # The keys a previous lab's drills rotated to: this lab starts from the secrets' own.
+        self.drill_keys_path.unlink(missing_ok=True)
         secrets = self.secrets()
         rendered = [render_node(self.topo, n.name, secrets) for n in self.topo.nodes()]
         for r in rendered:

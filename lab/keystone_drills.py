@@ -253,19 +253,31 @@ class KeystoneDrills:
         return DrillResult("K5. a revoked token stops validating in other regions within the bound", not problems,
                            measured, problems)
 
-    def _fernet_state(self) -> tuple[list[str], int]:
-        """The key sequence and rotation count the lab's Keystone nodes hold now."""
-        if getattr(self, "_rotation", None):
-            return self._rotation
-        current = self.dep.secrets()["fernet_keys"]
+    def _key_state(self, repo: str) -> tuple[list[str], int]:
+        """The key sequence and rotation count the lab's Keystone nodes hold now for `repo`:
+        recorded by the drills that rotate (so another `drill` run on the same lab continues
+        from there), else the lab's initial repository."""
+        path = self.dep.drill_keys_path
+        recorded = json.loads(path.read_text()).get(repo) if path.exists() else None
+        if recorded:
+            return list(recorded[0]), int(recorded[1])
+        current = self.dep.secrets()[repo]
         return [current[max(current, key=int)], current["0"]], 0
 
+    def _record_key_state(self, repo: str, sequence: list[str], rotations: int) -> None:
+        """Kept next to the lab's secrets, readable by root only (it holds keys)."""
+        path = self.dep.drill_keys_path
+        state = json.loads(path.read_text()) if path.exists() else {}
+        state[repo] = [sequence, rotations]
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(state, fh)
+
+    def _fernet_state(self) -> tuple[list[str], int]:
+        return self._key_state("fernet_keys")
+
     def _credential_state(self) -> tuple[list[str], int]:
-        """The credential key sequence and rotation count the lab's Keystone nodes hold now."""
-        if getattr(self, "_credential_rotation", None):
-            return self._credential_rotation
-        current = self.dep.secrets()["credential_keys"]
-        return [current[max(current, key=int)], current["0"]], 0
+        return self._key_state("credential_keys")
 
     def _repos(self, fernet: dict | None = None, credential: dict | None = None) -> dict:
         """Both repositories as pushed: the given ones, else what the nodes hold now."""
@@ -308,7 +320,7 @@ class KeystoneDrills:
                     measured["validations"] += 1
                     if status != 200:
                         problems.append(f"after rotating {region}: token {label} got {status} in {r}")
-        self._rotation = (sequence, rotations + 1)
+        self._record_key_state("fernet_keys", sequence, rotations + 1)
         measured["rotated_regions"] = len(self.regions)
         measured["push_s"] = f"{min(measured['push_s'])}-{max(measured['push_s'])}"
         return DrillResult("K6. a Fernet rotation pushed region by region breaks no validation",
@@ -453,7 +465,7 @@ class KeystoneDrills:
                 if out.returncode != 0:
                     problems.append(f"rotation 1: push to {node.name} failed: {out.stderr.strip()[-300:]}")
             mfa_everywhere(f"mfa_after_rotating_{region}")
-        self._credential_rotation = (sequence, rotations + 1)
+        self._record_key_state("credential_keys", sequence, rotations + 1)
         # Rotation 2 drops the key the TOTP secret is encrypted with: refused until migrated.
         first = self.topo.nodes(role="keystone")[0].name
         early = push_keys(self.dep, first, self._repos(credential=credential(rotations + 2)), check=False)
@@ -461,15 +473,20 @@ class KeystoneDrills:
         if early.returncode != 2 or "still encrypted with a key this repository drops" not in early.stderr:
             problems.append(f"rotation 2 before credential-migrate was not refused: exit {early.returncode} "
                             f"{early.stderr.strip()[-300:]}")
-        t = time.monotonic()
-        migrated = self.dep.lab.procs.run(first, ["python3", "/usr/local/sbin/keystone-node", "credential-migrate",
-                                                  "--timeout", "300"], timeout=330, check=False)
-        measured["credential_migrate"] = migrated.stdout.strip() or migrated.stderr.strip()[-300:]
-        measured["credential_migrate_s"] = round(time.monotonic() - t, 1)
-        if migrated.returncode != 0:
-            problems.append(f"credential-migrate failed: {migrated.stderr.strip()[-300:]}")
+        def migrate(label):
+            t = time.monotonic()
+            out = self.dep.lab.procs.run(first, ["python3", "/usr/local/sbin/keystone-node", "credential-migrate",
+                                                 "--timeout", "300"], timeout=330, check=False)
+            measured[label] = out.stdout.strip() or out.stderr.strip()[-300:]
+            measured[f"{label}_s"] = round(time.monotonic() - t, 1)
+            if out.returncode != 0:
+                problems.append(f"{label} failed: {out.stderr.strip()[-300:]}")
+
+        migrate("credential_migrate")
         push_everywhere(rotations + 2, "rotation 2")
-        self._credential_rotation = (sequence, rotations + 2)
+        self._record_key_state("credential_keys", sequence, rotations + 2)
+        # The procedure's last step, so that the next rotation may drop the previous key.
+        migrate("credential_migrate_after_rotation_2")
         flush_caches()
         mfa_everywhere("mfa_after_rotation_2_caches_flushed")
         # Control: the check above can fail. A node forced onto unrelated credential keys

@@ -42,6 +42,8 @@ FACTS = "/etc/keystone-multiregion/node.json"
 KEY_DIRS = {"fernet_keys": "/etc/keystone/fernet-keys", "credential_keys": "/etc/keystone/credential-keys"}
 # Written by install-keys after the keys: what the node should hold (key-check compares),
 # and the file keystone-api.path waits for before it starts the API.
+# The stack setting that counts each repository's rotations (for messages).
+SETTING = {"fernet_keys": "fernetRotations", "credential_keys": "credentialRotations"}
 PUSHED = "/var/lib/keystone-multiregion/key-digests.json"
 PREPARED = "/var/lib/keystone-multiregion/prepared"
 ADMIN_PASSWORD_FILE = "/etc/keystone/bootstrap-admin-password"
@@ -188,7 +190,7 @@ def transition_problem(repo, current, new):
     top = str(max(int(n) for n in new))
     if new[top] not in current.values():
         return (f"{repo}: the new primary key (file {top}) is not in this node's repository, so it was never "
-                "staged here; roll out the previous rotation (fernetRotations one lower) to every region "
+                f"staged here; roll out the previous rotation ({SETTING[repo]} one lower) to every region "
                 "first, then this one")
     return None
 

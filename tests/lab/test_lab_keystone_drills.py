@@ -74,3 +74,13 @@ def test_k9_credential_rotation_keeps_totp_users_logging_in(kdrills, deployment)
     assert m["rotation_2_before_migrate_exit"] == 2
     assert set(m["mfa_after_rotation_2_caches_flushed"].values()) == {201}
     assert [c.line() for c in deployment.checks() if not c.ok] == []
+
+
+def test_drills_run_again_continue_from_the_keys_the_nodes_hold(deployment):
+    """`./run lab drill` twice on one lab: a new drill runner starts from the rotated keys the
+    last run left on the nodes (recorded next to the lab's secrets), not from the initial ones."""
+    from lab.keystone_drills import KeystoneDrills
+    again = KeystoneDrills(deployment)
+    _run(again.drill_rotation)
+    _run(again.drill_credential_rotation)
+    assert [c.line() for c in deployment.checks() if not c.ok] == []
