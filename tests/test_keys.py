@@ -159,6 +159,7 @@ def test_key_check_reports_the_repository_that_drifted(node, capsys):
     err = capsys.readouterr().err
     assert f"DRIFT: {node.KEY_DIRS['fernet_keys']} differs from what the stack pushed" in err
     assert "credential" not in err
+    assert "--replace" in err  # says how to push the keys again to one node
     assert node.push(repos_after(1)) == 0  # pushing again repairs it
     assert node.main(["key-check"]) == 0
 

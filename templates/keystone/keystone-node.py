@@ -339,8 +339,8 @@ def cmd_key_check(args):
     drifted = [repo for repo in sorted(set(expected) | set(found)) if expected.get(repo) != found.get(repo)]
     for repo in drifted:
         print(f"keystone-node: DRIFT: {KEY_DIRS.get(repo, repo)} differs from what the stack pushed "
-              f"(expected {expected.get(repo)}, found {found.get(repo)}); run `pulumi up` on this region's "
-              "stack to push the keys again", file=sys.stderr)
+              f"(expected {expected.get(repo)}, found {found.get(repo)}); push them again: `pulumi up --target <URN of this node's "
+              "keys-<node> command> --replace` on this region's stack", file=sys.stderr)
     if not drifted:
         print(json.dumps({"keys": "as pushed", **found}, sort_keys=True))
     return 1 if drifted else 0
