@@ -148,7 +148,10 @@ def test_install_keys_waits_for_prepare_then_gives_up(node, capsys):
     assert "keystone-node prepare` has not run" in capsys.readouterr().err
 
 
-def test_key_check_reports_the_repository_that_drifted(node, capsys):
+def test_key_check_reports_the_repository_that_drifted(node, tmp_path, monkeypatch, capsys):
+    facts = tmp_path / "node.json"
+    facts.write_text(json.dumps({"name": "keystone-a-1", "region": "a"}))
+    monkeypatch.setattr(node, "FACTS", str(facts))
     assert node.main(["key-check"]) == 1
     assert "no keys were pushed to this node" in capsys.readouterr().err
     assert node.push(repos_after(1)) == 0
@@ -159,7 +162,7 @@ def test_key_check_reports_the_repository_that_drifted(node, capsys):
     err = capsys.readouterr().err
     assert f"DRIFT: {node.KEY_DIRS['fernet_keys']} differs from what the stack pushed" in err
     assert "credential" not in err
-    assert "--replace" in err  # says how to push the keys again to one node
+    assert "--target <URN of keys-keystone-a-1> --replace" in err  # how to push to this node again
     assert node.push(repos_after(1)) == 0  # pushing again repairs it
     assert node.main(["key-check"]) == 0
 

@@ -337,10 +337,16 @@ def cmd_key_check(args):
         return 1
     found = current_digests()
     drifted = [repo for repo in sorted(set(expected) | set(found)) if expected.get(repo) != found.get(repo)]
+    if drifted:
+        try:
+            command = f"keys-{facts()['name']}"
+        except (OSError, ValueError, KeyError):
+            command = "keys-<node>"
     for repo in drifted:
         print(f"keystone-node: DRIFT: {KEY_DIRS.get(repo, repo)} differs from what the stack pushed "
-              f"(expected {expected.get(repo)}, found {found.get(repo)}); push them again: `pulumi up --target <URN of this node's "
-              "keys-<node> command> --replace` on this region's stack", file=sys.stderr)
+              f"(expected {expected.get(repo)}, found {found.get(repo)}); push the keys again with "
+              f"`pulumi up --target <URN of {command}> --replace` on this region's stack "
+              "(`pulumi stack --show-urns` lists it)", file=sys.stderr)
     if not drifted:
         print(json.dumps({"keys": "as pushed", **found}, sort_keys=True))
     return 1 if drifted else 0
