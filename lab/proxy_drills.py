@@ -29,8 +29,9 @@ from .layers import proxy as layer
 from .util import LabError
 
 
-class DrillSkipped(Exception):
-    """The lab lacks what the drill needs (said in the message); nothing was changed."""
+class DrillCannotRun(Exception):
+    """The lab lacks what the drill needs (said in the message); nothing was changed. A
+    drill that cannot run has failed: it is reported as a failure with this reason."""
 
 
 # Requests to an HTTPS endpoint from inside a namespace: each on a new connection, TLS
@@ -193,7 +194,7 @@ class ProxyDrills:
         again, then `repair` and measure until the VIPs are back on their masters."""
         problems = []
         if not layer.vips_settled(self.dep, self.region):
-            raise DrillSkipped(f"the VIPs of {self.region} are not on their masters: "
+            raise DrillCannotRun(f"the VIPs of {self.region} are not on their masters: "
                                f"{layer.vip_holders(self.dep, self.region)}")
         probe = self.https_probe(vips[0], duration=1.0 + observe)
         time.sleep(1.0)
@@ -299,13 +300,13 @@ class ProxyDrills:
         writer = local[0]
         states = {p: layer.server_states(dep, p) for p in self.proxies}
         if any(s is None for s in states.values()):
-            raise DrillSkipped(f"HAProxy does not answer on every proxy of {self.region}")
+            raise DrillCannotRun(f"HAProxy does not answer on every proxy of {self.region}")
         nexts = {p: [n for n, st in s["galera"].items() if n != writer and st["status"].startswith("UP")]
                  for p, s in states.items()}
         if not all(nexts.values()):
             missing = self._remote_db_allowed()
             if len(local) == 1 and missing:
-                raise DrillSkipped(
+                raise DrillCannotRun(
                     f"{self.region} has one Galera node and its proxies may not reach the other regions' nodes "
                     f"(security groups lack: {'; '.join(missing[:4])}): no node could take over")
             raise LabError(f"no backup database server is UP on {self.region}'s proxies: {states}")
@@ -389,7 +390,7 @@ class ProxyDrills:
         vip = self.vips("internal")[0]
         writer = self.topo.nodes(self.region, "galera")[0].name
         if not layer.db_query(dep, self.client, vip.address, "SELECT 1")[0]:
-            raise DrillSkipped(f"the database frontend of {self.region} does not answer")
+            raise DrillCannotRun(f"the database frontend of {self.region} does not answer")
         cnf = layer.ensure_check_user(dep)
         dep.sql(writer, f"CREATE DATABASE IF NOT EXISTS {layer.DRILL_DB}; CREATE TABLE IF NOT EXISTS "
                         f"{layer.DRILL_DB}.ticks (id BIGINT AUTO_INCREMENT PRIMARY KEY, node VARCHAR(64) NOT NULL, "
@@ -473,18 +474,19 @@ class ProxyDrills:
                                 interval: float = 0.05) -> DrillResult:
         """Every Keystone node of the region dies (SIGKILL of its whole process group) while
         a client validates a token through the region's public VIP: the proxies send the
-        requests to the other regions' public endpoints (backup servers). Target: the
-        first success within 3 s, no failed validation."""
+        requests to the other regions' public endpoints (backup servers). Fails on a failed
+        validation or when no other region answered; the time to the first success is
+        reported, never judged (speed targets live in the benchmark)."""
         dep = self.dep
         running = self.keystone_processes()
         if not any(running.values()):
-            raise DrillSkipped(f"Keystone is not running in the lab (no process on "
+            raise DrillCannotRun(f"Keystone is not running in the lab (no process on "
                                f"{', '.join(running)}): this drill runs once the Keystone layer starts it")
         for node in running:
             health = f"http://{self.topo.node(node).address}:{PORTS['keystone']}/healthcheck"
             code = dep.http_status(self.proxies[0], health)
             if code != 200:
-                raise DrillSkipped(f"{node} does not answer /healthcheck (HTTP {code})")
+                raise DrillCannotRun(f"{node} does not answer /healthcheck (HTTP {code})")
         states = {p: layer.server_states(dep, p) for p in self.proxies}
         backups_up = {p: [n for n, st in (s or {}).get("keystone", {}).items() if st["backup"]
                           and st["status"].startswith("UP")] for p, s in states.items()}
@@ -492,7 +494,7 @@ class ProxyDrills:
             cfg = open(dep.lab.procs.host_path(self.proxies[0], "/etc/haproxy/haproxy.cfg")).read()
             from keystone_multiregion.roles.proxy import SYSTEM_CA_BUNDLE
             if f"ca-file {SYSTEM_CA_BUNDLE}" in cfg:
-                raise DrillSkipped("the other regions' endpoints (backup servers) are DOWN: their development "
+                raise DrillCannotRun("the other regions' endpoints (backup servers) are DOWN: their development "
                                    "certificates cannot be verified, because the proxies' secrets carry no "
                                    "public_ca_cert (keystone_multiregion/secrets.py must pass it on)")
             raise LabError(f"no backup server of the keystone backend is UP: {states}")
@@ -540,8 +542,8 @@ class ProxyDrills:
         problems = []
         if seen["failed"]:
             problems.append(f"{seen['failed']} validations failed after the kill: {seen['errors']}")
-        if seen["first_success_s"] is None or seen["first_success_s"] > 3:
-            problems.append(f"first success after {seen['first_success_s']}s (target 3 s)")
+        if seen["first_success_s"] is None:
+            problems.append("no validation succeeded after the kill")
         if not by_backup:
             problems.append("no request went to another region's endpoint")
         if not local_back:
@@ -561,8 +563,8 @@ class ProxyDrills:
                       self.drill_db_failover, self.drill_db_partition, self.drill_keystone_failover):
             try:
                 result = drill()
-            except DrillSkipped as exc:
-                result = DrillResult(f"{drill.__name__} (skipped)", True, {"skipped": str(exc)})
+            except DrillCannotRun as exc:
+                result = DrillResult(f"{drill.__name__} could not run", False, {}, [str(exc)])
             log(result.line())
             results.append(result)
         return results

@@ -72,4 +72,5 @@ def test_8_wan_latency_costs_commits_not_reads(drills):
     m = result.measured
     assert m["rtt_ms"] >= 90
     assert m["commit_ms"] - m["commit_ms_without_delay"] >= 90
-    assert m["read_ms"] - m["read_ms_without_delay"] < 50
+    # A read that waited for another region would pay at least one round trip.
+    assert m["read_ms"] - m["read_ms_without_delay"] < 0.9 * m["rtt_ms"]
