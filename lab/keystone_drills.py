@@ -510,6 +510,127 @@ class KeystoneDrills:
         return DrillResult("K9. credential keys rotate region by region; TOTP users keep logging in",
                            not problems, measured, problems)
 
+    def drill_stale_permissions(self, samples: int = 5) -> DrillResult:
+        """K10: authorization changed in the first region stops working in every other region
+        within the bound (keystone.token_cache_s), though each region only invalidates its
+        own memcached: a role removed (no new token carries it, the old token no longer
+        validates with it, the admin-only call is refused), a user disabled (no token, old
+        token refused), a project disabled (no scoped token, old token refused). Each
+        region's caches are warm with the old permission when the change is made."""
+        first, others = self.regions[0], self.regions[1:]
+        bound = self.topo.keystone.token_cache_s
+        admin = self.admin_token(first)
+        name = f"k10-{uuid.uuid4().hex[:8]}"
+        password = "drill-" + name
+        problems: list[str] = []
+        measured: dict = {"bound_s": bound}
+
+        def body(out: dict, key: str) -> dict:
+            return (out.get("body") or {}).get(key) or {} if isinstance(out.get("body"), dict) else {}
+
+        project = body(self.call(first, "POST", admin, "/v3/projects",
+                                 {"project": {"name": name, "domain_id": "default"}}), "project").get("id")
+        users = {}
+        for who in ("ops", "dev"):
+            users[who] = body(self.call(first, "POST", admin, "/v3/users", {"user": {
+                "name": f"{name}-{who}", "password": password, "domain_id": "default"}}), "user").get("id")
+        roles = {r["name"]: r["id"] for r in (self.call(first, "GET", admin, "/v3/roles").get("body") or {})
+                 .get("roles", [])}
+        if not project or not all(users.values()) or not {"admin", "member"} <= set(roles):
+            return DrillResult("K10. authorization changes reach every region within the bound", False, measured,
+                               [f"set-up failed: project {project}, users {users}, roles {sorted(roles)}"])
+        grants = [("ops", "admin"), ("ops", "member"), ("dev", "member")]
+        for who, role in grants:
+            out = self.call(first, "PUT", admin, f"/v3/projects/{project}/users/{users[who]}/roles/{roles[role]}")
+            if out.get("status") != 204:
+                problems.append(f"granting {role} to {who} in {first}: {out.get('status')}")
+
+        def login(region: str, who: str) -> dict:
+            return self.ks(region, "token", self.url(region), f"{name}-{who}", password, name)
+
+        admins = {r: self.admin_token(r) for r in others}
+        # Warm every other region with the old permissions, as its traffic would have.
+        old = {}
+        for region in others:
+            old[region] = {who: login(region, who) for who in users}
+            for who, out in old[region].items():
+                if out.get("status") != 201:
+                    problems.append(f"{who} could not log in to {region} before any change: {out}")
+            listed = self.call(region, "GET", old[region]["ops"].get("token") or "", "/v3/users?name=admin")
+            if listed.get("status") != 200:
+                problems.append(f"the admin-only call failed in {region} before the change: {listed.get('status')}")
+            for who in users:
+                self.validate(region, admins[region], old[region][who].get("token") or "")
+        # Validation latency with warm caches, and right after the caches expired.
+        region = others[0]
+        subject = old[region]["dev"].get("token") or ""
+        warm = sorted(self.validate(region, admins[region], subject).get("ms") or 0 for _ in range(samples))
+        measured["validation_ms"] = {"warm_median": warm[len(warm) // 2]}
+        if problems:
+            return DrillResult("K10. authorization changes reach every region within the bound", False, measured,
+                               problems)
+
+        def still_admin(region: str) -> list[str]:
+            new = login(region, "ops")
+            seen = self.validate(region, admins[region], old[region]["ops"].get("token") or "")
+            call = self.call(region, "GET", new.get("token") or "", "/v3/users?name=admin") \
+                if new.get("token") else {"status": None}
+            return [what for what, stale in (("a new token carries admin", "admin" in (new.get("roles") or [])),
+                                             ("the old token validates with admin",
+                                              seen.get("status") == 200 and "admin" in (seen.get("roles") or [])),
+                                             ("the admin-only call succeeds", call.get("status") == 200)) if stale]
+
+        def still_works(who: str):
+            def check(region: str) -> list[str]:
+                new = login(region, who)
+                seen = self.validate(region, admins[region], old[region][who].get("token") or "")
+                return [what for what, stale in (("a new token is issued", new.get("status") == 201),
+                                                 ("the old token validates", seen.get("status") == 200)) if stale]
+            return check
+
+        changes = [
+            ("role removed", f"/v3/projects/{project}/users/{users['ops']}/roles/{roles['admin']}", "DELETE", None,
+             still_admin),
+            ("user disabled", f"/v3/users/{users['ops']}", "PATCH", {"user": {"enabled": False}}, still_works("ops")),
+            ("project disabled", f"/v3/projects/{project}", "PATCH", {"project": {"enabled": False}},
+             still_works("dev")),
+        ]
+        for label, path, method, payload, stale_in in changes:
+            out = self.call(first, method, admin, path, payload)
+            t0 = time.monotonic()
+            if out.get("status") not in (200, 204):
+                problems.append(f"{label} in {first}: {out.get('status')} {out.get('body')}")
+                continue
+            per_region = {}
+            for region in others:
+                seen_stale: list[str] = []
+
+                def gone(region=region, seen_stale=seen_stale):
+                    stale = stale_in(region)
+                    if stale:
+                        seen_stale[:] = stale
+                    return not stale
+
+                done = wait_until(gone, timeout=bound + 60, interval=1.0)
+                elapsed = round(time.monotonic() - t0, 1)
+                per_region[region] = {"old_permission_worked_for_s": elapsed if done else None,
+                                      "stale_seen": seen_stale}
+                if not done:
+                    problems.append(f"{label}: {region} still allows it after {bound + 60}s ({', '.join(seen_stale)})")
+                elif elapsed > bound + 5:  # the documented bound, plus the poll's own step
+                    problems.append(f"{label}: {region} allowed it for {elapsed}s, above the bound of {bound}s "
+                                    f"({', '.join(seen_stale)})")
+            measured[label] = per_region
+        # After the bound every cached entry has expired: the first validation reads the database.
+        time.sleep(bound + 1)
+        measured["validation_ms"]["after_expiry"] = self.validate(region, admins[region], admins[region]).get("ms")
+        measured["validation_ms"]["warm_again"] = self.validate(region, admins[region], admins[region]).get("ms")
+        self.call(first, "DELETE", admin, f"/v3/projects/{project}")
+        for uid in users.values():
+            self.call(first, "DELETE", admin, f"/v3/users/{uid}")
+        return DrillResult("K10. authorization changes reach every region within the bound", not problems,
+                           measured, problems)
+
     def _revoke(self, region: str, admin: str, subject: str) -> int | None:
         code = ("import json,sys,urllib.request as u\n"
                 "r=u.Request(sys.argv[1]+'/v3/auth/tokens',method='DELETE',"
@@ -524,7 +645,8 @@ class KeystoneDrills:
         results = []
         for drill in (self.drill_one_identity, lambda: self.drill_partition(galera_drills), self.drill_mfa,
                       self.drill_memcached_down, self.drill_revocation, self.drill_rotation,
-                      self.drill_key_safety, self.drill_push_path, self.drill_credential_rotation):
+                      self.drill_key_safety, self.drill_push_path, self.drill_credential_rotation,
+                      self.drill_stale_permissions):
             result = drill()
             log(result.line())
             results.append(result)

@@ -68,14 +68,19 @@ def token(url: str, user: str, password: str | None, project: str, passcode: str
     hdrs = {k.lower(): v for k, v in (out.pop("headers", None) or {}).items()}
     out["token"] = hdrs.get("x-subject-token")
     out["receipt"] = hdrs.get("openstack-auth-receipt")
-    out.pop("body", None)
+    body = out.pop("body", None)
+    if isinstance(body, dict) and isinstance(body.get("token"), dict):
+        out["roles"] = sorted(r.get("name") for r in body["token"].get("roles") or [])
     return out
 
 
 def validate(url: str, auth: str, subject: str) -> dict:
+    """Validation status and time, and the roles the token carries as validated."""
     out = _request("GET", f"{url}/v3/auth/tokens", None, {"X-Auth-Token": auth, "X-Subject-Token": subject})
     out.pop("headers", None)
-    out.pop("body", None)
+    body = out.pop("body", None)
+    if isinstance(body, dict) and isinstance(body.get("token"), dict):
+        out["roles"] = sorted(r.get("name") for r in body["token"].get("roles") or [])
     return out
 
 

@@ -29,6 +29,10 @@ def test_keystone_conf(topo, secrets):
     conf = _ini(_files(topo, "keystone-region-b-2", secrets)[KEYSTONE_CONF].content)
     assert conf["token"]["provider"] == "fernet"
     assert conf["token"]["cache_time"] == "60" and conf["revoke"]["cache_time"] == "60"
+    # Every cache that carries authorization data has the same bound; none falls back to
+    # [cache] expiration_time (an hour), which would keep a removed role working elsewhere.
+    for section in ("role", "resource", "identity", "application_credential", "receipt", "domain_config"):
+        assert conf[section]["cache_time"] == "60", section
     assert conf["fernet_tokens"]["max_active_keys"] == "5"  # (3600 + 172800) / 86400 + 2, rounded up
     assert conf["fernet_receipts"]["key_repository"] == conf["fernet_tokens"]["key_repository"]
     assert conf["credential"]["key_repository"] == "/etc/keystone/credential-keys/"
@@ -40,7 +44,7 @@ def test_keystone_conf(topo, secrets):
     # The database through the region's internal VIP, over TLS verified with the Galera CA.
     internal = topo.vips("region-b", "internal")[0].address
     assert conf["database"]["connection"] == \
-        f"mysql+pymysql://keystone:{secrets['keystone_db_password']}@{internal}:3306/keystone" \
+        f"mysql+tlspymysql://keystone:{secrets['keystone_db_password']}@{internal}:3306/keystone" \
         "?ssl_ca=/etc/keystone/galera-ca.pem&ssl_check_hostname=false"
     ca = _files(topo, "keystone-region-b-2", secrets)["/etc/keystone/galera-ca.pem"]
     assert ca.content == secrets["galera_ca_cert"] and ca.permissions == "0644"
@@ -133,6 +137,7 @@ def test_max_active_keys_follows_the_rotation_interval():
 
 def _wsgi_module(app):
     """Load templates/keystone/keystone-wsgi.py with a stand-in Keystone application."""
+    sys.modules.pop("keystone_dbtls", None)
     fake = types.ModuleType("keystone.server.wsgi")
     fake.initialize_public_application = lambda: app
     sys.modules.update({"keystone": types.ModuleType("keystone"), "keystone.server": types.ModuleType("keystone.server"),
@@ -186,3 +191,106 @@ def test_lab_totp_matches_rfc_6238():
     assert totp(secret, at=59) == "287082"  # RFC 6238 appendix B, SHA-1, last 6 of 94287082
     assert totp(secret, at=1111111109) == "081804"  # 07081804
     assert totp(secret, at=59) != totp(secret, at=89)
+
+
+# -- the database connection: TLS or nothing ---------------------------------------------------
+def _fake_mysql_without_tls():
+    """A server that greets like MariaDB but offers no TLS, and records what the client sends
+    back (loopback only, one connection, bounded by socket timeouts)."""
+    import socket
+    import struct
+    import threading
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    srv.settimeout(10)
+    received = []
+
+    def serve():
+        try:
+            conn, _ = srv.accept()
+        except OSError:
+            return
+        with conn:
+            conn.settimeout(5)
+            caps = (0xFFFF & ~0x0800) | 0x8000 | 0x0200  # everything but CLIENT_SSL (0x0800)
+            greeting = (bytes([10]) + b"5.5.5-10.11.0-MariaDB\0" + struct.pack("<I", 1) + b"abcdefgh\0"
+                        + struct.pack("<H", caps) + bytes([33]) + struct.pack("<HH", 2, 0x0008) + bytes([21])
+                        + b"\0" * 10 + b"ijklmnopqrst\0" + b"mysql_native_password\0")
+            conn.sendall(struct.pack("<I", len(greeting))[:3] + b"\0" + greeting)
+            data = b""
+            try:
+                while chunk := conn.recv(4096):
+                    data += chunk
+            except OSError:
+                pass
+            received.append(data)
+        srv.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return srv.getsockname()[1], thread, received
+
+
+def _dbtls():
+    sys.path.insert(0, str(TEMPLATES / "keystone"))
+    try:
+        import keystone_dbtls
+        return keystone_dbtls
+    finally:
+        sys.path.remove(str(TEMPLATES / "keystone"))
+
+
+@pytest.mark.parametrize("driver", ["tlspymysql", "pymysql"])
+def test_the_keystone_db_driver_sends_no_login_to_a_server_without_tls(topo, secrets, driver):
+    """keystone.conf's URL, pointed at a server that offers no TLS: our driver refuses before
+    the login; plain PyMySQL (what keystone.conf named before) sends the user and password
+    hash in clear — the control that shows the test can fail."""
+    import sqlalchemy
+    _dbtls().register()
+    url = _ini(_files(topo, "keystone-region-b-2", secrets)[KEYSTONE_CONF].content)["database"]["connection"]
+    assert url.startswith("mysql+tlspymysql://")
+    port, thread, received = _fake_mysql_without_tls()
+    internal = topo.vips("region-b", "internal")[0].address
+    ca = "/etc/ssl/certs/ca-certificates.crt"  # any CA file: the server never gets as far as TLS
+    url = (url.replace("mysql+tlspymysql", f"mysql+{driver}").replace(f"@{internal}:3306", f"@127.0.0.1:{port}")
+           .replace("/etc/keystone/galera-ca.pem", ca))
+    engine = sqlalchemy.create_engine(url)
+    with pytest.raises(sqlalchemy.exc.OperationalError) as err:
+        engine.connect()
+    thread.join(15)
+    if driver == "tlspymysql":
+        assert "does not offer TLS" in str(err.value) and "no credentials were sent" in str(err.value)
+        assert received == [b""]
+    else:
+        assert b"keystone" in received[0]  # the login went out in clear
+
+
+def test_the_keystone_db_driver_refuses_a_url_without_a_ca():
+    import pymysql
+    dbtls = _dbtls()
+    port, thread, received = _fake_mysql_without_tls()
+    with pytest.raises(pymysql.err.OperationalError, match="names no CA"):
+        dbtls.connect(host="127.0.0.1", port=port, user="keystone", password="x", connect_timeout=5)
+    thread.join(15)
+    assert received == [b""]
+
+
+def test_every_keystone_entry_point_loads_the_tls_driver(topo, secrets):
+    """The API (WSGI file) and keystone-manage register the driver before Keystone reads its
+    configuration; keystone-node connects with the same class."""
+    from keystone_multiregion.roles.keystone import DBTLS_MODULE, KEYSTONE_MANAGE
+    files = _files(topo, "keystone-region-a-1", secrets)
+    assert files[DBTLS_MODULE].content == (TEMPLATES / "keystone/keystone_dbtls.py").read_text()
+    assert files[KEYSTONE_MANAGE].permissions == "0755"
+    for path in (WSGI_FILE, KEYSTONE_MANAGE):
+        text = files[path].content
+        assert text.index("keystone_dbtls.register()") < text.index("from keystone")
+
+
+def test_keystone_node_uses_the_shipped_paths_of_the_tls_driver(topo, secrets):
+    """keystone-node names the same keystone-manage and driver module the role ships."""
+    from keystone_multiregion.roles.keystone import DBTLS_MODULE, KEYSTONE_MANAGE
+    text = (TEMPLATES / "keystone/keystone-node.py").read_text()
+    assert f'KEYSTONE_MANAGE = "{KEYSTONE_MANAGE}"' in text and f'DBTLS_MODULE = "{DBTLS_MODULE}"' in text
+    assert '["keystone-manage"' not in text and "pymysql.connect(" not in text

@@ -13,6 +13,18 @@ KEYSTONE_NODE_TOOL = "/usr/local/sbin/keystone-node"
 KEYSTONE_CONF = "/etc/keystone/keystone.conf"
 UWSGI_INI = "/etc/keystone/keystone-multiregion-uwsgi.ini"
 WSGI_FILE = "/usr/local/lib/keystone-multiregion/keystone-wsgi.py"
+# TLS-or-nothing database driver (templates/keystone/keystone_dbtls.py) and the
+# keystone-manage that loads it, ahead of Debian's /usr/bin/keystone-manage on PATH.
+DBTLS_MODULE = "/usr/local/lib/keystone-multiregion/keystone_dbtls.py"
+KEYSTONE_MANAGE = "/usr/local/bin/keystone-manage"
+DB_DRIVER = "mysql+tlspymysql"
+# Keystone's caches that carry authorization data, each bounded like validated tokens
+# (keystone.token_cache_s): a write invalidates only the writing region's memcached, so in
+# every other region this is how long a removed role, a disabled user or project, a deleted
+# application credential keeps working. ([role] covers role assignments, including the
+# computed ones token validation reads; Keystone has no [assignment] cache option.)
+# Everything else (the catalog) keeps [cache] expiration_time, the design's 60 minutes.
+AUTHZ_CACHE_SECTIONS = ("role", "resource", "identity", "application_credential", "receipt", "domain_config")
 ADMIN_PASSWORD_FILE = "/etc/keystone/bootstrap-admin-password"
 DB_CA_FILE = "/etc/keystone/galera-ca.pem"  # verifies the Galera nodes' certificates
 KEY_DIRS = {"fernet_keys": "/etc/keystone/fernet-keys", "credential_keys": "/etc/keystone/credential-keys"}
@@ -46,6 +58,8 @@ def _context(topo: Topology, node: Node, needed: dict) -> dict:
         "processes": topo.keystone.uwsgi_processes or node.vcpus,
         "wsgi_file": WSGI_FILE,
         "db_ca_path": DB_CA_FILE,
+        "db_driver": DB_DRIVER,
+        "authz_cache_sections": AUTHZ_CACHE_SECTIONS,
     }
 
 
@@ -94,6 +108,8 @@ KEYSTONE = RoleLayer(
         ("keystone/keystone-api.service.j2", "/etc/systemd/system/keystone-api.service", "0644"),
         ("keystone/keystone-node.py", KEYSTONE_NODE_TOOL, "0755"),
         ("keystone/keystone-wsgi.py", WSGI_FILE, "0644"),
+        ("keystone/keystone_dbtls.py", DBTLS_MODULE, "0644"),
+        ("keystone/keystone-manage", KEYSTONE_MANAGE, "0755"),
         ("keystone/keystone-api.path", "/etc/systemd/system/keystone-api.path", "0644"),
         ("keystone/keystone-key-check.service", "/etc/systemd/system/keystone-key-check.service", "0644"),
         ("keystone/keystone-key-check.timer", "/etc/systemd/system/keystone-key-check.timer", "0644"),

@@ -6,8 +6,16 @@ Shipped by keystone-multiregion (uwsgi's wsgi-file on every Keystone node, and t
 """
 
 import json
+import os
+import sys
 
-from keystone.server.wsgi import initialize_public_application
+# The database driver keystone.conf names (TLS or nothing), shipped next to this file.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import keystone_dbtls  # noqa: E402
+
+keystone_dbtls.register()
+
+from keystone.server.wsgi import initialize_public_application  # noqa: E402
 
 _keystone = initialize_public_application()
 

@@ -84,3 +84,11 @@ def test_drills_run_again_continue_from_the_keys_the_nodes_hold(deployment):
     _run(again.drill_rotation)
     _run(again.drill_credential_rotation)
     assert [c.line() for c in deployment.checks() if not c.ok] == []
+
+
+def test_k10_authorization_changes_reach_every_region_within_the_bound(kdrills, deployment):
+    m = _run(kdrills.drill_stale_permissions).measured
+    bound = deployment.topo.keystone.token_cache_s
+    for change in ("role removed", "user disabled", "project disabled"):
+        for region in ("lab-b", "lab-c"):
+            assert m[change][region]["old_permission_worked_for_s"] <= bound + 5, (change, region)
