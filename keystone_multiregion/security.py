@@ -3,6 +3,9 @@
 One group per role and region. Ingress only; egress keeps Neutron's default. Every
 remote is a peer's /32 (or, with ``peer_rules: cidr``, its region's CIDR), never
 0.0.0.0/0, except the public HTTPS frontend of the proxies, which is the service itself.
+Keystone's plain-HTTP port (5000: the internal VIP, the Keystone nodes) is admitted from
+the region's own network only; across regions Keystone is reached through the public
+HTTPS endpoint (the proxies' backup servers, roles/proxy.py).
 """
 
 from __future__ import annotations
@@ -73,7 +76,6 @@ def security_rules(topo: Topology, region: str) -> tuple[Rule, ...]:
     local = lambda role: [f"{n.address}/32" for n in topo.nodes(region, role)]  # noqa: E731
     galera_peers = _remotes(topo, topo.nodes(role="galera"))
     voters = _remotes(topo, topo.nodes(role="galera") + topo.nodes(role=ARBITRATOR))
-    region_cidrs = [r.cidr for r in topo.regions]
 
     for group in security_groups(topo, region):
         allow(group, "tcp", PORTS["ssh"], [topo.admin_cidr], "SSH from the admin network")
@@ -99,7 +101,8 @@ def security_rules(topo: Topology, region: str) -> tuple[Rule, ...]:
     allow("memcached", "tcp", PORTS["memcached"], local("keystone"), "memcached from the local Keystone nodes")
 
     allow("proxy", "tcp", PORTS["https"], [ANYWHERE], "Keystone public endpoint (HTTPS)")
-    allow("proxy", "tcp", PORTS["keystone"], region_cidrs, "Keystone internal endpoint from the regions' networks")
+    allow("proxy", "tcp", PORTS["keystone"], [topo.region(region).cidr],
+          "Keystone internal endpoint (plain HTTP) from this region's network only")
     allow("proxy", "tcp", PORTS["mysql"], local("keystone"), "database frontend from the local Keystone nodes")
     allow("proxy", VRRP_PROTOCOL, None, local("proxy"), "VRRP between the proxy pair")
     groups = security_groups(topo, region)

@@ -23,8 +23,10 @@ import policies  # noqa: E402
 
 PolicyPack(
     name=policies.PACK_NAME,
-    description="keystone-multiregion: no database port open to the world, SSH only from the admin "
-                "network, unversioned https catalog, anti-affinity, protected Galera volumes.",
+    description="keystone-multiregion: only HTTPS faces the world (no database, internal Keystone or "
+                "VRRP port), SSH only from the admin network, unversioned https catalog, anti-affinity, "
+                "protected Galera volumes.",
     enforcement_level=EnforcementLevel.MANDATORY,
-    policies=policies.make_policies(policies.admin_cidr_from_topology(PROJECT_DIR / "topology.yaml")),
+    policies=policies.make_policies(policies.admin_cidr_from_topology(PROJECT_DIR / "topology.yaml"),
+                                    policies.trusted_cidrs_from_topology(PROJECT_DIR / "topology.yaml")),
 )

@@ -15,6 +15,7 @@ the real values during `pulumi up`.
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import math
 import re
@@ -56,7 +57,8 @@ ROLE_KEY = "keystone-multiregion-role"
 CONTROL_PLANE_ROLES = ("proxy", "galera", "keystone", "memcached", "arbitrator")
 
 # Ports that only peers may reach (tests/test_policy.py checks them against
-# keystone_multiregion.security.PORTS, so the two tables cannot drift apart).
+# keystone_multiregion.security.PORTS and the proxy's monitor port, so the tables cannot
+# drift apart).
 SERVICE_PORTS = {
     3306: "MySQL client",
     4567: "Galera replication",
@@ -64,9 +66,14 @@ SERVICE_PORTS = {
     4444: "Galera SST",
     9200: "Galera health check",
     11211: "memcached",
+    5000: "Keystone internal endpoint, plain HTTP",
+    8404: "HAProxy monitor",
 }
 SSH_PORT = 22
 HTTPS_PORT = 443
+# IP protocol number of VRRP (keepalived between the proxies): whoever can send it can
+# take the VIPs over. Neutron accepts the name too.
+VRRP_PROTOCOL = "112"
 
 # Nova refuses user data longer than 65535 bytes once base64-encoded.
 NOVA_USER_DATA_LIMIT = 65535
@@ -75,6 +82,7 @@ DEFAULT_USER_DATA_WARN_FRACTION = 0.75
 # Protocol names and numbers that carry ports; anything else (icmp, vrrp/112) has none.
 _PORT_PROTOCOLS = {"tcp", "udp", "sctp", "udplite", "dccp", "6", "17", "132", "136", "33"}
 _ANY_PROTOCOL = {"", "any", "0"}
+_PROTOCOL_NAMES = {"vrrp": VRRP_PROTOCOL}
 _VERSION_SEGMENT = re.compile(r"^v\d+(\.\d+)*$", re.IGNORECASE)
 
 
@@ -139,16 +147,25 @@ def _port_range(props: dict) -> tuple[int, int]:
 
 
 def _protocol(props: dict) -> str:
+    """The rule's protocol, lower case; a number without leading zeros ("006" is "6"), and
+    VRRP always as its number."""
     proto = props.get("protocol")
-    return "" if proto is None else str(proto).lower()
+    proto = "" if proto is None else str(proto).strip().lower()
+    if proto.isdigit():
+        proto = str(int(proto))
+    return _PROTOCOL_NAMES.get(proto, proto)
+
+
+def _ingress(name: str, props: dict) -> bool:
+    direction = props.get("direction", "ingress")
+    if direction is UNKNOWN:
+        raise _needs(name, "direction")
+    return str(direction).lower() == "ingress"
 
 
 def _rule_ports(name: str, props: dict) -> Optional[tuple[int, int]]:
     """The ports an ingress rule opens, or None when it opens none (egress, icmp, vrrp)."""
-    direction = props.get("direction", "ingress")
-    if direction is UNKNOWN:
-        raise _needs(name, "direction")
-    if str(direction).lower() != "ingress":
+    if not _ingress(name, props):
         return None
     proto = props.get("protocol")
     if proto is UNKNOWN:
@@ -185,40 +202,101 @@ def _source(name: str, props: dict) -> tuple[str, Optional[Network]]:
     return f"anywhere (no remote_ip_prefix, i.e. {world})", ipaddress.ip_network(world)
 
 
-def _is_world(network: Optional[Network]) -> bool:
-    return network is not None and network.prefixlen == 0
-
-
-def _describe_rule(props: dict, low: int, high: int) -> str:
-    proto = _protocol(props) or "any protocol"
-    ports = str(low) if low == high else f"{low}-{high}"
-    return f"{proto} {ports}"
-
-
-def _world_open(name: str, props: dict):
-    """(source, low port, high port) of an ingress rule open to 0.0.0.0/0 or ::/0, else None."""
-    ports = _rule_ports(name, props)
+def _describe_rule(props: dict, ports: Optional[tuple[int, int]]) -> str:
+    proto = _protocol(props)
+    if proto in _ANY_PROTOCOL:
+        return "every protocol and port"
+    if proto == VRRP_PROTOCOL:
+        return f"IP protocol {VRRP_PROTOCOL} (VRRP)"
     if ports is None:
+        return proto if not proto.isdigit() else f"IP protocol {proto}"
+    low, high = ports
+    return f"{proto} {low if low == high else f'{low}-{high}'}"
+
+
+# --- the world ------------------------------------------------------------------------------
+# "The world" is every address outside the deployment's own networks: the regions' CIDRs
+# and the admin CIDR (topology.yaml). A rule whose remote prefix is not inside one of them
+# faces the world, whatever its prefix length: 0.0.0.0/1 and 128.0.0.0/1 are the internet
+# in two halves, 2000::/3 is every global IPv6 address, 10.0.0.0/8 is more than a region.
+
+def parse_trusted(cidrs: Optional[Iterable[str]]) -> Optional[list[Network]]:
+    """The trusted networks as ipaddress networks; None when the pack knows none. A value
+    that is not a CIDR raises ValueError naming it."""
+    if cidrs is None:
         return None
+    out = []
+    for c in cidrs:
+        try:
+            out.append(ipaddress.ip_network(str(c).strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"trustedCidrs: {c!r} is not a CIDR; give the regions' networks and the admin "
+                             "network, e.g. [\"10.10.1.0/24\", \"198.51.100.0/24\"]") from None
+    return out
+
+
+def _world_source(name: str, props: dict, trusted: Optional[list[Network]]) -> Optional[str]:
+    """Where an ingress rule admits traffic from, when that reaches beyond the trusted
+    networks; None when every address it admits is inside them (or in a security group of
+    the project)."""
     source, network = _source(name, props)
-    if not _is_world(network):
+    if network is not None:
+        inside = any(network.version == t.version and network.subnet_of(t) for t in trusted or [])
+        return None if inside else source
+    group = props.get("remoteGroupId")
+    if not props.get("remoteIpPrefix") and (group is UNKNOWN or group):
+        return None  # the members of a security group: the project's own ports
+    # An address group (whose addresses the pack cannot see), or a prefix that is no network.
+    return f"{source} (which may hold any address)"
+
+
+def _beyond(trusted: Optional[list[Network]]) -> str:
+    if trusted is None:
+        return ("outside the regions' networks and the admin network (this pack knows no regions' networks, "
+                "so every address counts: set trustedCidrs in the policy's config, or run the pack next to "
+                "the project's topology.yaml)")
+    return f"outside the regions' networks and the admin network ({', '.join(map(str, trusted))})"
+
+
+def _guarded(props: dict, ports: Optional[tuple[int, int]]) -> list[str]:
+    """What of the peers-only list a rule opens: ports in its range, and VRRP."""
+    hit = []
+    if ports is not None:
+        hit += [f"{p} ({label})" for p, label in sorted(SERVICE_PORTS.items()) if ports[0] <= p <= ports[1]]
+    if _protocol(props) in _ANY_PROTOCOL | {VRRP_PROTOCOL}:
+        hit.append(f"IP protocol {VRRP_PROTOCOL} (VRRP)")
+    return hit
+
+
+def _world_opening(name: str, props: dict, trusted: Optional[list[Network]]):
+    """(source, ports or None) of an ingress rule that faces the world, else None."""
+    if not _ingress(name, props):
         return None
-    return (source, *ports)
+    if props.get("protocol") is UNKNOWN:
+        raise _needs(name, "protocol")
+    source = _world_source(name, props, trusted)
+    if source is None:
+        return None
+    return source, _rule_ports(name, props)
 
 
-def check_service_ports_not_world_open(name: str, props: dict, report: ReportViolation) -> None:
-    """No ingress rule opens a database, replication, SST, memcached or health-check port
-    to 0.0.0.0/0 or ::/0."""
-    opened = _world_open(name, props)
+def check_service_ports_not_world_open(name: str, props: dict, trusted: Optional[list[Network]],
+                                       report: ReportViolation) -> None:
+    """No ingress rule from beyond the regions' and admin networks opens a peers-only port
+    (database, replication, SST, health check, memcached, Keystone's plain-HTTP internal
+    endpoint, HAProxy's monitor) or VRRP."""
+    opened = _world_opening(name, props, trusted)
     if opened is None:
         return
-    source, low, high = opened
-    hit = [f"{p} ({label})" for p, label in sorted(SERVICE_PORTS.items()) if low <= p <= high]
+    source, ports = opened
+    hit = _guarded(props, ports)
     if hit:
-        report(f"security group rule '{name}' lets {_describe_rule(props, low, high)} in from {source}, "
-               f"which opens {', '.join(hit)} to the whole internet. Fix: set remote_ip_prefix to the "
-               "peers that need the port (the Galera nodes' /32s, the local proxies or Keystone nodes, "
-               "as keystone_multiregion/security.py computes them), never 0.0.0.0/0 or ::/0.")
+        report(f"security group rule '{name}' lets {_describe_rule(props, ports)} in from {source}, "
+               f"{_beyond(trusted)}, which opens {', '.join(hit)} to the world. Fix: set remote_ip_prefix to "
+               "the peers that need it (the Galera nodes' /32s, the local proxies or Keystone nodes, the "
+               "other proxy of the pair for VRRP, as keystone_multiregion/security.py computes them), inside "
+               "the regions' networks; never "
+               "0.0.0.0/0, ::/0 or any other prefix reaching beyond them (only tcp 443 may face the world).")
 
 
 def check_ssh_only_from_admin(name: str, props: dict, admin_cidr: Optional[str], report: ReportViolation) -> None:
@@ -235,25 +313,26 @@ def check_ssh_only_from_admin(name: str, props: dict, admin_cidr: Optional[str],
     source, network = _source(name, props)
     if network is not None and network.version == admin.version and network.subnet_of(admin):
         return
-    report(f"security group rule '{name}' lets SSH ({_describe_rule(props, *ports)}) in from {source}; "
+    report(f"security group rule '{name}' lets SSH ({_describe_rule(props, ports)}) in from {source}; "
            f"only the admin CIDR {admin} may reach port 22. Fix: set remote_ip_prefix to {admin} "
            "(admin_cidr in topology.yaml) or remove the rule.")
 
 
-def check_world_open_only_https(name: str, props: dict, report: ReportViolation) -> None:
-    """Advisory: the only port the world should reach is HTTPS (443) on the proxies."""
-    opened = _world_open(name, props)
+def check_world_open_only_https(name: str, props: dict, trusted: Optional[list[Network]],
+                                report: ReportViolation) -> None:
+    """Advisory: the only thing the world should reach is HTTPS (tcp 443) on the proxies."""
+    opened = _world_opening(name, props, trusted)
     if opened is None:
         return
-    source, low, high = opened
-    if low == high == HTTPS_PORT and _protocol(props) == "tcp":
+    source, ports = opened
+    if ports == (HTTPS_PORT, HTTPS_PORT) and _protocol(props) in ("tcp", "6"):
         return
-    # Service ports and SSH have mandatory policies of their own; this one catches the rest.
-    if any(low <= p <= high for p in list(SERVICE_PORTS) + [SSH_PORT]):
+    # Peers-only ports, VRRP and SSH have mandatory policies of their own; this one catches the rest.
+    if _guarded(props, ports) or (ports is not None and ports[0] <= SSH_PORT <= ports[1]):
         return
-    report(f"security group rule '{name}' lets {_describe_rule(props, low, high)} in from {source}. "
-           "The public endpoint is tcp 443 on the proxies; anything else open to the world is "
-           "probably a mistake. Fix: narrow remote_ip_prefix to the networks that need it.")
+    report(f"security group rule '{name}' lets {_describe_rule(props, ports)} in from {source}, "
+           f"{_beyond(trusted)}. The public endpoint is tcp 443 on the proxies; anything else open to the "
+           "world is probably a mistake. Fix: narrow remote_ip_prefix to the networks that need it.")
 
 
 # --- catalog endpoints ---------------------------------------------------------------------
@@ -545,19 +624,32 @@ def check_galera_volumes_protected(view: StackView, report: ReportViolation) -> 
                    "(components/nodes.py).", vol.urn)
 
 
-# --- the admin CIDR ----------------------------------------------------------------------------
+# --- the admin CIDR and the trusted networks, from the topology -----------------------------------
 
-def admin_cidr_from_topology(path: Path) -> Optional[str]:
-    """`admin_cidr` of the project's topology, read by the project's own loader (which also
-    validates it); None when the pack runs without the project next to it."""
+def _topology(path: Path):
+    """The project's topology, read by the project's own loader (which also validates it);
+    None when the pack runs without the project next to it."""
     try:
         from keystone_multiregion.topology import TopologyError, load_topology_file
     except ImportError:
         return None
     try:
-        return load_topology_file(path).admin_cidr
+        return load_topology_file(path)
     except (OSError, TopologyError):
         return None
+
+
+def admin_cidr_from_topology(path: Path) -> Optional[str]:
+    """`admin_cidr` of the project's topology; None without one."""
+    topo = _topology(path)
+    return topo.admin_cidr if topo is not None else None
+
+
+def trusted_cidrs_from_topology(path: Path) -> Optional[list[str]]:
+    """The networks that are not "the world": every region's CIDR and `admin_cidr`; None
+    without a topology."""
+    topo = _topology(path)
+    return [r.cidr for r in topo.regions] + [topo.admin_cidr] if topo is not None else None
 
 
 # --- the policies ------------------------------------------------------------------------------
@@ -577,12 +669,32 @@ def _stack_policy(name, description, check, level=EnforcementLevel.MANDATORY):
     return StackValidationPolicy(name=name, description=description, validate=validate, enforcement_level=level)
 
 
-def make_policies(admin_cidr: Optional[str]) -> list:
+def make_policies(admin_cidr: Optional[str], trusted_cidrs: Optional[list[str]] = None) -> list:
     """Every policy of the pack. `admin_cidr` is the default of the SSH policy's `adminCidr`
-    config (the pack's __main__ reads it from topology.yaml); a config value overrides it."""
+    config, `trusted_cidrs` (the regions' CIDRs and the admin CIDR) the default of the
+    world-facing policies' `trustedCidrs` (the pack's __main__ reads both from topology.yaml);
+    a config value overrides them."""
     ssh_schema = {"adminCidr": {"type": "string", "description": "The only network SSH may come from."}}
     if admin_cidr:
         ssh_schema["adminCidr"]["default"] = admin_cidr
+    world_schema = {"trustedCidrs": {
+        "type": "array", "items": {"type": "string"},
+        "description": "The deployment's own networks (every region's CIDR and the admin CIDR); any "
+                       "other address is the world."}}
+    if trusted_cidrs:
+        world_schema["trustedCidrs"]["default"] = list(trusted_cidrs)
+
+    def world(check):
+        def run(args, props, report):
+            configured = (args.get_config() or {}).get("trustedCidrs")
+            try:
+                trusted = parse_trusted(configured if configured is not None else trusted_cidrs)
+            except ValueError as e:
+                report(f"security group rule '{args.name}' cannot be checked: {e}. Fix: correct trustedCidrs in "
+                       "the policy pack config (--policy-pack-config).")
+                return
+            check(args.name, props, trusted, report)
+        return run
 
     def ssh(args, props, report):
         configured = (args.get_config() or {}).get("adminCidr") or admin_cidr
@@ -595,9 +707,11 @@ def make_policies(admin_cidr: Optional[str]) -> list:
     return [
         _resource_policy(
             "no-service-port-open-to-world",
-            "No ingress rule opens a database, replication, SST, memcached or health-check port "
-            "to 0.0.0.0/0 or ::/0.",
-            {SECGROUP_RULE}, lambda args, props, report: check_service_ports_not_world_open(args.name, props, report)),
+            "No ingress rule from outside the regions' networks and the admin network opens a database, "
+            "replication, SST, health-check, memcached, Keystone internal (5000) or HAProxy monitor (8404) "
+            "port, or VRRP.",
+            {SECGROUP_RULE}, world(check_service_ports_not_world_open),
+            config_schema=PolicyConfigSchema(properties=world_schema)),
         _resource_policy(
             "ssh-only-from-admin-cidr", "SSH (tcp 22) is allowed only from the admin CIDR.",
             {SECGROUP_RULE}, ssh, config_schema=PolicyConfigSchema(properties=ssh_schema)),
@@ -625,9 +739,9 @@ def make_policies(admin_cidr: Optional[str]) -> list:
             level=EnforcementLevel.ADVISORY),
         _resource_policy(
             "world-open-only-https",
-            "Only HTTPS (tcp 443) should be open to the whole internet.",
-            {SECGROUP_RULE}, lambda args, props, report: check_world_open_only_https(args.name, props, report),
-            level=EnforcementLevel.ADVISORY),
+            "Only HTTPS (tcp 443) should be open beyond the regions' networks and the admin network.",
+            {SECGROUP_RULE}, world(check_world_open_only_https), level=EnforcementLevel.ADVISORY,
+            config_schema=PolicyConfigSchema(properties=copy.deepcopy(world_schema))),
         _resource_policy(
             "user-data-size",
             "An instance's user data stays well below Nova's 64 KiB limit.",

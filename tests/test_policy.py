@@ -14,7 +14,8 @@ import sys
 import pytest
 
 from helpers import ROOT
-from keystone_multiregion.security import PORTS
+from keystone_multiregion.roles.proxy import MONITOR_PORT
+from keystone_multiregion.security import PORTS, VRRP_PROTOCOL
 from keystone_multiregion.stacks import stack_config, stack_files
 from keystone_multiregion.topology import load_topology_file
 from policy_support import UNKNOWN, Analyzer, PackProcess, Resource, stack_requests, urn
@@ -98,8 +99,10 @@ def test_analyzer_info(pack):
 
 def test_service_ports_match_the_security_table():
     assert set(policies.SERVICE_PORTS) == {PORTS[k] for k in ("mysql", "galera_replication", "galera_ist",
-                                                                  "galera_sst", "galera_health", "memcached")}
+                                                                  "galera_sst", "galera_health", "memcached",
+                                                                  "keystone")} | {MONITOR_PORT}
     assert policies.SSH_PORT == PORTS["ssh"] and policies.HTTPS_PORT == PORTS["https"]
+    assert policies.VRRP_PROTOCOL == VRRP_PROTOCOL
 
 
 # --- no service port open to the world ----------------------------------------------------------
@@ -127,6 +130,101 @@ def test_service_port_open_to_world_fails(pack, inputs, opened):
 def test_service_port_open_to_peers_passes(pack, inputs):
     assert only(pack.analyze(rule(**inputs)), "no-service-port-open-to-world") == []
 
+
+
+# --- "the world": anything outside the regions' networks and the admin network -------------------
+
+TRUSTED = [r.cidr for r in TOPO.regions] + [TOPO.admin_cidr]
+
+
+@pytest.mark.parametrize("inputs, opened", [
+    # The internet in two halves: neither rule is /0, each one is the world.
+    ({"portRangeMin": 3306, "portRangeMax": 3306, "remoteIpPrefix": "0.0.0.0/1"}, "3306 (MySQL client)"),
+    ({"portRangeMin": 3306, "portRangeMax": 3306, "remoteIpPrefix": "128.0.0.0/1"}, "3306 (MySQL client)"),
+    # IPv6: every global unicast address, and no IPv6 network is a region's.
+    ({"ethertype": "IPv6", "portRangeMin": 3306, "portRangeMax": 3306, "remoteIpPrefix": "2000::/3"},
+     "3306 (MySQL client)"),
+    # Wider than a region's network.
+    ({"portRangeMin": 3306, "portRangeMax": 3306, "remoteIpPrefix": "10.10.0.0/16"}, "3306 (MySQL client)"),
+    # VRRP, by number and by name: anyone could take the VIPs over.
+    ({"protocol": "112", "remoteIpPrefix": "0.0.0.0/0"}, "IP protocol 112 (VRRP)"),
+    ({"protocol": "vrrp", "remoteIpPrefix": "0.0.0.0/0"}, "IP protocol 112 (VRRP)"),
+    ({"protocol": "112", "ethertype": "IPv6"}, "IP protocol 112 (VRRP)"),  # no remote: ::/0
+    # Keystone's plain-HTTP internal endpoint and HAProxy's monitor.
+    ({"portRangeMin": 5000, "portRangeMax": 5000, "remoteIpPrefix": "0.0.0.0/0"},
+     "5000 (Keystone internal endpoint, plain HTTP)"),
+    ({"portRangeMin": 8404, "portRangeMax": 8404, "remoteIpPrefix": "203.0.113.0/24"}, "8404 (HAProxy monitor)"),
+    # Every protocol ("any", empty or none): every port and VRRP too.
+    ({"protocol": "any", "remoteIpPrefix": "0.0.0.0/1"}, "IP protocol 112 (VRRP)"),
+    ({"protocol": "", "remoteIpPrefix": "192.0.2.0/24"}, "5000 (Keystone internal endpoint, plain HTTP)"),
+    ({"protocol": None, "remoteIpPrefix": "2000::/3", "ethertype": "IPv6"}, "3306 (MySQL client)"),
+    # An address group's addresses are not visible to the pack: it may hold 0.0.0.0/0.
+    ({"portRangeMin": 3306, "portRangeMax": 3306, "remoteAddressGroupId": "ag-1"}, "3306 (MySQL client)"),
+])
+def test_guarded_port_open_beyond_the_regions_fails(pack, inputs, opened):
+    d = assert_violation(pack.analyze(rule(**inputs)), "no-service-port-open-to-world", "sg-galera-t-rule")
+    assert opened in d.message and "outside the regions' networks and the admin network" in d.message, d.message
+
+
+@pytest.mark.parametrize("inputs", [
+    {"portRangeMin": 3306, "portRangeMax": 3306, "remoteIpPrefix": "10.10.2.0/24"},  # a region's network
+    {"portRangeMin": 5000, "portRangeMax": 5000, "remoteIpPrefix": "10.10.1.0/24"},
+    {"protocol": "112", "remoteIpPrefix": "10.10.1.26/32"},  # VRRP from the other proxy
+    {"protocol": "vrrp", "remoteGroupId": "sg-proxy-t-id"},
+    {"protocol": None, "remoteIpPrefix": "10.10.3.0/24"},  # everything, but from a region only
+    {"portRangeMin": 8404, "portRangeMax": 8404, "remoteIpPrefix": "198.51.100.7/32"},  # the admin network
+])
+def test_guarded_port_open_inside_the_regions_passes(pack, inputs):
+    assert only(pack.analyze(rule(**inputs)), "no-service-port-open-to-world") == []
+
+
+def test_the_world_is_the_topologys_complement(pack):
+    """The trusted networks the pack uses by default are the topology's, and config overrides them."""
+    info = {p.name: p for p in pack.info().policies}
+    for name in ("no-service-port-open-to-world", "world-open-only-https"):
+        assert list(info[name].configSchema.properties["trustedCidrs"]["default"]) == TRUSTED
+    assert policies.trusted_cidrs_from_topology(ROOT / "topology.yaml") == TRUSTED
+    assert policies.trusted_cidrs_from_topology(ROOT / "no-such-topology.yaml") is None
+    ours = rule(portRangeMin=3306, portRangeMax=3306, remoteIpPrefix="10.10.1.0/24")
+    theirs = rule(portRangeMin=3306, portRangeMax=3306, remoteIpPrefix="192.0.2.0/24")
+    try:
+        pack.configure({"no-service-port-open-to-world": {"trustedCidrs": ["192.0.2.0/24"]}})
+        assert only(pack.analyze(theirs), "no-service-port-open-to-world") == []
+        assert_violation(pack.analyze(ours), "no-service-port-open-to-world", "sg-galera-t-rule")
+    finally:
+        pack.configure()
+    assert only(pack.analyze(ours), "no-service-port-open-to-world") == []
+
+
+def test_trusted_cidrs_not_a_cidr_is_one_clear_line(pack):
+    try:
+        pack.configure({"no-service-port-open-to-world": {"trustedCidrs": ["10.10.1.0/24", "region-a"]}})
+        d = assert_violation(pack.analyze(rule(portRangeMin=443, portRangeMax=443, remoteIpPrefix="0.0.0.0/0")),
+                             "no-service-port-open-to-world", "sg-galera-t-rule")
+        assert "trustedCidrs: 'region-a' is not a CIDR" in d.message.splitlines()[-1]
+    finally:
+        pack.configure()
+
+
+def test_without_trusted_networks_every_prefix_is_the_world():
+    """A pack without the project's topology and without config fails closed."""
+    reports = []
+    policies.check_service_ports_not_world_open(
+        "r", {"direction": "ingress", "protocol": "tcp", "portRangeMin": 3306, "portRangeMax": 3306,
+              "remoteIpPrefix": "10.10.1.42/32"}, None, reports.append)
+    assert len(reports) == 1 and "knows no regions' networks" in reports[0] and "trustedCidrs" in reports[0]
+
+
+@pytest.mark.parametrize("inputs, what", [
+    ({"portRangeMin": 8080, "portRangeMax": 8080, "remoteIpPrefix": "0.0.0.0/1"}, "tcp 8080"),
+    ({"protocol": "icmp", "remoteIpPrefix": "0.0.0.0/0"}, "icmp"),
+    ({"protocol": "47", "remoteIpPrefix": "2000::/3", "ethertype": "IPv6"}, "47"),  # GRE
+])
+def test_other_protocols_beyond_the_regions_are_advisory(pack, inputs, what):
+    diags = pack.analyze(rule(**inputs))
+    assert only(diags, "no-service-port-open-to-world") == []
+    d = assert_violation(diags, "world-open-only-https", "sg-galera-t-rule", level="advisory")
+    assert what in d.message
 
 # --- SSH only from the admin CIDR ------------------------------------------------------------------
 
@@ -342,10 +440,18 @@ def test_user_data_near_nova_limit_is_advisory(pack):
 
 
 def test_other_world_open_port_is_advisory(pack):
-    d = assert_violation(pack.analyze(rule(portRangeMin=5000, portRangeMax=5000, remoteIpPrefix="0.0.0.0/0")),
+    d = assert_violation(pack.analyze(rule(portRangeMin=5001, portRangeMax=5001, remoteIpPrefix="0.0.0.0/0")),
                          "world-open-only-https", "sg-galera-t-rule", level="advisory")
-    assert "tcp 5000" in d.message
+    assert "tcp 5001" in d.message
     assert pack.analyze(rule(portRangeMin=443, portRangeMax=443, remoteIpPrefix="0.0.0.0/0")) == []
+    assert pack.analyze(rule(portRangeMin=443, portRangeMax=443, remoteIpPrefix="::/0", ethertype="IPv6")) == []
+
+
+def test_keystone_internal_port_to_the_world_is_mandatory(pack):
+    """5000 serves plain HTTP: no longer only advisory."""
+    diags = pack.analyze(rule(portRangeMin=5000, portRangeMax=5000, remoteIpPrefix="0.0.0.0/0"))
+    assert_violation(diags, "no-service-port-open-to-world", "sg-galera-t-rule")
+    assert only(diags, "world-open-only-https") == []  # one report, from the mandatory policy
 
 
 def test_value_unknown_in_preview_is_not_a_violation(pack):
@@ -406,6 +512,14 @@ MUTATIONS = {
     "database port to the world": ("sg-galera-region-a-tcp-3306-from-10-10-1-42-32",
                                    _set("remoteIpPrefix", "0.0.0.0/0"), "no-service-port-open-to-world",
                                    "sg-galera-region-a-tcp-3306-from-10-10-1-42-32"),
+    "database port to half the internet": ("sg-galera-region-a-tcp-3306-from-10-10-1-42-32",
+                                           _set("remoteIpPrefix", "128.0.0.0/1"), "no-service-port-open-to-world",
+                                           "sg-galera-region-a-tcp-3306-from-10-10-1-42-32"),
+    "internal endpoint to the world": ("sg-proxy-region-a-tcp-5000-from-10-10-1-0-24",
+                                       _set("remoteIpPrefix", "0.0.0.0/0"), "no-service-port-open-to-world",
+                                       "sg-proxy-region-a-tcp-5000-from-10-10-1-0-24"),
+    "VRRP from the world": ("sg-proxy-region-a-vrrp-from-10-10-1-26-32", _set("remoteIpPrefix", "0.0.0.0/0"),
+                            "no-service-port-open-to-world", "sg-proxy-region-a-vrrp-from-10-10-1-26-32"),
 }
 
 

@@ -28,6 +28,7 @@ from keystone_multiregion.render import render_node
 from keystone_multiregion.roles.proxy import (FORWARDED_HEADER, HAPROXY_CFG, KEEPALIVED_CONF, PEER_CA,
                                               PROXY, PUBLIC_PEM, STATS_SOCKET, SYSTEM_CA_BUNDLE,
                                               galera_servers, ring_after)
+from keystone_multiregion.security import PORTS, security_rules
 from keystone_multiregion.topology import load_topology
 
 LAB_TOPOLOGY = Path(__file__).resolve().parent.parent / "lab" / "topology.yaml"
@@ -211,6 +212,30 @@ def test_keystone_backend_local_nodes_then_every_other_region_as_backup(case):
         for fe in ("frontend keystone_public", "frontend keystone_internal"):
             assert f"use_backend keystone_local if {{ req.hdr({FORWARDED_HEADER}) -m found }}" in cfg[fe]
             assert "default_backend keystone" in cfg[fe]
+
+
+def test_what_a_proxy_reaches_is_admitted_and_crosses_regions_over_tls(case):
+    """Every server a proxy's HAProxy contacts (and its check port) is admitted by the
+    target's security group; Keystone in another region only through its public TLS
+    endpoint (443, certificate verified), never its plain-HTTP 5000, which the security
+    groups keep to the region's own network."""
+    _, topo, secrets = case
+    owner = {n.address: (n.region, n.role) for n in topo.nodes()}
+    owner.update({v.address: (r.name, "proxy") for r in topo.regions for v in topo.vips(r.name)})  # VIP ports
+    rules = {r.name: security_rules(topo, r.name) for r in topo.regions}
+    for proxy in topo.nodes(role="proxy"):
+        cfg = parse_haproxy(_files(render_node(topo, proxy.name, secrets))[HAPROXY_CFG].content)
+        source = ipaddress.ip_address(proxy.address)
+        for section in (s for s in cfg if s.startswith("backend ")):
+            for srv in servers(cfg[section]):
+                region, group = owner[srv["host"]]
+                for port in {srv["port"], int(param(srv["params"], "port") or srv["port"])}:
+                    assert any(r.group == group and r.protocol == "tcp" and r.port == port
+                               and source in ipaddress.ip_network(r.remote) for r in rules[region]), \
+                        f"{proxy.name} {section} {srv['name']}: {group} in {region} does not admit tcp {port}"
+                if section.startswith("backend keystone") and region != proxy.region:
+                    assert srv["port"] == PORTS["https"] and "ssl" in srv["params"], srv
+                    assert param(srv["params"], "verify") == "required", srv
 
 
 def test_no_backup_points_at_a_witness_site():

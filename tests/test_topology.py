@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from helpers import ROOT, example, five_regions
-from keystone_multiregion.security import ANYWHERE, VRRP_PROTOCOL, security_rules
+from keystone_multiregion.security import ANYWHERE, PORTS, VRRP_PROTOCOL, security_rules
 from keystone_multiregion.topology import TopologyError, load_topology, load_topology_file
 
 
@@ -92,6 +92,22 @@ def test_security_rules_never_open_internal_ports_to_the_world():
             if rule.protocol == VRRP_PROTOCOL:
                 assert rule.group == "proxy"
                 assert rule.remote in {f"{n.address}/32" for n in topo.nodes(region.name, "proxy")}
+
+
+@pytest.mark.parametrize("peer_rules", ["address", "cidr"])
+def test_plain_http_keystone_stays_in_its_region(peer_rules):
+    """tcp 5000 serves Keystone in clear text (the internal VIP, the Keystone nodes): only
+    the region's own network may reach it, never another region's across the WAN."""
+    for data in (example(), five_regions()):
+        data["defaults"]["peer_rules"] = peer_rules
+        topo = load_topology(data)
+        for region in topo.regions:
+            plain = [r for r in security_rules(topo, region.name) if r.port == PORTS["keystone"]]
+            assert plain and {r.group for r in plain} == {"proxy", "keystone"}
+            for rule in plain:
+                assert ipaddress.ip_network(rule.remote).subnet_of(region.network), rule
+            others = {r.cidr for r in topo.regions if r.name != region.name}
+            assert not others & {r.remote for r in plain}
 
 
 def test_cidr_peer_rules_are_one_per_region():

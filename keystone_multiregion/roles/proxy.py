@@ -10,7 +10,9 @@ HAProxy (/etc/haproxy/haproxy.cfg) serves, on the region's VRRP addresses only:
   from another region's proxy is served by the local Keystone nodes only, so a request
   never travels in a loop when every region's Keystone is down.
 - ``keystone_internal``: plain HTTP on the internal VIP, port 5000 (the internal and admin
-  endpoints), the same servers.
+  endpoints), the same servers. Plain HTTP never crosses the WAN: the security groups admit
+  5000 from the region's own network only (security.py), and the backup servers are the
+  other regions' public TLS endpoints, never their 5000.
 - ``galera``: MySQL (TCP) on the internal VIP, port 3306, for the region's Keystone nodes.
   One Galera node takes every connection (no certification conflicts between writers);
   the others are ``backup`` servers in a fixed order: the region's own nodes, then the

@@ -351,4 +351,11 @@ def checks(dep) -> list[Check]:
             ok = code == 200 if want_ok else code is not None
             out.append(Check(f"internal endpoint {internal.address}:{PORTS['keystone']} answers {keystones[0].name}",
                              ok, f"HTTP {code}"))
+            # Plain HTTP stays in the region: another region's node gets no answer (security group).
+            stranger = next((n for n in topo.nodes() if n.region != region), None)
+            if stranger is not None:
+                code = dep.http_status(stranger.name, f"http://{internal.address}:{PORTS['keystone']}/v3")
+                out.append(Check(f"internal endpoint {internal.address}:{PORTS['keystone']} refuses {stranger.name} "
+                                 "(plain HTTP stays in its region)", code is None,
+                                 "no answer" if code is None else f"HTTP {code}"))
     return out

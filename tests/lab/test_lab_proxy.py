@@ -34,9 +34,10 @@ def test_proxy_checks_pass(deployment):
     topo = deployment.topo
     serving = [r.name for r in topo.regions if topo.vips(r.name)]
     # sysctl per proxy, holder per VIP, writer per proxy, and per region: the database
-    # frontend answers / refuses, HTTPS per public VIP, the internal endpoint.
+    # frontend answers / refuses, HTTPS per public VIP, the internal endpoint answers its own
+    # region and refuses another region's node (plain HTTP stays in its region).
     assert len(checks) == 2 * len(topo.nodes(role="proxy")) + sum(len(topo.vips(r)) for r in serving) + \
-        sum(2 + len(topo.vips(r, "public")) + 1 for r in serving)
+        sum(2 + len(topo.vips(r, "public")) + 2 for r in serving)
     assert [c.line() for c in checks if not c.ok] == []
 
 
