@@ -101,6 +101,12 @@ def galera_servers(topo: Topology, region: str) -> list[dict]:
             for i, n in enumerate(nodes)]
 
 
+# Headers Keystone trusts for the client's address, scheme, host and path prefix
+# (oslo.middleware's HTTPProxyToWSGI): never taken from a client, set by HAProxy alone.
+CLIENT_FORWARDING_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host",
+                             "X-Forwarded-Port", "X-Forwarded-Prefix")
+
+
 def _context(topo: Topology, node: Node, needed: dict) -> dict:
     region = topo.region(node.region)
     vips = topo.vips(node.region)
@@ -127,6 +133,7 @@ def _context(topo: Topology, node: Node, needed: dict) -> dict:
         "stats_socket": STATS_SOCKET,
         "monitor_address": MONITOR_ADDRESS, "monitor_port": MONITOR_PORT, "monitor_uri": MONITOR_URI,
         "forwarded_header": FORWARDED_HEADER,
+        "client_forwarding_headers": CLIENT_FORWARDING_HEADERS,
         "healthcheck_uri": HEALTHCHECK_URI,
         "interface": VRRP_INTERFACE,
         "instances": instances,

@@ -153,3 +153,36 @@ def test_b2_cut_off_region_reads_locally_and_refuses_writes(drills):
 def test_c_keystone_requests_fail_over_to_other_regions(drills):
     m = _run(drills.drill_keystone_failover).measured
     assert m["failed"] == 0 and m["first_success_s"] is not None and m["served_by_backups"]
+
+
+def test_keystone_logs_the_real_client_not_a_forged_forwarding_header(drills, deployment):
+    """A client sends its own Forwarded / X-Forwarded-For (documentation addresses, never
+    contacted) with a failed login through the public VIP: Keystone logs the failure from
+    the client's real address (set by HAProxy), never the forged one."""
+    import os
+    import uuid
+    topo = deployment.topo
+    logs = {}
+    for node in topo.nodes(drills.region, "keystone"):
+        for rec in deployment.lab.procs.processes(node.name).values():
+            if rec.get("log") and rec["alive"]:
+                logs[rec["log"]] = os.path.getsize(rec["log"])
+    assert logs, "no running Keystone process with a log in the region"
+    body = {"auth": {"identity": {"methods": ["password"], "password": {"user": {
+        "name": f"forged-{uuid.uuid4().hex[:8]}", "domain": {"id": "default"}, "password": "wrong"}}}}}
+    forged = {"X-Forwarded-For": "192.0.2.77", "Forwarded": "for=192.0.2.78;proto=http;host=evil.invalid",
+              "X-Forwarded-Host": "evil.invalid", "X-Forwarded-Proto": "http"}
+    vip = drills.vips("public")[0]
+    (rec, *_) = drills.https_probe(vip, duration=0.1, interval=1, path="/v3/auth/tokens", method="POST",
+                                   body=body, headers=forged, timeout=30).results()
+    assert rec.get("status") == 401, rec
+    client = topo.node(drills.client).address
+    lines = []
+    for path, size in logs.items():
+        with open(path, errors="replace") as fh:
+            fh.seek(size)
+            lines += [line.strip() for line in fh if "Authorization failed" in line]
+    print("\n".join(lines))
+    assert lines, "Keystone logged no failed authorization"
+    assert not [line for line in lines if "192.0.2.7" in line or "evil.invalid" in line]
+    assert all(line.endswith(f"from {client}") for line in lines), lines
