@@ -5,13 +5,15 @@ Shipped by keystone-multiregion to every Keystone node (cloud-init writes it to
 /usr/local/sbin/keystone-node); the local lab runs the very same file. Standard library
 only. Reads the node's facts from /etc/keystone-multiregion/node.json.
 
-    keystone-node prepare       key directories owned by keystone (0700), config 0640;
-                                then marks the node ready to receive keys
+    keystone-node prepare       key directories root:keystone 0750 (Keystone reads them,
+                                only root writes them), config 0640; then marks the node
+                                ready to receive keys
     keystone-node install-keys  read the Fernet and credential key repositories (JSON on
                                 stdin, from the region stack's push over SSH) and install
                                 them file by file, atomically; refuse a repository whose
                                 primary key this node never held (a rotation that skipped
-                                one), print the new digests
+                                one) or that lacks this node's primary (more than one
+                                rotation back), print the new digests
     keystone-node credential-migrate
                                 re-encrypt every credential (TOTP secrets) with the primary
                                 credential key (`keystone-manage credential_migrate`): once,
@@ -29,11 +31,15 @@ only. Reads the node's facts from /etc/keystone-multiregion/node.json.
 import argparse
 import base64
 import binascii
+import fcntl
 import hashlib
 import json
 import os
+import re
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -46,6 +52,12 @@ KEY_DIRS = {"fernet_keys": "/etc/keystone/fernet-keys", "credential_keys": "/etc
 SETTING = {"fernet_keys": "fernetRotations", "credential_keys": "credentialRotations"}
 PUSHED = "/var/lib/keystone-multiregion/key-digests.json"
 PREPARED = "/var/lib/keystone-multiregion/prepared"
+# Held by install-keys from reading the node's keys to recording what it installed: two
+# pushes never interleave. In root's own directory, never in one Keystone can write.
+LOCK = "/var/lib/keystone-multiregion/install-keys.lock"
+# A key file's name in a pushed repository: a plain ASCII number (str.isdigit() would take
+# '²' or '١' too).
+KEY_NAME = re.compile(r"0|[1-9][0-9]*")
 ADMIN_PASSWORD_FILE = "/etc/keystone/bootstrap-admin-password"
 CONFIG = "/etc/keystone/keystone.conf"
 
@@ -61,18 +73,83 @@ def _keystone_ids():
     return pwd.getpwnam("keystone").pw_uid, grp.getgrnam("keystone").gr_gid
 
 
+def _keystone_gid():
+    return _keystone_ids()[1]
+
+
+class KeyDirError(Exception):
+    """A key directory this tool will not touch (the message says why and what to do)."""
+
+
+# Keys live in directories only root can write: Keystone (group keystone) reads them, and
+# needs no more (it validates the repository as readable; only keystone-manage
+# fernet_rotate/fernet_setup want to write, and nodes never rotate). Their parent,
+# /etc/keystone, belongs to the keystone user (Debian's package), so a key directory's path
+# is in that user's hands: every operation goes through the directory's own descriptor,
+# opened without following a symbolic link and checked to be root's.
+DIR_MODE, FILE_MODE = 0o750, 0o640
+
+
+def open_key_dir(d, gid, create=True):
+    """A descriptor of key directory `d`, checked to be root's alone (this process's user's)
+    and then set to root:`gid` DIR_MODE. None if it does not exist and `create` is false."""
+    if create:
+        try:
+            os.mkdir(d, DIR_MODE)
+        except FileExistsError:
+            pass
+    try:
+        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        if create:
+            raise
+        return None
+    except (NotADirectoryError, OSError) as exc:
+        if os.path.islink(d):
+            raise KeyDirError(f"{d} is a symbolic link, not a directory: remove it and run `keystone-node "
+                              "prepare`") from None
+        raise KeyDirError(f"{d} cannot be opened as a directory ({exc})") from None
+    st = os.fstat(fd)
+    problem = None
+    if st.st_uid != os.geteuid():
+        problem = f"belongs to uid {st.st_uid}, not root"
+    elif st.st_mode & 0o022:
+        problem = f"is writable by its group or others (mode {stat.S_IMODE(st.st_mode):04o})"
+    if problem:
+        os.close(fd)
+        raise KeyDirError(f"{d} {problem}: a key directory must be root's alone; run `keystone-node prepare` "
+                          "(root:keystone 0750) and push again")
+    if gid is not None:
+        os.fchown(fd, -1, gid)
+        os.fchmod(fd, DIR_MODE)
+    return fd
+
+
 def cmd_prepare(args):
     uid, gid = _keystone_ids()
     for d in KEY_DIRS.values():
-        os.makedirs(d, exist_ok=True)
-        os.chown(d, uid, gid)
-        os.chmod(d, 0o700)
-        for name in os.listdir(d):
-            path = os.path.join(d, name)
-            os.chown(path, uid, gid)
-            os.chmod(path, 0o600)
-    os.chown(CONFIG, 0, gid)
-    os.chmod(CONFIG, 0o640)
+        # Directories the package or an earlier layout left to keystone become root's; a
+        # link in their place is removed (never followed) and a directory made.
+        if os.path.islink(d):
+            os.unlink(d)
+        try:
+            os.mkdir(d, DIR_MODE)
+        except FileExistsError:
+            pass
+        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            os.fchown(fd, 0, gid)
+            os.fchmod(fd, DIR_MODE)
+            for name in os.listdir(fd):
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                if stat.S_ISLNK(st.st_mode):
+                    os.unlink(name, dir_fd=fd)  # never a key; whatever it points to stays as it is
+                elif stat.S_ISREG(st.st_mode):
+                    _own(name, fd, gid, FILE_MODE)
+        finally:
+            os.close(fd)
+    # keystone.conf sits in keystone's /etc/keystone: never follow a link planted there.
+    _own(CONFIG, None, gid, 0o640)
     for d in ("/var/log/keystone", "/var/lib/keystone"):
         os.makedirs(d, exist_ok=True)
         os.chown(d, uid, gid)
@@ -141,21 +218,60 @@ def cmd_wait_ready(args):
     return 1
 
 
+def _own(name, dir_fd, gid, mode):
+    """root:`gid` `mode` on a regular file, through its descriptor (never a link's target)."""
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise KeyDirError(f"{name} is not a regular file")
+        os.fchown(fd, 0, gid)
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+
+
+def _keystone_key_number(name):
+    """The key number Keystone reads from a file name (its int()), or None if it skips the file."""
+    try:
+        return int(name)
+    except ValueError:
+        return None
+
+
 def repository_digest(files):
     """sha256 over the repository's `name:key` lines in name order (keys.digest, the same)."""
-    lines = "".join(f"{name}:{files[name].strip()}\n" for name in sorted(files, key=int))
+    lines = "".join(f"{name}:{files[name].strip()}\n" for name in sorted(files, key=_keystone_key_number))
     return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def _read_entries(fd, d):
+    """{file name: key} of the files Keystone would load from the directory open as `fd`:
+    every name its int() accepts (a stray '١' is key 1 to Keystone, so it counts here too
+    and shows as drift)."""
+    out = {}
+    for name in os.listdir(fd):
+        if _keystone_key_number(name) is None:
+            continue
+        try:
+            kfd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
+        except OSError as exc:
+            raise KeyDirError(f"{os.path.join(d, name)} cannot be read as a key file ({exc.strerror})") from None
+        with os.fdopen(kfd) as fh:
+            if not stat.S_ISREG(os.fstat(kfd).st_mode):
+                raise KeyDirError(f"{os.path.join(d, name)} is not a regular file")
+            out[name] = fh.read().strip()
+    return out
 
 
 def read_repository(d):
     """{file name: key} of the numbered files in a key directory ({} if there is none)."""
-    out = {}
-    if os.path.isdir(d):
-        for name in os.listdir(d):
-            if name.isdigit():
-                with open(os.path.join(d, name)) as fh:
-                    out[name] = fh.read().strip()
-    return out
+    fd = open_key_dir(d, None, create=False)
+    if fd is None:
+        return {}
+    try:
+        return _read_entries(fd, d)
+    finally:
+        os.close(fd)
 
 
 def current_digests():
@@ -170,8 +286,8 @@ def payload_problem(data):
         if not isinstance(keys, dict) or "0" not in keys or len(keys) < 2:
             return f"{repo}: needs a staged key '0' and at least one more"
         for name, key in keys.items():
-            if not (isinstance(name, str) and name.isdigit() and str(int(name)) == name):
-                return f"{repo}: file name {name!r} is not a key number"
+            if not (isinstance(name, str) and KEY_NAME.fullmatch(name)):
+                return f"{repo}: file name {name!r} is not a key number (ASCII digits 0-9, no leading zero)"
             try:
                 if not isinstance(key, str) or len(base64.urlsafe_b64decode(key.encode())) != 32:
                     return f"{repo}/{name}: not a Fernet key (URL-safe base64 of 32 bytes)"
@@ -184,7 +300,10 @@ def transition_problem(repo, current, new):
     """Why replacing `current` with `new` could break validation, or None. The new primary
     (the highest-numbered key: it signs from now on) must already be on this node, as the
     staged key of the previous rotation, so that every region could validate with it
-    before any region signed with it. An empty node (first push) takes any repository."""
+    before any region signed with it. And the new repository must hold this node's current
+    primary, which the nodes not yet pushed to keep signing with: one rotation back (the
+    roll-back) does, as its staged key; two or more back do not. An empty node (first
+    push) takes any repository."""
     if not current or current == new:
         return None
     top = str(max(int(n) for n in new))
@@ -192,31 +311,49 @@ def transition_problem(repo, current, new):
         return (f"{repo}: the new primary key (file {top}) is not in this node's repository, so it was never "
                 f"staged here; roll out the previous rotation ({SETTING[repo]} one lower) to every region "
                 "first, then this one")
+    held = max(current, key=_keystone_key_number)
+    if current[held] not in new.values():
+        return (f"{repo}: the pushed repository lacks this node's current primary key (file {held}): it goes back "
+                "more than one rotation, and this node could no longer validate what the others sign; roll back "
+                f"one rotation at a time ({SETTING[repo]} one lower per push, to every region)")
     return None
 
 
-def write_repository(d, new, ids):
+def write_repository(d, new, gid):
     """Install `new` into directory `d` file by file with atomic renames, highest number
     first: the new primary appears before the old staged key "0" is replaced, and the
     dropped keys go last, so Keystone reading the directory meanwhile always finds keys
-    that validate both old and new tokens."""
-    os.makedirs(d, mode=0o700, exist_ok=True)
-    current = read_repository(d)
-    for name in sorted(new, key=int, reverse=True):
-        if current.get(name) == new[name]:
-            continue
-        tmp = os.path.join(d, f".{name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(new[name] + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        if ids:
-            os.chown(tmp, *ids)
-        os.replace(tmp, os.path.join(d, name))
-    for name in current:
-        if name not in new:
-            os.unlink(os.path.join(d, name))
+    that validate both old and new tokens. Each file is made with a fresh name (mkstemp:
+    O_EXCL, never through a link), owned and moded through its descriptor, root:`gid`
+    FILE_MODE, in the directory open_key_dir checked."""
+    fd = open_key_dir(d, gid)
+    try:
+        here = f"/proc/self/fd/{fd}"  # the checked directory itself, whatever its path points to now
+        current = _read_entries(fd, d)
+        for name in sorted(new, key=int, reverse=True):
+            if current.get(name) == new[name]:
+                continue
+            kfd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=here)
+            try:
+                os.fchown(kfd, -1, gid)  # mkstemp made it ours (root's), 0600
+                os.fchmod(kfd, FILE_MODE)
+                with os.fdopen(kfd, "w") as fh:
+                    fh.write(new[name] + "\n")
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(os.path.basename(tmp), name, src_dir_fd=fd, dst_dir_fd=fd)
+            except BaseException:
+                try:
+                    os.unlink(os.path.basename(tmp), dir_fd=fd)
+                except FileNotFoundError:
+                    pass
+                raise
+        for name in current:
+            if name not in new:
+                os.unlink(name, dir_fd=fd)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _hashes(key):
@@ -233,7 +370,12 @@ def credential_hashes_in_use():
 
     import pymysql
     conf = configparser.ConfigParser(interpolation=None)
-    conf.read(CONFIG)
+    # Read as root from keystone's /etc/keystone: only root's own file, never through a link.
+    with os.fdopen(os.open(CONFIG, os.O_RDONLY | os.O_NOFOLLOW)) as fh:
+        owner = os.fstat(fh.fileno()).st_uid
+        if owner != os.geteuid():
+            raise RuntimeError(f"{CONFIG} belongs to uid {owner}, not root (run `keystone-node prepare`)")
+        conf.read_file(fh)
     url = urllib.parse.urlsplit(conf["database"]["connection"])
     query = dict(urllib.parse.parse_qsl(url.query))
     ssl = None
@@ -281,10 +423,39 @@ def cmd_install_keys(args):
     if problem:
         print(f"keystone-node: refused: the pushed keys are malformed: {problem}", file=sys.stderr)
         return 2
+    os.makedirs(os.path.dirname(LOCK), exist_ok=True)
+    lock = os.open(LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(lock, 0o600)  # whoever can open it could hold it and stall every push
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    print(f"keystone-node: another install-keys holds {LOCK} (still running after {args.timeout}s); "
+                          "nothing was changed, push again once it has finished", file=sys.stderr)
+                    return 1
+                time.sleep(0.1)
+        try:
+            return _install_locked(data, args.force)
+        except KeyDirError as exc:
+            print(f"keystone-node: refused: {exc} (nothing was changed)", file=sys.stderr)
+            return 2
+    finally:
+        os.close(lock)  # releases the lock
+
+
+def _install_locked(data, force):
     problems = [p for p in (transition_problem(repo, read_repository(KEY_DIRS[repo]), data[repo])
                             for repo in sorted(data)) if p]
     current = read_repository(KEY_DIRS["credential_keys"])
-    if not problems and set(current.values()) - set(data["credential_keys"].values()):
+    dropped = set(current.values()) - set(data["credential_keys"].values())
+    if dropped and force:
+        print(f"keystone-node: --force: skipped the credential check: this repository drops {len(dropped)} "
+              "credential key(s); whether credentials are still encrypted with them was not checked (those "
+              "would never be readable again: `keystone-node credential-migrate` first if unsure)", file=sys.stderr)
+    elif dropped and not problems:
         # A credential rotation drops a key: only if no credential is still encrypted with it.
         try:
             problem = credential_problem(current, data["credential_keys"], credential_hashes_in_use())
@@ -293,13 +464,19 @@ def cmd_install_keys(args):
                        f"could not be checked ({type(exc).__name__}: {exc})")
         if problem:
             problems.append(problem)
-    if problems and not args.force:
-        for p in problems:
+    for p in problems:
+        if force:
+            print(f"keystone-node: --force: installing although: {p}", file=sys.stderr)
+        else:
             print(f"keystone-node: refused: {p} (nothing was changed)", file=sys.stderr)
+    if problems and not force:
         return 2
-    ids = _keystone_ids()
+    # Both directories are checked before either changes: a refusal changes nothing.
+    gid = _keystone_gid()
+    for d in KEY_DIRS.values():
+        os.close(open_key_dir(d, gid))
     for repo in sorted(data):
-        write_repository(KEY_DIRS[repo], data[repo], ids)
+        write_repository(KEY_DIRS[repo], data[repo], gid)
     digests = current_digests()
     expected = {repo: repository_digest(keys) for repo, keys in sorted(data.items())}
     if digests != expected:
@@ -335,7 +512,11 @@ def cmd_key_check(args):
         print(f"keystone-node: no keys were pushed to this node ({PUSHED} is missing); run `pulumi up` "
               "on this region's stack", file=sys.stderr)
         return 1
-    found = current_digests()
+    try:
+        found = current_digests()
+    except KeyDirError as exc:
+        print(f"keystone-node: {exc}", file=sys.stderr)
+        return 1
     drifted = [repo for repo in sorted(set(expected) | set(found)) if expected.get(repo) != found.get(repo)]
     if drifted:
         try:
@@ -353,7 +534,11 @@ def cmd_key_check(args):
 
 
 def cmd_key_digest(args):
-    print(json.dumps(current_digests(), sort_keys=True))
+    try:
+        print(json.dumps(current_digests(), sort_keys=True))
+    except KeyDirError as exc:
+        print(f"keystone-node: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -369,7 +554,9 @@ def main(argv=None):
     p = sub.add_parser("install-keys")
     p.add_argument("--timeout", type=float, default=1800, help="how long to wait for `prepare` (seconds)")
     p.add_argument("--force", action="store_true",
-                   help="install even a repository whose primary key this node never held")
+                   help="install even a repository the checks refuse (a skipped rotation, more than one "
+                        "rotation back, credentials still encrypted with a dropped key); says on stderr "
+                        "what it overrode and which checks it skipped")
     args = parser.parse_args(argv)
     return {"prepare": cmd_prepare, "bootstrap": cmd_bootstrap, "wait-ready": cmd_wait_ready,
             "install-keys": cmd_install_keys, "key-check": cmd_key_check,
