@@ -125,14 +125,23 @@ def render_region(topo: Topology, region: str, secrets: Mapping) -> tuple[Render
     return tuple(render_node(topo, n.name, secrets) for n in topo.nodes(region))
 
 
+def _write(path: Path, text: str, mode: int) -> None:
+    """`text` into `path` with `mode` from the first byte on: a new file is created with it,
+    an existing one (an earlier render) emptied and set to it before anything is written."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    with os.fdopen(fd, "w") as fh:
+        os.fchmod(fd, mode)  # the umask narrowed a new file's mode, an old file kept its own
+        fh.write(text)
+
+
 def write_rendered(rendered: RenderedNode, out_dir: Path) -> Path:
-    """Write ``<out>/<region>/<node>/user-data`` and every file under ``files/``."""
+    """Write ``<out>/<region>/<node>/user-data`` (0600 when it carries secrets) and every
+    file under ``files/`` with the permissions it gets on the node."""
     node_dir = Path(out_dir) / rendered.node.region / rendered.node.name
     node_dir.mkdir(parents=True, exist_ok=True)
-    (node_dir / "user-data").write_text(rendered.user_data)
+    _write(node_dir / "user-data", rendered.user_data, 0o600 if rendered.secret else 0o644)
     for f in rendered.files:
         target = node_dir / "files" / f.path.lstrip("/")
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(f.content)
-        os.chmod(target, int(f.permissions, 8))
+        _write(target, f.content, int(f.permissions, 8))
     return node_dir

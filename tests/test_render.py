@@ -163,6 +163,45 @@ def test_offline_render_of_all_stacks_with_a_secrets_file(tmp_path, topo):
         render_node(topo, "galera-region-c-1", SECRETS).user_data
 
 
+def _mode(path):
+    return path.stat().st_mode & 0o777
+
+
+def test_offline_render_with_secrets_writes_them_for_the_owner_only(tmp_path, topo):
+    secrets = tmp_path / "secrets.yaml"
+    secrets.write_text(yaml.safe_dump(SECRETS))
+    out = tmp_path / "render"
+    old = os.umask(0)  # a permissive umask must not matter: each file is created with its own mode
+    try:
+        result = _cli("render", "--region", "region-a", "--out", str(out), "--secrets", str(secrets))
+    finally:
+        os.umask(old)
+    assert result.returncode == 0, result.stderr
+    seen = set()
+    for node in topo.nodes("region-a"):
+        rendered = render_node(topo, node.name, SECRETS)
+        node_dir = out / "region-a" / node.name
+        assert _mode(node_dir / "user-data") == (0o600 if rendered.secret else 0o644), node.name
+        seen.add(rendered.secret)
+        for f in rendered.files:
+            assert _mode(node_dir / "files" / f.path.lstrip("/")) == int(f.permissions, 8), f.path
+    assert True in seen
+
+
+def test_render_over_an_earlier_render_tightens_modes_before_writing(tmp_path, topo):
+    from keystone_multiregion.render import write_rendered
+    rendered = render_node(topo, "galera-region-a-1", SECRETS)
+    node_dir = tmp_path / "region-a" / "galera-region-a-1"
+    mycnf = node_dir / "files" / "root" / ".my.cnf"
+    mycnf.parent.mkdir(parents=True)
+    for path in (node_dir / "user-data", mycnf):  # left world-readable by an earlier render
+        path.write_text("old\n")
+        os.chmod(path, 0o644)
+    write_rendered(rendered, tmp_path)
+    assert _mode(node_dir / "user-data") == 0o600 and _mode(mycnf) == 0o600
+    assert (node_dir / "user-data").read_text() == rendered.user_data
+
+
 def test_offline_render_errors_are_one_line(tmp_path):
     result = _cli("render", "--stack", "region-z", "--out", str(tmp_path))
     assert result.returncode == 2
