@@ -3,7 +3,7 @@
     python -m keystone_multiregion validate [--topology topology.yaml]
     python -m keystone_multiregion render --stack region-a [--out build/render] [--secrets FILE]
     python -m keystone_multiregion render --all [--out build/render]
-    python -m keystone_multiregion recover-plan REPORT.json [REPORT.json ...]
+    python -m keystone_multiregion recover-plan REPORT.json [REPORT.json ...] [--accept-missing]
 
 The render needs neither a cloud nor the Pulumi CLI. Without --secrets, secrets are
 written as visible placeholders (<secret:NAME>), so the output is safe to diff in a pull
@@ -20,9 +20,10 @@ from pathlib import Path
 
 import yaml
 
-from .recovery import RecoveryError, most_advanced
+from .recovery import RecoveryError, check_reports, most_advanced
 from .render import render_region, write_rendered
 from .secrets import SecretsError, placeholder_secrets
+from .security import project_usage
 from .stacks import region_stacks, stack_config
 from .topology import TopologyError, load_topology_file
 
@@ -45,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     render.add_argument("--secrets", help="YAML map of secret name -> value (default: placeholders)")
     plan = sub.add_parser("recover-plan", help="full-outage recovery: the node to bootstrap from")
     plan.add_argument("reports", nargs="+", help="files with the JSON `galera-node recover-report` printed")
+    plan.add_argument("--accept-missing", action="store_true",
+                      help="plan without the reports of some nodes (their data is lost for good)")
     args = parser.parse_args(argv)
 
     try:
@@ -52,9 +55,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "recover-plan":
             reports = [json.loads(Path(p).read_text().strip().splitlines()[-1]) for p in args.reports]
             boot = topo.nodes(topo.bootstrap_region, "galera")[0].name
+            missing = check_reports(reports, [n.name for n in topo.nodes(role="galera")], args.accept_missing)
             node = most_advanced(reports, preferred=boot)
+            for name in missing:
+                print(f"  {name}: NO REPORT (accepted with --accept-missing)")
             for r in sorted(reports, key=lambda r: r["node"]):
-                print(f"  {r['node']}: seqno {r.get('seqno')}, safe_to_bootstrap {r.get('safe_to_bootstrap')}")
+                print(f"  {r['node']}: seqno {r.get('seqno')}, safe_to_bootstrap {r.get('safe_to_bootstrap')}, "
+                      f"data volume {r.get('data_volume', 'not reported')}")
             print(f"bootstrap from {node}: run `galera-node bootstrap-here` there, then start MariaDB on the others")
             return 0
         if args.command == "validate":

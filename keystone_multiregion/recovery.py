@@ -15,6 +15,24 @@ class RecoveryError(ValueError):
     pass
 
 
+def check_reports(reports: list[dict], expected: list[str], accept_missing: bool = False) -> list[str]:
+    """Every Galera node of the topology must have reported: a node left out may be the most
+    advanced one. Returns the missing nodes (allowed only with accept_missing)."""
+    names = [r.get("node") for r in reports]
+    unknown = sorted({n for n in names if n not in expected}, key=str)
+    if unknown:
+        raise RecoveryError(f"reports from nodes that are not Galera nodes of this topology: {', '.join(map(str, unknown))}; "
+                            "pass only the reports of this deployment's nodes")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise RecoveryError(f"more than one report from {', '.join(twice)}: pass one report per node")
+    missing = [n for n in expected if n not in names]
+    if missing and not accept_missing:
+        raise RecoveryError(f"no report from {', '.join(missing)}: run `galera-node recover-report` there too, or, if "
+                            "that node's data is lost for good, repeat with --accept-missing")
+    return missing
+
+
 def most_advanced(reports: list[dict], preferred: str | None = None) -> str:
     """The node with the highest committed seqno of the cluster's history. Ties go to a node
     already marked safe_to_bootstrap, then to `preferred` (the bootstrap node), then by name."""

@@ -30,7 +30,7 @@ from keystone_multiregion.secrets import SecretsError, require_secrets
 from keystone_multiregion.security import PORTS
 from keystone_multiregion.topology import Node, Topology
 
-from . import Lab, firewall, layers, packages
+from . import Lab, argv_secrets, firewall, layers, packages
 from .checks import Check
 from .net import HostSpec
 from .ssh import OPS_HOST, ops_address
@@ -125,8 +125,12 @@ class LabDeployment:
         self.started = [layer for layer in layers.ORDER if only is None or set(layer.ROLES) & set(only)]
         with self.lab.state.update() as d:
             d["probes"]["layers"] = [layer.__name__.rsplit(".", 1)[-1] for layer in self.started]
-        for layer in self.started:
-            layer.start(self, [n for n in self.topo.nodes() if n.role in layer.ROLES], log)
+        # Every process the lab starts is watched for a secret in its command line.
+        with argv_secrets.Watch(argv_secrets.lab_secrets(self)) as watch:
+            for layer in self.started:
+                layer.start(self, [n for n in self.topo.nodes() if n.role in layer.ROLES], log)
+        with self.lab.state.update() as d:
+            d["probes"]["argv_secrets"] = {"findings": watch.findings, "samples": watch.samples}
         log(f"up in {time.monotonic() - t0:.1f}s")
 
     def running(self, role: str) -> bool:
@@ -176,8 +180,9 @@ class LabDeployment:
 
     def sql(self, name: str, statement: str, timeout: float = 30, check: bool = True):
         """Run SQL on a node as root over its socket; returns the CompletedProcess."""
+        # The statement on stdin: it may carry a password (CREATE USER), and argv is public.
         return self.lab.procs.run(name, ["mariadb", "--protocol=socket", "-S", "/run/mysqld/mysqld.sock", "-u",
-                                         "root", "-N", "-B", "-e", statement], timeout=timeout, check=check)
+                                         "root", "-N", "-B"], input=statement, timeout=timeout, check=check)
 
     def _install_node(self, r: RenderedNode) -> None:
         node = r.node
@@ -226,4 +231,14 @@ class LabDeployment:
         for layer in layers.ORDER:
             if any(self.running(role) for role in layer.ROLES):
                 out += layer.checks(self)
+        out.append(self.argv_secrets_check())
         return out
+
+    def argv_secrets_check(self) -> Check:
+        """No process's command line carried a lab secret: sampled while `up` started every
+        layer, and scanned once more now."""
+        seen = self.lab.state.read()["probes"].get("argv_secrets") or {"findings": [], "samples": 0}
+        now = argv_secrets.scan(argv_secrets.lab_secrets(self))
+        findings = seen["findings"] + [f for f in now if f not in seen["findings"]]
+        return Check("no secret in any command line", not findings,
+                     "; ".join(findings[:5]) or f"{seen['samples']} samples during up and one now: none")

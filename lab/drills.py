@@ -326,20 +326,19 @@ class GaleraDrills:
         return {"lost": lost, "divergent_tables": sorted(t for t, v in sums.items() if len(v) > 1),
                 "checksums": {t: sorted(v) for t, v in sums.items()}}
 
-    def drill_full_outage(self) -> DrillResult:
-        """Every node dies at once (kill -9); galera-node recover-report on each, the most
-        advanced one is started with bootstrap-here, the others join."""
-        ident, _ = self.write(self.regions[0], "last write before the outage")
+    def _all_down(self) -> None:
         for r in self.regions:
             self.dep.lab.procs.kill(self.node[r], "mariadb")
         self.wait(lambda: not any(self.dep.lab.procs.is_alive(self.node[r], "mariadb") for r in self.regions), 20)
+
+    def _recover(self, problems: list) -> tuple[dict, str | None]:
+        """Full-outage recovery as the README says: recover-report on every node, the plan's
+        node started with bootstrap-here, the others joined. Returns (reports, chosen)."""
         reports = {}
         for r in self.regions:
             out = self.dep.lab.procs.run(self.node[r], GALERA_TOOL + ["recover-report"], timeout=300)
             reports[self.node[r]] = json.loads(out.stdout.strip().splitlines()[-1])
         chosen = most_advanced(list(reports.values()), preferred=self.node[self.topo.bootstrap_region])
-        t = time.monotonic()
-        problems = []
         try:
             self.dep.lab.procs.start(chosen, "mariadb", GALERA_TOOL + ["bootstrap-here", "--exec"],
                                      ready=lambda: self.dep.galera_status(chosen).get("healthy"), ready_timeout=120)
@@ -348,18 +347,96 @@ class GaleraDrills:
                     self.dep.start_galera(self.node[r])
         except (LabError, TimeoutError) as exc:
             problems.append(f"recovery failed: {exc}")
+        return reports, chosen
+
+    def _nothing_lost(self, last_write: int | None, measured: dict, problems: list) -> None:
+        """After a recovery: every acknowledged write on every node, the last one included."""
+        report = self.final_consistency()
+        measured["lost_writes"] = len(report["lost"])
+        problems += [f"acknowledged write {w} lost" for w in report["lost"][:10]]
+        if last_write is None:
+            problems.append("the last write before the outage was refused")
+
+    def drill_full_outage(self) -> DrillResult:
+        """Every node dies at once (kill -9); galera-node recover-report on each, the most
+        advanced one is started with bootstrap-here, the others join."""
+        ident, _ = self.write(self.regions[0], "last write before the outage")
+        self._all_down()
+        t = time.monotonic()
+        problems = []
+        reports, chosen = self._recover(problems)
         back = self.wait(lambda: self.synced_everywhere(), 120)
         measured = {"reports": {n: {"seqno": v.get("seqno"), "safe_to_bootstrap": v.get("safe_to_bootstrap")}
                                 for n, v in reports.items()},
                     "bootstrapped_from": chosen, "recovered_s": round(time.monotonic() - t, 1) if back else None}
         if not back:
             problems.append("the cluster did not come back Synced everywhere")
-        report = self.final_consistency()
-        measured["lost_writes"] = len(report["lost"])
-        problems += [f"acknowledged write {w} lost" for w in report["lost"][:10]]
-        if ident is None:
-            problems.append("the last write before the outage was refused")
+        self._nothing_lost(ident, measured, problems)
         return DrillResult("7. full outage, recovered from the most advanced node", not problems, measured, problems)
+
+    def _grastates(self) -> dict[str, str]:
+        out = {}
+        for r in self.regions:
+            path = self.dep.lab.procs.host_path(self.node[r], "/var/lib/mysql/grastate.dat")
+            try:
+                with open(path) as fh:
+                    out[self.node[r]] = " ".join(line.split(":", 1)[1].strip() for line in fh
+                                                 if line.startswith(("uuid", "seqno")))
+            except OSError:
+                out[self.node[r]] = None
+        return out
+
+    def drill_missing_volume(self, refuse_timeout: float = 60) -> DrillResult:
+        """Every Galera node down; the bootstrap node restarts without its data volume (an
+        empty /var/lib/mysql, no file system with the volume's label): galera-node refuses,
+        no cluster forms, no node's data changes. Then the volume comes back and the cluster
+        is recovered as after any full outage, so later drills run on it."""
+        from .layers import galera as layer
+        boot = self.node[self.topo.bootstrap_region]
+        problems: list[str] = []
+        ident, _ = self.write(self.regions[0], "last write before the volume went missing")
+        self._all_down()
+        before = self._grastates()
+        empty = os.path.join(self.dep.lab.procs.root_dir(boot), "no-volume", "mysql")
+        layer.detach_volume(self.dep, boot, empty)
+        measured: dict = {"node": boot}
+        try:
+            log = self.dep.lab.procs.log_path(boot, "mariadb")
+            offset = os.path.getsize(log) if os.path.exists(log) else 0
+            self.dep.lab.procs.start(boot, "mariadb", GALERA_TOOL + ["start", "--exec"])
+            exited = self.wait(lambda: not self.dep.lab.procs.is_alive(boot, "mariadb"), refuse_timeout)
+            if not exited:
+                problems.append(f"galera-node start on {boot} was still running after {refuse_timeout}s "
+                                f"(status {self.dep.galera_status(boot) or 'no answer'})")
+            self.dep.lab.procs.stop(boot, "mariadb")
+            with open(log, errors="replace") as fh:
+                fh.seek(offset)
+                said = [line.strip() for line in fh if "galera-node:" in line or '"action"' in line]
+            measured["said"] = said[-1] if said else None
+            if not any("refusing to start" in line for line in said):
+                problems.append(f"{boot} did not refuse: {said or 'nothing logged'}")
+            measured["status_without_volume"] = self.dep.galera_status(boot).get("wsrep_cluster_status") or "no server"
+            if measured["status_without_volume"] != "no server":
+                problems.append(f"a server answered on {boot} without its volume")
+            leftovers = os.listdir(empty) if os.path.isdir(empty) else []
+            measured["written_without_volume"] = leftovers
+            if leftovers:
+                problems.append(f"files were written to the empty directory: {leftovers}")
+            after = self._grastates()
+            measured["grastate_unchanged"] = after == before
+            if after != before:
+                problems.append(f"cluster state changed while refused: {before} -> {after}")
+        finally:
+            layer.attach_volume(self.dep, boot)
+        t = time.monotonic()
+        reports, chosen = self._recover(problems)
+        back = self.wait(lambda: self.synced_everywhere(), 120)
+        measured.update(recovered_from=chosen, recovered_s=round(time.monotonic() - t, 1) if back else None)
+        if not back:
+            problems.append("the cluster did not come back Synced everywhere after the volume returned")
+        self._nothing_lost(ident, measured, problems)
+        return DrillResult("G9. the bootstrap node without its data volume refuses to start a cluster", not problems,
+                           measured, problems)
 
     def drill_wan_latency(self, one_way_ms: float = 50, samples: int = 5) -> DrillResult:
         """With WAN latency between regions, a commit waits for a round trip to the other
@@ -408,7 +485,8 @@ class GaleraDrills:
     def run_all(self, log=print) -> list[DrillResult]:
         results = []
         for drill in (self.drill_cluster_forms, self.drill_replication, self.drill_partition, self.drill_heal,
-                      self.drill_kill_restart, self.drill_lock_load, self.drill_full_outage, self.drill_wan_latency):
+                      self.drill_kill_restart, self.drill_lock_load, self.drill_full_outage,
+                      self.drill_missing_volume, self.drill_wan_latency):
             result = drill()
             log(result.line())
             results.append(result)

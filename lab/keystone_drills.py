@@ -36,7 +36,12 @@ class KeystoneDrills:
 
     def ks(self, region: str, *args: str) -> dict:
         proxy = self.topo.nodes(region, "proxy")[0].name
-        out = self.dep.lab.net.exec(proxy, [sys.executable, CLIENT, *args], timeout=90, check=False)
+        secret = None
+        if args and args[0] == "token" and len(args) > 3 and args[3] != "-":
+            # The password on stdin: a command line is visible to every user (`ps`).
+            secret, args = args[3], (*args[:3], "@stdin", *args[4:])
+        out = self.dep.lab.net.exec(proxy, [sys.executable, CLIENT, *args], timeout=90, check=False,
+                                    input=None if secret is None else secret + "\n")
         lines = out.stdout.strip().splitlines()
         return json.loads(lines[-1]) if lines else {"status": None, "error": out.stderr.strip()[-500:]}
 

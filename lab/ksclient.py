@@ -99,6 +99,8 @@ def main(argv: list[str]) -> int:
             opts[flag.lstrip("-")] = value
             args = args[:-2]
         url, user, password, project = args
+        if password == "@stdin":  # the lab passes secrets on stdin, never in argv
+            password = sys.stdin.readline().rstrip("\n")
         out = token(url, user, None if password == "-" else password, project, opts.get("passcode"),
                     opts.get("receipt"))
     elif cmd == "validate":

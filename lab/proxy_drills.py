@@ -38,7 +38,7 @@ class DrillCannotRun(Exception):
 # verified against a CA file for a host name (SNI). One JSON object per attempt.
 _HTTPS_LOOP = r"""
 import json, socket, ssl, sys, time
-cfg = json.loads(sys.argv[1])
+cfg = json.loads(sys.stdin.readline())  # on stdin: it may carry a password
 ctx = ssl.create_default_context(cafile=cfg["ca"])
 body = json.dumps(cfg["body"]).encode() if cfg.get("body") is not None else b""
 end = time.monotonic() + cfg["duration"]
@@ -84,7 +84,7 @@ print(json.dumps(out))
 # connection (`mariadb -e`), bounded by a timeout. One JSON object per attempt.
 _DB_LOOP = r"""
 import json, subprocess, sys, time
-cfg = json.loads(sys.argv[1])
+cfg = json.loads(sys.stdin.readline())  # on stdin: it may carry a password
 end = time.monotonic() + cfg["duration"]
 out = []
 for _ in range(cfg["max"]):
@@ -114,9 +114,13 @@ class Probe:
     def __init__(self, dep, client: str, script: str, cfg: dict):
         self.cfg = cfg
         self.started = time.monotonic()
+        # The configuration on stdin, not in argv (every user sees argv): a request body may
+        # carry the admin password.
         self.proc = subprocess.Popen(["ip", "netns", "exec", dep.lab.net.netns(client), sys.executable, "-c",
-                                      script, json.dumps(cfg)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True)
+        self.proc.stdin.write(json.dumps(cfg) + "\n")
+        self.proc.stdin.flush()
 
     def results(self) -> list[dict]:
         try:

@@ -134,6 +134,37 @@ def test_arbitrator(secrets):
     assert "galera-arbitrator-4" in yaml.safe_load(rendered.user_data)["packages"]
 
 
+def test_arbitrator_key_is_readable_by_garbd_alone(secrets):
+    # Debian's garb.service runs garbd as `nobody` (shared by other daemons); the key was
+    # made readable by group nogroup. garbd gets a system user of its own, the only reader.
+    from keystone_multiregion.roles.galera import GARB_DROPIN, GARBD_USER, TLS_PATHS
+    data = five_regions()
+    data["regions"] = data["regions"][:4]
+    data["arbitrator"] = {"region": "par"}
+    topo = load_topology(data)
+    rendered = render_node(topo, "arbitrator-par-1", secrets_for(topo))
+    doc = yaml.safe_load(rendered.user_data)
+    assert "nogroup" not in rendered.user_data
+    key = next(f for f in doc["write_files"] if f["path"] == TLS_PATHS["key"])
+    assert (key["owner"], key["permissions"]) == ("root:root", "0600")  # until its user exists
+    steps = doc["runcmd"]
+    useradd = steps.index(["useradd", "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent",
+                           "--shell", "/usr/sbin/nologin", GARBD_USER])
+    assert steps[useradd + 1:useradd + 3] == [["chown", f"root:{GARBD_USER}", TLS_PATHS["key"]],
+                                              ["chmod", "0640", TLS_PATHS["key"]]]
+    assert steps.index(["systemctl", "enable", "--now", "garb.service"]) > useradd + 2
+    dropin = configparser.ConfigParser(interpolation=None)
+    dropin.optionxform = str
+    dropin.read_string(_files(rendered)[GARB_DROPIN].content)
+    service = dropin["Service"]
+    assert service["User"] == service["Group"] == GARBD_USER
+    # What garbd writes is its own: WORK_DIR and LOG_FILE's directory are the unit's.
+    conf = dict(line.split("=", 1) for line in _files(rendered)["/etc/default/garb"].content.splitlines()
+                if line and not line.startswith("#"))
+    assert conf["WORK_DIR"].strip('"') == f"/var/lib/{service['StateDirectory']}"
+    assert conf["LOG_FILE"].strip('"').rsplit("/", 1)[0] == f"/var/log/{service['LogsDirectory']}"
+
+
 BAD_GALERA = [
     ({"evs_suspect_timeout": "PT2S", "evs_keepalive_period": "PT3S"},
      "topology: galera.evs_suspect_timeout: needs keepalive_period < suspect_timeout <= inactive_timeout, got PT3S, "

@@ -16,6 +16,10 @@ TLS_PATHS = {"ca": f"{TLS_DIR}/ca.pem", "cert": f"{TLS_DIR}/node-cert.pem", "key
 GALERA_CONF = "/etc/mysql/mariadb.conf.d/99-keystone-multiregion.cnf"
 GALERA_SST_CONF = "/etc/mysql/mariadb.conf.d/99-keystone-multiregion-sst.cnf"
 GALERA_NODE_TOOL = "/usr/local/sbin/galera-node"
+# garbd's own system user (Debian's garb.service says User=nobody, whom other daemons share):
+# the only user that reads the arbitrator's TLS key. The drop-in sets it.
+GARBD_USER = "garbd"
+GARB_DROPIN = "/etc/systemd/system/garb.service.d/keystone-multiregion.conf"
 # Database users the node that starts the cluster creates (root only reads it).
 DB_USERS = "/etc/mysql/keystone-multiregion-users.json"
 SST_USER = "sst"
@@ -52,6 +56,7 @@ def _context(topo: Topology, node: Node, needed: dict) -> dict:
         "galera": topo.galera,
         "health_port": PORTS["galera_health"],
         "sst_user": SST_USER,
+        "garbd_user": GARBD_USER,
         "peers": peers if node.role == "galera" else [f"{a}:{PORTS['galera_replication']}" for a in peers],
         "provider_options": provider_options(topo, node),
         "tls_key_path": TLS_PATHS["key"], "tls_cert_path": TLS_PATHS["cert"], "tls_ca_path": TLS_PATHS["ca"],
@@ -97,9 +102,16 @@ def _galera_cloud_config(topo: Topology, node: Node, doc: dict) -> None:
 
 
 def _arbitrator_cloud_config(topo: Topology, node: Node, doc: dict) -> None:
-    # garbd runs as nobody: its key is readable by that group only.
-    doc["runcmd"] = [["chgrp", "nogroup", TLS_PATHS["key"]], ["chmod", "0640", TLS_PATHS["key"]],
-                     ["systemctl", "enable", "--now", "garb.service"]]
+    # write_files runs before users exist: the key arrives root:root 0600, then becomes
+    # readable by garbd's own group (garbd alone is in it). The package's first start of
+    # garb.service fails (no such user yet); this one runs it as garbd.
+    doc["runcmd"] = [
+        ["useradd", "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent",
+         "--shell", "/usr/sbin/nologin", GARBD_USER],
+        ["chown", f"root:{GARBD_USER}", TLS_PATHS["key"]], ["chmod", "0640", TLS_PATHS["key"]],
+        ["systemctl", "daemon-reload"],
+        ["systemctl", "enable", "--now", "garb.service"],
+    ]
 
 
 GALERA = RoleLayer(
@@ -115,7 +127,8 @@ GALERA = RoleLayer(
 
 ARBITRATOR_LAYER = RoleLayer(
     packages=("galera-arbitrator-4",),
-    files=(("galera/garbd.j2", "/etc/default/garb", "0644"),),
+    files=(("galera/garbd.j2", "/etc/default/garb", "0644"),
+           ("galera/garb-service.conf.j2", GARB_DROPIN, "0644")),
     context=_context, secret_files=_tls_files, cloud_config=_arbitrator_cloud_config)
 
 LAYERS = {"galera": GALERA, ARBITRATOR: ARBITRATOR_LAYER}

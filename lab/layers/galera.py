@@ -14,8 +14,9 @@ PACKAGES = ("mariadb-server", "mariadb-client", "mariadb-backup", "galera-4", "s
 GALERA_DIRS = ("/var/lib/mysql", "/run/mysqld", "/var/log/mysql")
 
 
-# The arbitrator's working directory (gvwstate.dat), as /etc/default/garb names it.
-GARBD_DIRS = ("/var/lib/garbd",)
+# The arbitrator's working directory (gvwstate.dat) and log directory, as /etc/default/garb
+# names them (on a VM, garb.service's StateDirectory and LogsDirectory).
+GARBD_DIRS = ("/var/lib/garbd", "/var/log/garbd")
 
 
 def install(dep, rendered) -> None:

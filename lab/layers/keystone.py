@@ -101,7 +101,8 @@ def checks(dep) -> list[Check]:
 # the distribution's python3 and PyMySQL (what Keystone uses).
 _DB_LOGIN = r"""
 import json, sys, pymysql
-host, password, ca = sys.argv[1:4]
+host, ca = sys.argv[1:3]
+password = sys.stdin.readline().rstrip("\n")  # on stdin: argv is visible to every user
 out = {}
 for label, ssl in (("plain", None), ("tls", {"ca": ca, "check_hostname": False})):
     try:
@@ -126,8 +127,8 @@ def db_tls_check(dep) -> Check:
     galera = dep.topo.nodes(node.region, "galera")[0]
     proxy = dep.topo.nodes(node.region, "proxy")[0]
     ca = str(dep.render_dir / node.region / node.name / "files" / DB_CA_FILE.lstrip("/"))
-    res = dep.lab.net.exec(proxy.name, ["/usr/bin/python3", "-c", _DB_LOGIN, galera.address,
-                                        dep.secrets()["keystone_db_password"], ca], timeout=30, check=False)
+    res = dep.lab.net.exec(proxy.name, ["/usr/bin/python3", "-c", _DB_LOGIN, galera.address, ca], timeout=30,
+                           check=False, input=dep.secrets()["keystone_db_password"] + "\n")
     try:
         seen = json.loads(res.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):

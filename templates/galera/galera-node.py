@@ -6,19 +6,29 @@ Shipped by keystone-multiregion to every Galera node (cloud-init writes it to
 only. Reads the node's facts from /etc/keystone-multiregion/node.json.
 
     galera-node prepare          runtime dirs, and the mysql group on secret files
-    galera-node start [--exec]   safe start: a NEW cluster only on the bootstrap node,
-                                 only if it was never in a cluster (no grastate.dat) and
-                                 no peer answers; every other case joins. --exec replaces
-                                 this process with mariadbd (the lab; the VM uses systemd)
+    galera-node start [--exec]   safe start: never without the data volume (the file system
+                                 labelled galera-data mounted on /var/lib/mysql); a NEW
+                                 cluster only on the bootstrap node, only if neither the
+                                 volume nor this machine holds any trace of a cluster and no
+                                 peer answers; every other case joins. --exec replaces this
+                                 process with mariadbd (the lab; the VM uses systemd)
     galera-node init-cluster     once, on the node that started the cluster: SST user,
                                  root password (idempotent)
     galera-node status           wsrep status as JSON
-    galera-node health-server    HTTP 200 only when Synced and Primary, else 503
+    galera-node health-server    HTTP 200 only when Synced and Primary, else 503; runs as
+                                 the unprivileged galera-health user (unix_socket account),
+                                 one query at a time, its answer reused for 1 s
     galera-node recover-report   stopped node: {uuid, seqno, safe_to_bootstrap} as JSON
                                  (runs mariadbd --wsrep-recover when seqno is -1)
     galera-node bootstrap-here [--exec]
                                  full-outage recovery on the most advanced node only:
-                                 marks it safe_to_bootstrap and starts a new cluster
+                                 refuses without the data volume or while a peer is in a
+                                 Primary component; marks it safe_to_bootstrap and starts
+                                 a new cluster
+
+SQL goes to the client on stdin, never in its arguments (`ps` shows arguments to every
+user): passwords inside CREATE/ALTER USER stay out of sight. Credentials for a peer's
+server travel in an option file readable by root only (--defaults-extra-file).
 """
 
 import argparse
@@ -28,8 +38,11 @@ import os
 import re
 import shutil
 import socket
+import stat
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 
 FACTS = "/etc/keystone-multiregion/node.json"
@@ -40,7 +53,27 @@ SECRET_FILES = ("/etc/mysql/mariadb.conf.d/99-keystone-multiregion-sst.cnf", "/e
 RUNTIME_DIRS = ("/run/mysqld", "/var/log/mysql")
 SST_USER = "sst"
 DB_USERS = "/etc/mysql/keystone-multiregion-users.json"
+ROOT_MY_CNF = "/root/.my.cnf"
 REPLICATION_PORT = 4567
+MYSQL_PORT = 3306
+# The data volume: the file system cloud-init made with this label (roles/galera.py,
+# GALERA_DATA_LABEL), found by the kernel's name for it, never by a device name such as
+# /dev/vdb (the ephemeral disk on some flavors).
+DATA_LABEL = "galera-data"
+BY_LABEL = "/dev/disk/by-label"
+MOUNTINFO = "/proc/self/mountinfo"
+# What a data directory holds once it has been part of a cluster (Galera's own state, and
+# the marker written when this node started one); databases other than the system ones.
+CLUSTER_TRACES = ("grastate.dat", "gvwstate.dat", "galera.cache")
+SYSTEM_DIRS = ("mysql", "performance_schema", "sys", "lost+found")
+VOLUME_MARKER = os.path.join(DATADIR, "keystone-multiregion-cluster.json")
+# Kept on the root disk as well: a blank volume attached in place of the real one does not
+# make this machine forget that it started a cluster.
+HOST_MARKER = "/var/lib/keystone-multiregion/galera-cluster.json"
+# The health server's system user and its database account (unix_socket: no password).
+HEALTH_USER = "galera-health"
+HEALTH_CACHE_S = 1.0       # one query answers every request within this second
+HEALTH_MAX_CLIENTS = 8     # connections served at once; the rest wait in the listen queue
 
 
 def facts():
@@ -48,10 +81,10 @@ def facts():
         return json.load(fh)
 
 
-def read_grastate(path=GRASTATE):
+def read_grastate(path=None):
     """grastate.dat as a dict (uuid, seqno, safe_to_bootstrap), or None if absent."""
     try:
-        with open(path) as fh:
+        with open(path or GRASTATE) as fh:
             text = fh.read()
     except FileNotFoundError:
         return None
@@ -92,20 +125,28 @@ def peers_answering(node_facts, timeout=2.0, rounds=3):
     return []
 
 
-def mysql(sql, timeout=10):
-    """Run SQL as root over the local socket; returns rows as lists of strings."""
-    out = subprocess.run(["mariadb", "--protocol=socket", "-S", SOCKET, "-u", "root", "-N", "-B", "-e", sql],
-                         capture_output=True, text=True, timeout=timeout)
+def _client(argv, sql, timeout):
+    """The mariadb client with `sql` on its stdin (never in argv: `ps` shows argv to all)."""
+    out = subprocess.run(argv, input=sql, capture_output=True, text=True, timeout=timeout)
     if out.returncode != 0:
         raise RuntimeError(out.stderr.strip() or f"mariadb exited {out.returncode}")
     return [line.split("\t") for line in out.stdout.splitlines()]
 
 
-def wsrep_status():
-    rows = mysql("SHOW GLOBAL STATUS WHERE Variable_name IN ('wsrep_cluster_size', 'wsrep_cluster_status', "
-                 "'wsrep_local_state_comment', 'wsrep_ready', 'wsrep_connected', 'wsrep_last_committed', "
-                 "'wsrep_cluster_state_uuid', 'wsrep_local_index')", timeout=5)
-    return {name: value for name, value in rows}
+def mysql(sql, timeout=10, user="root"):
+    """Run SQL over the local socket (root, or `user` by unix_socket authentication: the
+    account named like the calling system user); returns rows as lists of strings."""
+    prefix = ["mariadb"] if user == "root" else ["mariadb", "--no-defaults"]
+    return _client(prefix + ["--protocol=socket", "-S", SOCKET, "-u", user, "-N", "-B"], sql, timeout)
+
+
+STATUS_SQL = ("SHOW GLOBAL STATUS WHERE Variable_name IN ('wsrep_cluster_size', 'wsrep_cluster_status', "
+              "'wsrep_local_state_comment', 'wsrep_ready', 'wsrep_connected', 'wsrep_last_committed', "
+              "'wsrep_cluster_state_uuid', 'wsrep_local_index')")
+
+
+def wsrep_status(user="root"):
+    return {name: value for name, value in mysql(STATUS_SQL, timeout=5, user=user)}
 
 
 def healthy(status):
@@ -132,7 +173,7 @@ def sst_password():
 
 
 def root_password():
-    with open("/root/.my.cnf") as fh:
+    with open(ROOT_MY_CNF) as fh:
         m = re.search(r"^password\s*=\s*(.+)$", fh.read(), re.M)
     return m.group(1).strip()
 
@@ -154,7 +195,136 @@ def cmd_prepare(args):
         if os.path.exists(path):
             os.chown(path, 0, mysql_gid)
             os.chmod(path, 0o640)
+    try:
+        pwd.getpwnam(HEALTH_USER)
+    except KeyError:
+        # The health server's own system user: no home, no shell, no password.
+        subprocess.run(["useradd", "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent",
+                        "--shell", "/usr/sbin/nologin", HEALTH_USER], check=True, capture_output=True, timeout=60)
     return 0
+
+
+# -- the data volume, and the traces of an earlier cluster ---------------------------------
+
+def mount_points(path=None):
+    """Mount points of this process's mount namespace (/proc/self/mountinfo, field 5)."""
+    points = set()
+    with open(path or MOUNTINFO) as fh:
+        for line in fh:
+            fields = line.split()
+            if len(fields) > 4:
+                points.add(fields[4].replace("\\040", " "))
+    return points
+
+
+def volume_problem():
+    """None when DATADIR is the data volume: a mount point whose file system is the block
+    device the kernel names by the volume's label; else one line: what is wrong, what to do."""
+    if os.path.normpath(DATADIR) not in mount_points():
+        return (f"{DATADIR} is not a mount point: the data volume is not mounted (a failed attach leaves an empty "
+                f"directory); attach the volume, check `findmnt LABEL={DATA_LABEL}`, then `mount {DATADIR}`")
+    link = os.path.join(BY_LABEL, DATA_LABEL)
+    try:
+        device = os.stat(link)
+    except FileNotFoundError:
+        return (f"no file system labelled {DATA_LABEL} ({link} is missing): the data volume is not attached; "
+                f"attach it and mount it on {DATADIR}")
+    mounted = os.stat(DATADIR).st_dev
+    if not stat.S_ISBLK(device.st_mode) or device.st_rdev != mounted:
+        return (f"{DATADIR} is not the file system labelled {DATA_LABEL} (mounted: device {os.major(mounted)}:"
+                f"{os.minor(mounted)}; {link}: {os.major(device.st_rdev)}:{os.minor(device.st_rdev)}); "
+                f"unmount it and mount the data volume (LABEL={DATA_LABEL})")
+    return None
+
+
+def cluster_traces():
+    """Why DATADIR or this machine has been part of a cluster: one line per trace, [] if none."""
+    found = [os.path.join(DATADIR, name) for name in CLUSTER_TRACES if os.path.exists(os.path.join(DATADIR, name))]
+    found += [f"{path} (this node started a cluster)" for path in (VOLUME_MARKER, HOST_MARKER)
+              if os.path.exists(path)]
+    try:
+        entries = sorted(os.listdir(DATADIR))
+    except FileNotFoundError:
+        entries = []
+    found += [f"database {name}" for name in entries
+              if os.path.isdir(os.path.join(DATADIR, name)) and name not in SYSTEM_DIRS and not name.startswith("#")]
+    return found
+
+
+def new_cluster_refusal():
+    """Why this node may not start a NEW cluster (one line), or None: only from the data
+    volume, and only while neither the volume nor this machine holds a trace of a cluster."""
+    problem = volume_problem()
+    if problem:
+        return problem
+    traces = cluster_traces()
+    if traces:
+        return (f"this node's data has been part of a cluster ({', '.join(traces)}): a new, empty cluster would have "
+                "the others wiped by SST; if every node is down, recover: galera-node recover-report on each node, "
+                "python -m keystone_multiregion recover-plan, galera-node bootstrap-here on the node it names")
+    return None
+
+
+def write_markers(node):
+    """Record that this node started a cluster: on the volume and on the root disk."""
+    record = json.dumps({"node": node["name"], "deployment": node.get("deployment"),
+                         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, sort_keys=True) + "\n"
+    for path in (VOLUME_MARKER, HOST_MARKER):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as fh:
+            fh.write(record)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+# -- the peers, over their database port ----------------------------------------------------
+
+def _status_credentials():
+    """[client] options for asking a peer's server (the account DB_USERS names for it)."""
+    with open(DB_USERS) as fh:
+        spec = json.load(fh)
+    user = next(u for u in spec["users"] if u["name"] == spec["status_user"])
+    return {"user": user["name"], "password": user["password"], "ssl-ca": spec["ssl_ca"],
+            "ssl-verify-server-cert": None, "connect-timeout": "3"}
+
+
+def peer_cluster_status(peer, options, timeout=15):
+    """A peer's wsrep_cluster_status ('Primary', 'non-Primary', ...); None when no server
+    answers there. The credentials go in an option file only root can read, never in argv."""
+    fd, path = tempfile.mkstemp(prefix="galera-node-", suffix=".cnf")  # 0600, owned by root
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write("[client]\n" + "".join(f"{k}\n" if v is None else f"{k} = {v}\n" for k, v in options.items()))
+        argv = ["mariadb", f"--defaults-extra-file={path}", "-h", peer, "-P", str(MYSQL_PORT), "-N", "-B"]
+        try:
+            rows = _client(argv, "SHOW GLOBAL STATUS LIKE 'wsrep_cluster_status'", timeout)
+        except RuntimeError as exc:
+            # 2002/2003: nothing listens or the address is unreachable; 2013: lost at connect.
+            if re.search(r"ERROR 20(02|03|13)\b", str(exc)):
+                return None
+            raise
+        except subprocess.TimeoutExpired:
+            return None
+        return rows[0][1] if rows and len(rows[0]) > 1 else ""
+    finally:
+        os.unlink(path)
+
+
+def primary_peers(node, ignore=()):
+    """(peers in a Primary component, peers whose state could not be told) as lines."""
+    options = _status_credentials()
+    primary, unknown = [], []
+    for peer in node["galera_peers"]:
+        if peer == node["address"] or peer in ignore:
+            continue
+        try:
+            status = peer_cluster_status(peer, options)
+        except RuntimeError as exc:
+            unknown.append(f"{peer}: {str(exc).splitlines()[-1]}")
+            continue
+        if status == "Primary":
+            primary.append(peer)
+    return primary, unknown
 
 
 def recovered_position():
@@ -183,11 +353,27 @@ def _exec_mariadbd(extra):
     os.execvp(argv[0], argv)
 
 
+def refuse(what, reason):
+    print(f"galera-node: refusing to {what}: {reason}", file=sys.stderr, flush=True)
+    return 2
+
+
 def cmd_start(args):
     node = facts()
+    # MariaDB runs from the data volume or not at all: on the empty directory a failed
+    # attach leaves behind, a joiner would receive a full copy onto the root disk and the
+    # bootstrap node would start a new, empty cluster.
+    problem = volume_problem()
+    if problem:
+        return refuse("start MariaDB", problem)
     grastate = read_grastate()
     peers = [] if grastate is not None or not node.get("galera_bootstrap") else peers_answering(node)
     action = decide(node, grastate, peers)
+    if action == "new-cluster":
+        reason = new_cluster_refusal()
+        if reason:
+            return refuse("start a new cluster", reason)
+        write_markers(node)
     print(json.dumps({"node": node["name"], "action": action, "grastate": grastate, "peers_answering": peers}),
           flush=True)
     if args.exec:
@@ -224,6 +410,9 @@ def cmd_init_cluster(args):
                 mysql(f"ALTER USER {account} IDENTIFIED BY {password}{require}")
                 mysql(f"GRANT ALL PRIVILEGES ON `{user['database']}`.* TO {account}")
                 created.append(f"{user['name']}@{host}")
+    # The health server's account: the system user of the same name, by unix_socket (no
+    # password exists); it needs no privilege to read the wsrep status.
+    mysql(f"CREATE USER IF NOT EXISTS {_quote(HEALTH_USER)}@'localhost' IDENTIFIED VIA unix_socket")
     # root keeps socket authentication for local tools, and gets the password as well.
     mysql(f"ALTER USER 'root'@'localhost' IDENTIFIED VIA unix_socket OR mysql_native_password "
           f"USING PASSWORD({_quote(root_password())})")
@@ -242,12 +431,31 @@ def cmd_status(args):
     return 0 if status["healthy"] else 1
 
 
+class HealthCache:
+    """The node's status for the health server: one query at a time, and its answer reused
+    for `ttl` seconds, so a flood of requests costs one mariadb client per second."""
+
+    def __init__(self, query, ttl=HEALTH_CACHE_S, clock=time.monotonic):
+        self._query, self._ttl, self._clock = query, ttl, clock
+        self._lock = threading.Lock()
+        self._at, self._value = None, None
+
+    def get(self):
+        with self._lock:
+            if self._at is None or self._clock() - self._at >= self._ttl:
+                try:
+                    self._value = self._query()
+                except (RuntimeError, subprocess.TimeoutExpired, OSError) as exc:
+                    self._value = {"error": str(exc)}
+                self._at = self._clock()
+            return self._value
+
+
 class _Health(http.server.BaseHTTPRequestHandler):
+    timeout = 5  # a client that sends nothing does not hold a slot
+
     def do_GET(self):  # noqa: N802 (http.server's naming)
-        try:
-            status = wsrep_status()
-        except (RuntimeError, subprocess.TimeoutExpired, OSError) as exc:
-            status = {"error": str(exc)}
+        status = self.server.health.get()
         ok = healthy(status)
         body = (json.dumps(status, sort_keys=True) + "\n").encode()
         self.send_response(200 if ok else 503)
@@ -260,8 +468,46 @@ class _Health(http.server.BaseHTTPRequestHandler):
         pass
 
 
+class HealthServer(http.server.ThreadingHTTPServer):
+    """At most `max_clients` connections served at once; later ones wait in the listen queue."""
+    daemon_threads = True
+
+    def __init__(self, address, health, max_clients=HEALTH_MAX_CLIENTS):
+        self.health = health
+        self._slots = threading.BoundedSemaphore(max_clients)
+        super().__init__(address, _Health)
+
+    def process_request(self, request, client_address):
+        self._slots.acquire()
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
+def drop_privileges(user):
+    """Become `user` (its own group, no others) when started as root; refuse to stay root."""
+    import pwd
+    if os.geteuid() != 0:
+        return
+    entry = pwd.getpwnam(user)
+    os.setgroups([])
+    os.setgid(entry.pw_gid)
+    os.setuid(entry.pw_uid)
+    if os.geteuid() == 0 or os.getuid() == 0:
+        raise SystemExit("galera-node: could not drop root privileges")
+
+
 def cmd_health_server(args):
-    server = http.server.ThreadingHTTPServer((args.address, args.port), _Health)
+    server = HealthServer((args.address, args.port), HealthCache(lambda: wsrep_status(user=HEALTH_USER)))
+    drop_privileges(HEALTH_USER)  # the unit already starts it as that user; the lab starts it as root
     server.serve_forever()
 
 
@@ -269,7 +515,7 @@ def cmd_recover_report(args):
     node = facts()
     grastate = read_grastate() or {}
     report = {"node": node["name"], "uuid": grastate.get("uuid"), "seqno": grastate.get("seqno"),
-              "safe_to_bootstrap": grastate.get("safe_to_bootstrap", 0)}
+              "safe_to_bootstrap": grastate.get("safe_to_bootstrap", 0), "data_volume": volume_problem() or "mounted"}
     if report["seqno"] in (None, -1) and os.path.isdir(os.path.join(DATADIR, "mysql")):
         position = recovered_position()
         if position:
@@ -280,10 +526,20 @@ def cmd_recover_report(args):
 
 
 def cmd_bootstrap_here(args):
+    problem = volume_problem()
+    if problem:
+        return refuse("bootstrap from this node", problem)
     grastate = read_grastate()
     if grastate is None:
-        print("galera-node: no grastate.dat: this node holds no cluster data to recover from", file=sys.stderr)
-        return 2
+        return refuse("bootstrap from this node", "no grastate.dat: this node holds no cluster data to recover from")
+    node = facts()
+    primary, unknown = primary_peers(node, ignore=args.ignore_peer)
+    if primary:
+        return refuse("bootstrap from this node", f"{', '.join(primary)} already run a Primary component: start "
+                      "this node normally (systemctl start mariadb) and it joins them")
+    if unknown:
+        return refuse("bootstrap from this node", f"could not tell whether these peers are in a Primary component "
+                      f"({'; '.join(unknown)}); check them by hand, then repeat with --ignore-peer ADDRESS")
     with open(GRASTATE) as fh:
         text = fh.read()
     text = re.sub(r"^safe_to_bootstrap:\s*\d+", "safe_to_bootstrap: 1", text, flags=re.M)
@@ -294,7 +550,7 @@ def cmd_bootstrap_here(args):
     shutil.copystat(GRASTATE, tmp)
     os.chown(tmp, st.st_uid, st.st_gid)  # mariadbd (user mysql) rewrites it
     os.replace(tmp, GRASTATE)
-    print(json.dumps({"node": facts()["name"], "action": "bootstrap-recovered", "seqno": grastate.get("seqno")}),
+    print(json.dumps({"node": node["name"], "action": "bootstrap-recovered", "seqno": grastate.get("seqno")}),
           flush=True)
     if args.exec:
         _exec_mariadbd(["--wsrep-new-cluster"])
@@ -311,6 +567,9 @@ def main(argv=None):
         p = sub.add_parser(name)
         p.add_argument("--exec", action="store_true", help="exec mariadbd in the foreground (no systemd)")
         p.add_argument("--timeout", type=float, default=1800, help="seconds to wait for Synced/Primary")
+        if name == "bootstrap-here":
+            p.add_argument("--ignore-peer", action="append", default=[], metavar="ADDRESS",
+                           help="a peer whose state you checked by hand (it does not answer for itself)")
     sub.add_parser("init-cluster")
     sub.add_parser("status")
     health = sub.add_parser("health-server")

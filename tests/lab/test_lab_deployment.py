@@ -64,3 +64,17 @@ def test_partitioned_region_keeps_its_local_cache(deployment):
     finally:
         net.heal(region_c)
     assert net.can_reach("galera-lab-a-1", "galera-lab-c-1")
+
+
+def test_no_secret_in_any_command_line(deployment):
+    # Sampled while `up` started every daemon (and its one-shot commands), and once more now.
+    seen = deployment.lab.state.read()["probes"]["argv_secrets"]
+    check = deployment.argv_secrets_check()
+    print(check.line())
+    assert seen["samples"] > 0 and check.ok, check.line()
+
+
+def test_galera_health_servers_run_unprivileged(deployment):
+    from lab.layers.galera import health_uid
+    uids = {n.name: health_uid(deployment, n.name) for n in deployment.topo.nodes(role="galera")}
+    assert all(uid not in (None, 0) for uid in uids.values()), uids

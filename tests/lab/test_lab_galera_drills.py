@@ -74,3 +74,11 @@ def test_8_wan_latency_costs_commits_not_reads(drills):
     assert m["commit_ms"] - m["commit_ms_without_delay"] >= 90
     # A read that waited for another region would pay at least one round trip.
     assert m["read_ms"] - m["read_ms_without_delay"] < 0.9 * m["rtt_ms"]
+
+
+def test_g9_bootstrap_node_without_its_volume_refuses(drills):
+    result = _run(drills.drill_missing_volume)
+    m = result.measured
+    assert "refusing to start" in m["said"] and "galera-data" in m["said"]
+    assert m["status_without_volume"] == "no server" and m["written_without_volume"] == []
+    assert m["grastate_unchanged"] is True and m["lost_writes"] == 0
