@@ -2,6 +2,7 @@
 
 import configparser
 import importlib.util
+import json
 import subprocess
 
 import pytest
@@ -96,9 +97,10 @@ def test_first_boot_order(topo, secrets):
     doc = yaml.safe_load(render_node(topo, "galera-region-a-1", secrets).user_data)
     # Debian's postinst must not start MariaDB before the node decides how to start.
     assert doc["bootcmd"][0][:3] == ["cloud-init-per", "once", "ksm-deny-service-start"]
+    # The drop-in that keeps MariaDB off a missing volume is loaded before anything starts it.
     assert [c[:3] for c in doc["runcmd"]] == [
-        ["rm", "-f", "/usr/sbin/policy-rc.d"], ["python3", "/usr/local/sbin/galera-node", "prepare"],
-        ["python3", "/usr/local/sbin/galera-node", "start"], ["systemctl", "daemon-reload"],
+        ["rm", "-f", "/usr/sbin/policy-rc.d"], ["systemctl", "daemon-reload"],
+        ["python3", "/usr/local/sbin/galera-node", "prepare"], ["python3", "/usr/local/sbin/galera-node", "start"],
         ["systemctl", "enable", "--now"]]
 
 
@@ -239,3 +241,348 @@ def test_galera_node_uses_only_the_standard_library():
     assert "{{" not in source and "{%" not in source
     assert subprocess.run(["/usr/bin/python3", str(TEMPLATES / "galera/galera-node.py"), "--help"],
                           capture_output=True).returncode == 0
+
+
+
+# -- secrets never in a command line (issue 12, item 5) -------------------------------------
+
+FAKE_MARIADB = """#!/bin/sh
+# Records its argv (one argument a line) and its stdin; answers like a server would.
+log="$FAKE_MARIADB_LOG"
+{ echo "--- argv"; for a in "$@"; do echo "$a"; done; echo "--- stdin"; cat; echo; } >> "$log"
+for a in "$@"; do
+  case "$a" in
+    --defaults-extra-file=*) f="${a#--defaults-extra-file=}"; echo "--- option file mode $(stat -c %a "$f")" >> "$log";;
+  esac
+done
+host=""
+while [ "$#" -gt 0 ]; do [ "$1" = "-h" ] && host="$2"; shift; done
+case "$host" in
+  10.9.0.2) printf 'wsrep_cluster_status\\t%s\\n' "${FAKE_PEER_STATUS:-Primary}";;
+  10.9.0.3) echo "ERROR 2002 (HY000): Can't connect to server on '10.9.0.3' (115)" >&2; exit 1;;
+esac
+exit 0
+"""
+
+
+@pytest.fixture
+def node_files(tmp_path, monkeypatch):
+    """galera-node pointed at temporary files, with a fake `mariadb` first on PATH."""
+    gn = _galera_node()
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "mariadb").write_text(FAKE_MARIADB)
+    (bin_dir / "mariadb").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    log = tmp_path / "mariadb.log"
+    monkeypatch.setenv("FAKE_MARIADB_LOG", str(log))
+    sst = tmp_path / "sst.cnf"
+    sst.write_text("[galera]\nwsrep_sst_auth = sst:sst-SECRET-1\n")
+    root = tmp_path / "my.cnf"
+    root.write_text("[client]\nuser = root\npassword = root-SECRET-2\n")
+    users = tmp_path / "users.json"
+    users.write_text(json.dumps({"databases": ["keystone"], "status_user": "keystone", "ssl_ca": "/ca.pem",
+                                 "users": [{"name": "keystone", "password": "ks-SECRET-3", "database": "keystone",
+                                            "hosts": ["10.9.0.0/255.255.255.0"], "require_ssl": True}]}))
+    monkeypatch.setattr(gn, "SECRET_FILES", (str(sst), "/nonexistent"))
+    monkeypatch.setattr(gn, "ROOT_MY_CNF", str(root), raising=False)
+    monkeypatch.setattr(gn, "root_password", lambda: "root-SECRET-2")
+    monkeypatch.setattr(gn, "DB_USERS", str(users))
+    return gn, log
+
+
+def _calls(log):
+    """[(argv, stdin)] of every fake mariadb run."""
+    calls = []
+    for chunk in log.read_text().split("--- argv\n")[1:]:
+        argv, stdin = chunk.split("--- stdin\n", 1)
+        stdin = "".join(line for line in stdin.splitlines(True) if not line.startswith("--- option file"))
+        calls.append((argv.splitlines(), stdin))
+    return calls
+
+
+def test_init_cluster_sends_passwords_on_stdin_never_in_argv(node_files, capsys):
+    gn, log = node_files
+    assert gn.cmd_init_cluster(None) == 0
+    calls = _calls(log)
+    everything_in_argv = "\n".join("\n".join(argv) for argv, _ in calls)
+    everything_on_stdin = "".join(stdin for _, stdin in calls)
+    for secret in ("sst-SECRET-1", "root-SECRET-2", "ks-SECRET-3"):
+        assert secret not in everything_in_argv
+        assert secret in everything_on_stdin  # the statements that need it did run
+    assert not [a for a in everything_in_argv.split("\n") if a == "-e" or a.startswith("-p")]
+
+
+def test_bootstrap_here_asks_peers_with_an_option_file_and_refuses_a_primary_one(node_files, monkeypatch, capsys):
+    gn, log = node_files
+    node = {"name": "g1", "address": "10.9.0.1", "galera_peers": ["10.9.0.1", "10.9.0.2", "10.9.0.3"]}
+    primary, unknown = gn.primary_peers(node)
+    assert primary == ["10.9.0.2"] and unknown == []  # 10.9.0.3: nothing listens there
+    calls = _calls(log)
+    assert len(calls) == 2
+    for argv, stdin in calls:
+        assert "ks-SECRET-3" not in "\n".join(argv)
+        assert stdin.strip() == "SHOW GLOBAL STATUS LIKE 'wsrep_cluster_status'"
+    assert log.read_text().count("--- option file mode 600") == 2
+    monkeypatch.setenv("FAKE_PEER_STATUS", "non-Primary")
+    assert gn.primary_peers(node) == ([], [])
+
+
+def test_bootstrap_here_refuses_while_a_peer_is_primary(node_files, tmp_path, monkeypatch, capsys):
+    gn, _ = node_files
+    _volume(gn, tmp_path, monkeypatch)
+    (tmp_path / "data" / "grastate.dat").write_text("uuid: x\nseqno: 7\nsafe_to_bootstrap: 0\n")
+    monkeypatch.setattr(gn, "GRASTATE", str(tmp_path / "data" / "grastate.dat"))
+    monkeypatch.setattr(gn, "facts", lambda: {"name": "g1", "address": "10.9.0.1",
+                                              "galera_peers": ["10.9.0.1", "10.9.0.2"]})
+    args = gn.main.__globals__["argparse"].Namespace(ignore_peer=[], exec=True, timeout=1)
+    assert gn.cmd_bootstrap_here(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("galera-node: refusing to bootstrap from this node: 10.9.0.2 already run a Primary component: "
+                   "start this node normally (systemctl start mariadb) and it joins them")
+    assert "safe_to_bootstrap: 0" in (tmp_path / "data" / "grastate.dat").read_text()
+
+
+# -- the data volume (issue 12, item 9) ------------------------------------------------------
+
+def _volume(gn, tmp_path, monkeypatch, mounted=True, label=True, same_device=True):
+    """A data directory (mounted or not), a by-label directory, and os.stat seeing a block
+    device there (the device number of the data directory's file system, or another)."""
+    import os
+    import stat as st
+    data, labels, host = tmp_path / "data", tmp_path / "by-label", tmp_path / "host"
+    for d in (data, labels, host):
+        d.mkdir(exist_ok=True)
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text("27 1 254:0 / / rw - ext4 /dev/vda rw\n"
+                         + (f"40 27 254:16 / {data} rw - ext4 /dev/vdc rw\n" if mounted else ""))
+    device = labels / "galera-data"
+    if label:
+        device.write_text("")
+    real_stat = os.stat
+    rdev = real_stat(data).st_dev if same_device else real_stat(data).st_dev + 1
+
+    def fake_stat(path, *a, **kw):
+        result = real_stat(path, *a, **kw)
+        if str(path) == str(device):
+            fields = list(result)
+            fields[0] = st.S_IFBLK | 0o660
+            out = os.stat_result(fields, {"st_rdev": rdev})
+            return out
+        return result
+    monkeypatch.setattr(gn.os, "stat", fake_stat)
+    monkeypatch.setattr(gn, "DATADIR", str(data))
+    monkeypatch.setattr(gn, "BY_LABEL", str(labels))
+    monkeypatch.setattr(gn, "MOUNTINFO", str(mountinfo))
+    monkeypatch.setattr(gn, "GRASTATE", str(data / "grastate.dat"))
+    monkeypatch.setattr(gn, "VOLUME_MARKER", str(data / "keystone-multiregion-cluster.json"))
+    monkeypatch.setattr(gn, "HOST_MARKER", str(host / "galera-cluster.json"))
+    return data, host
+
+
+class _Exec(Exception):
+    """Raised where galera-node would have replaced itself with mariadbd."""
+
+
+def _fake_exec(gn, monkeypatch):
+    """Record what mariadbd would have been started with; nothing after it runs (no
+    galera_new_cluster, no systemctl)."""
+    started = []
+
+    def fake(extra):
+        started.append(extra)
+        raise _Exec()
+
+    def no_commands(*args, **kwargs):
+        raise AssertionError(f"galera-node ran {args} in a test")
+    monkeypatch.setattr(gn, "_exec_mariadbd", fake)
+    monkeypatch.setattr(gn.subprocess, "run", no_commands)
+    return started
+
+
+def test_the_data_volume_is_recognised_by_its_label(tmp_path, monkeypatch):
+    gn = _galera_node()
+    _volume(gn, tmp_path, monkeypatch)
+    assert gn.volume_problem() is None
+
+
+@pytest.mark.parametrize("case,message", [
+    ({"mounted": False}, "{data} is not a mount point: the data volume is not mounted (a failed attach leaves an "
+                         "empty directory); attach the volume, check `findmnt LABEL=galera-data`, then `mount {data}`"),
+    ({"label": False}, "no file system labelled galera-data ({labels}/galera-data is missing): the data volume is "
+                       "not attached; attach it and mount it on {data}"),
+    ({"same_device": False}, "{data} is not the file system labelled galera-data"),
+])
+def test_start_refuses_without_the_data_volume(tmp_path, monkeypatch, capsys, case, message):
+    gn = _galera_node()
+    data, _ = _volume(gn, tmp_path, monkeypatch, **case)
+    monkeypatch.setattr(gn, "facts", lambda: {"name": "g1", "address": "10.9.0.1", "galera_bootstrap": True,
+                                              "galera_peers": ["10.9.0.1"]})
+    started = _fake_exec(gn, monkeypatch)
+    args = gn.main.__globals__["argparse"].Namespace(exec=True, timeout=1)
+    assert gn.cmd_start(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("galera-node: refusing to start MariaDB: ")
+    assert message.format(data=data, labels=tmp_path / "by-label") in err
+    assert started == [] and not (tmp_path / "host" / "galera-cluster.json").exists()
+
+
+@pytest.mark.parametrize("trace,named", [
+    ("grastate.dat", None),  # grastate.dat means "join", checked by decide()
+    ("gvwstate.dat", "gvwstate.dat"),
+    ("galera.cache", "galera.cache"),
+    ("keystone/", "database keystone"),
+    ("keystone-multiregion-cluster.json", "keystone-multiregion-cluster.json (this node started a cluster)"),
+    ("host:galera-cluster.json", "galera-cluster.json (this node started a cluster)"),
+])
+def test_a_new_cluster_only_from_a_volume_without_any_trace_of_one(tmp_path, monkeypatch, capsys, trace, named):
+    gn = _galera_node()
+    data, host = _volume(gn, tmp_path, monkeypatch)
+    (data / "mysql").mkdir()  # the system tables of a fresh install are no trace
+    (data / "lost+found").mkdir()
+    monkeypatch.setattr(gn, "facts", lambda: {"name": "g1", "address": "10.9.0.1", "galera_bootstrap": True,
+                                              "deployment": "idp", "galera_peers": ["10.9.0.1"]})
+    started = _fake_exec(gn, monkeypatch)
+    args = gn.main.__globals__["argparse"].Namespace(exec=True, timeout=1)
+    assert gn.new_cluster_refusal() is None
+    where = host if trace.startswith("host:") else data
+    name = trace.split(":", 1)[-1]
+    if name.endswith("/"):
+        (where / name).mkdir()
+    else:
+        (where / name).write_text("x\n" if name != "grastate.dat" else "uuid: x\nseqno: 3\n")
+    try:
+        gn.cmd_start(args)
+    except _Exec:
+        pass
+    err = capsys.readouterr().err
+    if named is None:
+        assert started == [[]]  # joins
+        return
+    assert started == []
+    assert err.startswith("galera-node: refusing to start a new cluster: this node's data has been part of a "
+                          "cluster (") and named in err and err.count("\n") == 1
+
+
+def test_a_new_cluster_writes_its_markers_on_the_volume_and_the_root_disk(tmp_path, monkeypatch, capsys):
+    gn = _galera_node()
+    data, host = _volume(gn, tmp_path, monkeypatch)
+    monkeypatch.setattr(gn, "facts", lambda: {"name": "g1", "address": "10.9.0.1", "galera_bootstrap": True,
+                                              "deployment": "idp", "galera_peers": ["10.9.0.1"]})
+    started = _fake_exec(gn, monkeypatch)
+    with pytest.raises(_Exec):
+        gn.cmd_start(gn.main.__globals__["argparse"].Namespace(exec=True, timeout=1))
+    assert started == [["--wsrep-new-cluster"]]
+    for marker in (data / "keystone-multiregion-cluster.json", host / "galera-cluster.json"):
+        assert json.loads(marker.read_text())["node"] == "g1"
+    # The next start without grastate.dat (a crash before Galera wrote it) no longer starts one.
+    assert "this node started a cluster" in gn.new_cluster_refusal()
+
+
+def test_bootstrap_here_refuses_without_the_data_volume(tmp_path, monkeypatch, capsys):
+    gn = _galera_node()
+    _volume(gn, tmp_path, monkeypatch, label=False)
+    args = gn.main.__globals__["argparse"].Namespace(ignore_peer=[], exec=True, timeout=1)
+    assert gn.cmd_bootstrap_here(args) == 2
+    assert capsys.readouterr().err.startswith("galera-node: refusing to bootstrap from this node: no file system "
+                                              "labelled galera-data")
+
+
+def test_rendered_files_agree_with_the_agent(topo, secrets):
+    from keystone_multiregion.roles import galera as role
+    gn = _galera_node()
+    assert (gn.DATA_LABEL, gn.DATADIR, gn.HEALTH_USER, gn.DB_USERS) == (
+        role.GALERA_DATA_LABEL, role.GALERA_DATADIR, role.HEALTH_USER, role.DB_USERS)
+    files = _files(render_node(topo, "galera-region-a-1", secrets))
+    unit = _ini(files["/etc/systemd/system/galera-health.service"].content)
+    assert unit["Service"]["User"] == gn.HEALTH_USER and unit["Service"]["NoNewPrivileges"] == "yes"
+    dropin = _ini(files["/etc/systemd/system/mariadb.service.d/keystone-multiregion.conf"].content)
+    assert dropin["Unit"]["RequiresMountsFor"] == "/var/lib/mysql"
+    users = json.loads(files[role.DB_USERS].content)
+    assert users["status_user"] in [u["name"] for u in users["users"]] and users["ssl_ca"] == "/etc/mysql/ssl/ca.pem"
+
+
+# -- recover-plan wants every node's report --------------------------------------------------
+
+def _reports(tmp_path, names):
+    paths = []
+    for i, name in enumerate(names):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"node": name, "uuid": "u", "seqno": 10 + i, "safe_to_bootstrap": 0}) + "\n")
+        paths.append(str(path))
+    return paths
+
+
+def test_recover_plan_names_the_missing_reports(tmp_path, capsys):
+    from keystone_multiregion.__main__ import main
+    topo = load_topology(example())
+    names = [n.name for n in topo.nodes(role="galera")]
+    paths = _reports(tmp_path, names[:-2])
+    assert main(["recover-plan", *paths]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: no report from {names[-2]}, {names[-1]}: run `galera-node recover-report` there too, "
+                   "or, if that node's data is lost for good, repeat with --accept-missing\n")
+    assert main(["recover-plan", "--accept-missing", *paths]) == 0
+    out = capsys.readouterr().out
+    assert f"{names[-1]}: NO REPORT" in out and f"bootstrap from {names[-3]}" in out
+    assert main(["recover-plan", *_reports(tmp_path, names)]) == 0
+
+
+def test_recover_plan_refuses_reports_of_other_nodes(tmp_path, capsys):
+    from keystone_multiregion.__main__ import main
+    names = [n.name for n in load_topology(example()).nodes(role="galera")]
+    assert main(["recover-plan", *_reports(tmp_path, names + ["galera-elsewhere-1"])]) == 2
+    assert "not Galera nodes of this topology: galera-elsewhere-1" in capsys.readouterr().err
+
+
+# -- the health server: unprivileged, one query per second -----------------------------------
+
+def test_health_cache_answers_a_flood_with_one_query():
+    import threading
+    gn = _galera_node()
+    calls = []
+    now = [100.0]
+    cache = gn.HealthCache(lambda: calls.append(1) or {"wsrep_cluster_status": "Primary"}, ttl=1.0,
+                           clock=lambda: now[0])
+    threads = [threading.Thread(target=cache.get) for _ in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1
+    now[0] += 1.0
+    assert cache.get() == {"wsrep_cluster_status": "Primary"} and len(calls) == 2
+
+
+def test_health_server_serves_from_the_cache(monkeypatch):
+    import threading
+    import urllib.error
+    import urllib.request
+    gn = _galera_node()
+    calls = []
+    status = {"wsrep_local_state_comment": "Synced", "wsrep_cluster_status": "Primary", "wsrep_ready": "ON"}
+    server = gn.HealthServer(("127.0.0.1", 0), gn.HealthCache(lambda: calls.append(1) or status, clock=lambda: 5.0),
+                             max_clients=2)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/"
+        codes = [urllib.request.urlopen(url, timeout=10).status for _ in range(20)]
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert codes == [200] * 20 and len(calls) == 1
+
+
+def test_health_server_runs_as_its_own_user_not_root(monkeypatch):
+    gn = _galera_node()
+    seen = []
+    monkeypatch.setattr(gn.os, "geteuid", lambda: 0 if not seen else 1000)
+    monkeypatch.setattr(gn.os, "getuid", lambda: 1000)
+    monkeypatch.setattr(gn.os, "setgroups", lambda groups: seen.append(("groups", groups)))
+    monkeypatch.setattr(gn.os, "setgid", lambda gid: seen.append(("gid", gid)))
+    monkeypatch.setattr(gn.os, "setuid", lambda uid: seen.append(("uid", uid)))
+    import pwd
+    monkeypatch.setattr(pwd, "getpwnam", lambda name: pwd.struct_passwd((name, "x", 1000, 1000, "", "/", "/bin/false")))
+    gn.drop_privileges("galera-health")
+    assert seen == [("groups", []), ("gid", 1000), ("uid", 1000)]

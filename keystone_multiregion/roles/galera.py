@@ -9,8 +9,12 @@ from ..security import PORTS
 from ..topology import ARBITRATOR, Node, Topology
 from .base import File, RoleLayer
 
+# The data volume is known by its file system label (galera-node DATA_LABEL checks that the
+# file system mounted on the data directory is the one with this label before it starts).
 GALERA_DATA_LABEL = "galera-data"
 GALERA_DATADIR = "/var/lib/mysql"
+# The health server's system user and database account (galera-node HEALTH_USER).
+HEALTH_USER = "galera-health"
 TLS_DIR = "/etc/mysql/ssl"
 TLS_PATHS = {"ca": f"{TLS_DIR}/ca.pem", "cert": f"{TLS_DIR}/node-cert.pem", "key": f"{TLS_DIR}/node-key.pem"}
 GALERA_CONF = "/etc/mysql/mariadb.conf.d/99-keystone-multiregion.cnf"
@@ -55,6 +59,8 @@ def _context(topo: Topology, node: Node, needed: dict) -> dict:
     return {
         "galera": topo.galera,
         "health_port": PORTS["galera_health"],
+        "health_user": HEALTH_USER,
+        "datadir": GALERA_DATADIR,
         "sst_user": SST_USER,
         "garbd_user": GARBD_USER,
         "peers": peers if node.role == "galera" else [f"{a}:{PORTS['galera_replication']}" for a in peers],
@@ -72,7 +78,10 @@ def _tls_files(topo: Topology, node: Node, needed: dict) -> list[File]:
         users = {"databases": ["keystone"],
                  "users": [{"name": "keystone", "password": needed["keystone_db_password"], "database": "keystone",
                             "hosts": [_mysql_host_pattern(r.cidr) for r in topo.regions if not r.witness],
-                            "require_ssl": True}]}
+                            "require_ssl": True}],
+                 # bootstrap-here asks each peer's server whether it runs a Primary component
+                 # (3306 is open between Galera nodes) with this account, over verified TLS.
+                 "status_user": "keystone", "ssl_ca": TLS_PATHS["ca"]}
         files.append(File(DB_USERS, json.dumps(users, indent=2, sort_keys=True) + "\n", permissions="0600"))
     return files
 
@@ -87,14 +96,17 @@ def _galera_cloud_config(topo: Topology, node: Node, doc: dict) -> None:
     doc["bootcmd"] = [DENY_SERVICE_START]
     doc["runcmd"] = [
         ["rm", "-f", "/usr/sbin/policy-rc.d"],
+        # The units and drop-ins written by cloud-init (mariadb waits for its data volume).
+        ["systemctl", "daemon-reload"],
         ["python3", GALERA_NODE_TOOL, "prepare"],
         ["python3", GALERA_NODE_TOOL, "start"],
-        ["systemctl", "daemon-reload"],
         ["systemctl", "enable", "--now", "galera-health.service"],
     ]
     # The data volume is attached at boot (a block device of the instance). Make a file
     # system only if it has none (overwrite: false keeps existing data), and mount it by
-    # label before the packages install into it.
+    # label before the packages install into it. `nofail` keeps the VM reachable over SSH
+    # when the volume is missing; MariaDB then does not start (RequiresMountsFor in its
+    # drop-in, and galera-node refuses unless the labelled file system is mounted).
     doc["fs_setup"] = [{"label": GALERA_DATA_LABEL, "filesystem": "ext4",
                         "device": topo.galera_data_device, "partition": "none", "overwrite": False}]
     doc["mounts"] = [[f"LABEL={GALERA_DATA_LABEL}", GALERA_DATADIR, "ext4",
@@ -122,6 +134,8 @@ GALERA = RoleLayer(
         ("galera/root-my.cnf.j2", "/root/.my.cnf", "0600"),
         ("galera/galera-node.py", GALERA_NODE_TOOL, "0755"),
         ("galera/galera-health.service.j2", "/etc/systemd/system/galera-health.service", "0644"),
+        ("galera/mariadb-data-volume.conf.j2", "/etc/systemd/system/mariadb.service.d/keystone-multiregion.conf",
+         "0644"),
     ),
     context=_context, secret_files=_tls_files, cloud_config=_galera_cloud_config)
 
