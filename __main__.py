@@ -46,6 +46,31 @@ def ssh_access() -> SshAccess | None:
                      bastion_host_key=config.get("sshBastionHostKey"))
 
 
+def public_certificate() -> tuple[pulumi.Input[str] | None, pulumi.Input[str] | None, bool]:
+    """The public endpoint's certificate chain and key from the stack config, and whether the
+    stack takes a certificate from the shared development CA instead (only when its config says
+    allowDevelopmentCertificate: true). Checked before any resource exists."""
+    if not topology.vips(region.name):  # a witness site serves no endpoint
+        return None, None, False
+    cert, key = config.get("publicCertificate"), config.get_secret("publicKey")
+    if cert is not None and key is not None:
+        return cert, key, False
+    if cert is not None or key is not None:
+        given, missing = ("publicCertificate", "publicKey") if cert is not None else ("publicKey", "publicCertificate")
+        raise pulumi.RunError(
+            f"config: keystone-multiregion:{missing} is not set but {given} is; the public endpoint "
+            f"{region.public_hostname} needs both: run `pulumi config set publicCertificate < chain.pem` and "
+            "`pulumi config set --secret publicKey < key.pem`")
+    if not config.get_bool("allowDevelopmentCertificate"):
+        raise pulumi.RunError(
+            "config: keystone-multiregion:publicCertificate is not set; the public endpoint "
+            f"{region.public_hostname} needs a certificate: run `pulumi config set publicCertificate < chain.pem` "
+            "and `pulumi config set --secret publicKey < key.pem`, or, for a development stack only, "
+            "`pulumi config set allowDevelopmentCertificate true` (a certificate from the shared stack's "
+            "development CA, whose key every such region then holds)")
+    return None, None, True
+
+
 if config.get_bool("shared"):
     if region_name:
         raise pulumi.RunError("config: keystone-multiregion:shared and keystone-multiregion:region are both set; "
@@ -58,7 +83,10 @@ if config.get_bool("shared"):
                            credential_rotations=config.get_int("credentialRotations") or 0)
     pulumi.export("secrets", shared.secrets)
     pulumi.export("galera_ca_key", shared.ca_key)
-    pulumi.export("public_dev_ca_key", shared.public_dev_ca_key)
+    # The development CA's key leaves the shared stack only for development deployments: a
+    # region stack's StackReference keeps every output in the region's state.
+    if config.get_bool("allowDevelopmentCertificate"):
+        pulumi.export("public_dev_ca_key", shared.public_dev_ca_key)
 elif region_name:
     # Secrets come from the shared stack, never from this stack's file.
     # Default: the stack named "shared" of this project, in this organization (a self-managed
@@ -66,12 +94,22 @@ elif region_name:
     org = pulumi.get_organization() or "organization"
     shared_stack = config.get("sharedStack") or f"{org}/{pulumi.get_project()}/shared"
     ssh = ssh_access()
+    public_cert, public_key, development_certificate = public_certificate()
     shared = pulumi.StackReference(shared_stack)
+    public_dev_ca_key = None
+    if development_certificate:
+        def dev_ca_key(key):
+            if not key:
+                raise pulumi.RunError(
+                    f"{shared_stack} exports no public_dev_ca_key, which allowDevelopmentCertificate needs: run "
+                    "`pulumi config set allowDevelopmentCertificate true -s shared` and `pulumi up -s shared`")
+            return key
+        public_dev_ca_key = shared.get_output("public_dev_ca_key").apply(dev_ca_key)
     deployment = RegionDeployment(region.name, RegionArgs(
         topology=topology, region=region.name, secrets=shared.get_output("secrets"),
         ca_key=shared.get_output("galera_ca_key"), cloud=config.get("cloud"),
-        public_cert=config.get("publicCertificate"), public_key=config.get_secret("publicKey"),
-        public_ca_cert=config.get("publicCaCertificate"), public_dev_ca_key=shared.get_output("public_dev_ca_key"),
+        public_cert=public_cert, public_key=public_key,
+        public_ca_cert=config.get("publicCaCertificate"), public_dev_ca_key=public_dev_ca_key,
         register_catalog=config.get_bool("registerCatalog", True), ssh=ssh))
     pulumi.export("region", region.name)
     pulumi.export("public_hostname", region.public_hostname)

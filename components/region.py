@@ -27,14 +27,16 @@ class RegionArgs:
     region: str
     secrets: pulumi.Input[Mapping[str, str]]
     ca_key: pulumi.Input[str]  # signs this region's Galera node certificates
-    # The public endpoint's certificate (PEM chain) and key; None: a self-signed one for
-    # development, made here.
+    # The public endpoint's certificate (PEM chain) and key; None: one from the shared
+    # development CA (public_dev_ca_key), made here, which the stack must have allowed.
     public_cert: pulumi.Input[str] | None = None
     public_key: pulumi.Input[str] | None = None
     # The CA the proxies verify other regions' endpoints with, for operator certificates
     # from a private CA; None with real public certificates (the system's CAs).
     public_ca_cert: pulumi.Input[str] | None = None
-    public_dev_ca_key: pulumi.Input[str] | None = None  # the shared stack's development CA
+    # The shared stack's development CA key: given only when the stack config allows a
+    # development certificate (allowDevelopmentCertificate), never in production.
+    public_dev_ca_key: pulumi.Input[str] | None = None
     cloud: str | None = None  # clouds.yaml entry; None: OS_CLOUD / OS_* from the environment
     register_catalog: bool = True  # register this region's endpoints once its Keystone answers
     ssh: SshAccess | None = None  # how the key repositories reach the Keystone nodes (required with any)
@@ -46,9 +48,9 @@ DEV_CERT_VALIDITY_HOURS = 365 * 24
 def dev_certificate(parent: pulumi.Resource, hostname: str, region: str, addresses: list[str],
                     ca_key: pulumi.Input[str], ca_cert: pulumi.Input[str]):
     """A certificate for the public endpoint from the shared development CA (the shared
-    stack's), for development only: set keystone-multiregion:publicCertificate and
-    publicKey for a real one. Every region's proxies trust that CA, so they can verify
-    each other's endpoints, their backup servers."""
+    stack's), for development only (the stack config says allowDevelopmentCertificate: true;
+    publicCertificate and publicKey give a real one). Every region's proxies trust that CA, so
+    they can verify each other's endpoints, their backup servers."""
     pulumi.log.warn(f"{region}: no publicCertificate in the stack config; the public endpoint {hostname} "
                     "gets a certificate from the shared development CA (development only)")
     cert, key = signed_certificate(parent, "public", region, hostname, [hostname], addresses, ca_key, ca_cert,
@@ -76,6 +78,9 @@ class RegionDeployment(pulumi.ComponentResource):
         if vip_addresses:
             cert, key = args.public_cert, args.public_key
             if cert is None or key is None:
+                if args.public_dev_ca_key is None:
+                    raise ValueError(f"{region.name}: the public endpoint has no certificate (public_cert, "
+                                     "public_key) and no development CA was allowed (public_dev_ca_key)")
                 dev_ca = pulumi.Output.from_input(args.secrets).apply(lambda s: s[PUBLIC_CA_CERT])
                 cert, key = dev_certificate(self, region.public_hostname, region.name, vip_addresses,
                                             args.public_dev_ca_key, dev_ca)

@@ -66,7 +66,9 @@ class LabDeployment:
         return Path(self.lab.labdir) / "drill-keys.json"
 
     def secrets(self) -> dict:
-        """The lab's own secrets and TLS credentials, generated once per lab directory (0600)."""
+        """The lab's own secrets and TLS credentials, generated once per lab directory (0600).
+        The public endpoints' certificates come from a development CA of the lab's own, as in a
+        stack whose config says allowDevelopmentCertificate: true (the lab runs no stack)."""
         path = Path(self.lab.labdir) / "secrets.yaml"
         if path.exists():
             values = yaml.safe_load(path.read_text()) or {}

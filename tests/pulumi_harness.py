@@ -158,6 +158,7 @@ class _RecordingMonitor(MockMonitor):
 class ProgramRun:
     resources: list[Registered]
     calls: list[tuple[str, dict]]
+    exports: dict = field(default_factory=dict)  # the stack's outputs by name (Outputs or values)
 
     def of_type(self, typ: str) -> list[Registered]:
         return [r for r in self.resources if r.type == typ]
@@ -176,17 +177,31 @@ def _quiet_unretrieved(loop, context):
 MOCK_SSH_KEY = "mock-ssh-private-key\n"
 
 
+_last_monitor: _RecordingMonitor | None = None
+
+
+def last_registered() -> list[Registered]:
+    """What the last run_program registered, also when the program failed (so a check that
+    must stop it before any resource exists can be seen to)."""
+    return list(_last_monitor.registered) if _last_monitor else []
+
+
 def run_program(stack: str, config: dict[str, str], shared_outputs: dict | None = None,
-                ssh_key: str | None = MOCK_SSH_KEY, drifted: tuple[str, ...] = ()) -> ProgramRun:
+                ssh_key: str | None = MOCK_SSH_KEY, drifted: tuple[str, ...] = (),
+                dev_certificate: bool = True) -> ProgramRun:
     """Run __main__.py as the Pulumi engine would for `stack`, against mocks. The operator has
-    set the secret sshPrivateKey (`ssh_key`, None: not set); the key push to the nodes in
-    `drifted` (resource names) reads back other keys."""
+    set the secret sshPrivateKey (`ssh_key`, None: not set) and, as the example stacks do,
+    allowDevelopmentCertificate (`dev_certificate`, False: not set); the key push to the nodes
+    in `drifted` (resource names) reads back other keys."""
     mocks = _Mocks({"secrets": dict(MOCK_SECRETS), "galera_ca_key": MOCK_CA_KEY,
                     "public_dev_ca_key": MOCK_PUBLIC_DEV_CA_KEY}
                    if shared_outputs is None else shared_outputs, drifted)
     if ssh_key is not None and "sshPrivateKey" not in config:
         config = {**config, "sshPrivateKey": ssh_key}
-    monitor = _RecordingMonitor(mocks)
+    if dev_certificate and "allowDevelopmentCertificate" not in config:
+        config = {**config, "allowDevelopmentCertificate": True}
+    global _last_monitor
+    monitor = _last_monitor = _RecordingMonitor(mocks)
     pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor,
                              organization=ORGANIZATION)
     pulumi.runtime.set_all_config({f"{PROJECT}:{k}": str(v) for k, v in config.items()},
@@ -199,8 +214,17 @@ def run_program(stack: str, config: dict[str, str], shared_outputs: dict | None 
     asyncio.get_event_loop().set_exception_handler(_quiet_unretrieved)
     cwd = os.getcwd()
     os.chdir(PROJECT_DIR)
+    exports: dict = {}
+    real_export = pulumi.export
+
+    def export(name, value):
+        exports[name] = value
+        real_export(name, value)
+
+    pulumi.export = export
     try:
         _sync_await(run_pulumi_func(lambda: runpy.run_path(str(PROJECT_DIR / "__main__.py"), run_name="__main__")))
     finally:
+        pulumi.export = real_export
         os.chdir(cwd)
-    return ProgramRun(resources=monitor.registered, calls=mocks.calls)
+    return ProgramRun(resources=monitor.registered, calls=mocks.calls, exports=exports)

@@ -8,7 +8,8 @@ from keystone_multiregion.render import render_node
 from keystone_multiregion.secrets import SECRETS
 from keystone_multiregion.stacks import region_stacks, stack_config
 from keystone_multiregion.topology import load_topology_file
-from pulumi_harness import MOCK_CA_KEY, MOCK_PUBLIC_DEV_CA_KEY, MOCK_SECRETS, mock_node_secrets, run_program
+from pulumi_harness import (MOCK_CA_KEY, MOCK_PUBLIC_DEV_CA_KEY, MOCK_SECRETS, last_registered, mock_node_secrets,
+                            run_program)
 
 TOPO = load_topology_file(ROOT / "topology.yaml")
 REGION_STACKS = region_stacks(ROOT)
@@ -19,7 +20,11 @@ INSTANCE = "openstack:compute/instance:Instance"
 
 def test_example_stacks():
     assert REGION_STACKS == {"region-a": "region-a", "region-b": "region-b", "region-c": "region-c"}
-    assert stack_config(ROOT, "shared") == {"shared": True}
+    assert stack_config(ROOT, "shared") == {"shared": True, "allowDevelopmentCertificate": True}
+    # The example stacks say they take development certificates, with a comment saying why.
+    for stack in REGION_STACKS:
+        assert stack_config(ROOT, stack)["allowDevelopmentCertificate"] is True
+        assert "A real deployment removes this line" in (ROOT / f"Pulumi.{stack}.yaml").read_text()
 
 
 @pytest.fixture(scope="module", params=sorted(REGION_STACKS))
@@ -198,8 +203,10 @@ def test_galera_nodes_get_certificates_from_the_shared_ca(stack):
                                                   + [f"public-key-{region}"])
 
 
-def test_public_endpoint_gets_a_development_certificate_without_config(stack):
+def test_public_endpoint_gets_a_development_certificate_when_the_stack_allows_it(stack):
     region, run = stack
+    assert stack_config(ROOT, [s for s, r in REGION_STACKS.items() if r == region][0]) == {
+        "region": region, "allowDevelopmentCertificate": True}
     csr = run.named(f"public-csr-{region}")
     assert csr.inputs["dnsNames"] == [TOPO.region(region).public_hostname]
     assert csr.inputs["ipAddresses"] == [v.address for v in TOPO.vips(region)]
@@ -214,8 +221,48 @@ def test_public_endpoint_gets_a_development_certificate_without_config(stack):
     assert "userData" in proxy.secret_inputs
 
 
+def test_without_a_certificate_or_the_development_flag_nothing_is_created():
+    with pytest.raises(Exception) as info:
+        run_program("region-b", {"region": "region-b"}, dev_certificate=False)
+    assert str(info.value).strip() == (
+        "config: keystone-multiregion:publicCertificate is not set; the public endpoint identity.region-b.example.com "
+        "needs a certificate: run `pulumi config set publicCertificate < chain.pem` and `pulumi config set --secret "
+        "publicKey < key.pem`, or, for a development stack only, `pulumi config set allowDevelopmentCertificate "
+        "true` (a certificate from the shared stack's development CA, whose key every such region then holds)")
+    assert last_registered() == []  # not even the StackReference that would read the CA's key
+
+
+@pytest.mark.parametrize("given", ["publicCertificate", "publicKey"])
+def test_half_a_public_certificate_is_refused(given):
+    """Half a certificate used to fall back to the development one silently."""
+    missing = {"publicCertificate": "publicKey", "publicKey": "publicCertificate"}[given]
+    with pytest.raises(Exception) as info:
+        run_program("region-b", {"region": "region-b", given: "REAL"})  # even where development ones are allowed
+    assert f"config: keystone-multiregion:{missing} is not set but {given} is;" in str(info.value)
+    assert last_registered() == []
+
+
+def test_shared_stack_exports_the_development_ca_key_only_when_allowed():
+    allowed = run_program("shared", {"shared": True})
+    assert "public_dev_ca_key" in allowed.exports
+    production = run_program("shared", {"shared": True}, dev_certificate=False)
+    assert "public_dev_ca_key" not in production.exports and "secrets" in production.exports
+
+
+def test_development_certificate_needs_the_shared_stack_to_allow_it_too():
+    shared = {"secrets": dict(MOCK_SECRETS), "galera_ca_key": MOCK_CA_KEY}  # a production shared stack
+    with pytest.raises(Exception) as info:
+        run_program("region-a", {"region": "region-a"}, shared_outputs=shared)
+    assert ("acme/keystone-multiregion/shared exports no public_dev_ca_key, which allowDevelopmentCertificate "
+            "needs: run `pulumi config set allowDevelopmentCertificate true -s shared`") in str(info.value)
+
+
 def test_public_certificate_from_config(tmp_path):
-    run = run_program("region-c", {"region": "region-c", "publicCertificate": "REAL-CERT", "publicKey": "REAL-KEY"})
+    # A real certificate needs no flag, and the region never reads the development CA's key.
+    run = run_program("region-c", {"region": "region-c", "publicCertificate": "REAL-CERT", "publicKey": "REAL-KEY"},
+                      dev_certificate=False)
+    assert not [r.name for r in run.resources if r.name.startswith("public-")]
+    assert not [r.name for r in run.resources if MOCK_PUBLIC_DEV_CA_KEY in repr(r.inputs)]
     assert run.of_type("tls:index/locallySignedCert:LocallySignedCert") == [
         r for r in run.of_type("tls:index/locallySignedCert:LocallySignedCert") if r.name.startswith("tls-cert-")]
     # A real certificate: the other regions are verified through the system's CAs.
@@ -292,7 +339,8 @@ def test_missing_shared_secret_names_it(tmp_path):
     partial = {k: v for k, v in MOCK_SECRETS.items() if k != "galera_root_password"}
     with pytest.raises(Exception) as info:
         run_program("region-b", {"region": "region-b"},
-                    shared_outputs={"secrets": partial, "galera_ca_key": MOCK_CA_KEY})
+                    shared_outputs={"secrets": partial, "galera_ca_key": MOCK_CA_KEY,
+                                    "public_dev_ca_key": MOCK_PUBLIC_DEV_CA_KEY})
     assert "galera_root_password is missing or empty" in str(info.value)
 
 

