@@ -23,7 +23,6 @@ import yaml
 from .recovery import RecoveryError, check_reports, most_advanced
 from .render import render_region, write_rendered
 from .secrets import SecretsError, placeholder_secrets
-from .security import project_usage
 from .stacks import region_stacks, stack_config
 from .topology import TopologyError, load_topology_file
 
