@@ -45,6 +45,9 @@ import urllib.error
 import urllib.request
 
 FACTS = "/etc/keystone-multiregion/node.json"
+# keystone-manage with the TLS-or-nothing database driver, and that driver's module.
+KEYSTONE_MANAGE = "/usr/local/bin/keystone-manage"
+DBTLS_MODULE = "/usr/local/lib/keystone-multiregion/keystone_dbtls.py"
 KEY_DIRS = {"fernet_keys": "/etc/keystone/fernet-keys", "credential_keys": "/etc/keystone/credential-keys"}
 # Written by install-keys after the keys: what the node should hold (key-check compares),
 # and the file keystone-api.path waits for before it starts the API.
@@ -160,7 +163,8 @@ def cmd_prepare(args):
 
 
 def _manage(*argv, env=None, timeout=600):
-    out = subprocess.run(["keystone-manage", "--config-file", CONFIG, *argv], capture_output=True, text=True,
+    # Our keystone-manage (/usr/local/bin): it loads the TLS-or-nothing database driver.
+    out = subprocess.run([KEYSTONE_MANAGE, "--config-file", CONFIG, *argv], capture_output=True, text=True,
                          timeout=timeout, env={**os.environ, **(env or {})})
     if out.returncode != 0:
         raise RuntimeError(f"keystone-manage {argv[0]} failed: {out.stderr.strip()[-2000:]}")
@@ -364,11 +368,14 @@ def _hashes(key):
 
 def credential_hashes_in_use():
     """{key_hash: number of credentials} in Keystone's database, through keystone.conf's
-    own connection (TLS as configured there). Needs Keystone's PyMySQL (python3-pymysql)."""
+    own connection: TLS or nothing (keystone_dbtls), the server checked against the Galera CA.
+    Needs Keystone's PyMySQL (python3-pymysql)."""
     import configparser
     import urllib.parse
 
-    import pymysql
+    sys.dont_write_bytecode = True  # no __pycache__ beside the shipped module
+    sys.path.insert(0, os.path.dirname(DBTLS_MODULE))
+    import keystone_dbtls
     conf = configparser.ConfigParser(interpolation=None)
     # Read as root from keystone's /etc/keystone: only root's own file, never through a link.
     with os.fdopen(os.open(CONFIG, os.O_RDONLY | os.O_NOFOLLOW)) as fh:
@@ -381,9 +388,9 @@ def credential_hashes_in_use():
     ssl = None
     if "ssl_ca" in query:
         ssl = {"ca": query["ssl_ca"], "check_hostname": query.get("ssl_check_hostname", "true").lower() != "false"}
-    conn = pymysql.connect(host=url.hostname, port=url.port or 3306, user=urllib.parse.unquote(url.username),
-                           password=urllib.parse.unquote(url.password or ""), database=url.path.lstrip("/"),
-                           ssl=ssl, connect_timeout=10)
+    conn = keystone_dbtls.connect(host=url.hostname, port=url.port or 3306, user=urllib.parse.unquote(url.username),
+                                  password=urllib.parse.unquote(url.password or ""),
+                                  database=url.path.lstrip("/"), ssl=ssl, connect_timeout=10)
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT key_hash, COUNT(*) FROM credential GROUP BY key_hash")

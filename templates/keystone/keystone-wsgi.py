@@ -10,6 +10,7 @@ import os
 import sys
 
 # The database driver keystone.conf names (TLS or nothing), shipped next to this file.
+sys.dont_write_bytecode = True  # no __pycache__ beside the shipped module
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import keystone_dbtls  # noqa: E402
 

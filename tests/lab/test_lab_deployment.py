@@ -14,10 +14,11 @@ def test_every_check_passes(deployment):
     for c in checks:
         print(c.line())
     # pings between 3 regions, memcached (answers, refuses) and Galera (member, health from
-    # the proxy, health refused to Keystone) per region, the proxy layer's 36, and Keystone's
+    # the proxy, health refused to Keystone) per region, the proxy layer's own checks, and Keystone's
     # /healthcheck on 3 nodes, the keys identical on all of them, the Keystone DB user's TLS,
     # and each node's own drift check (keystone-node key-check)
-    assert len(checks) == 3 + 3 * 2 + 3 * 3 + 36 + 3 + 1 + 1 + 3
+    from lab.layers import proxy
+    assert len(checks) == 3 + 3 * 2 + 3 * 3 + len(proxy.checks(deployment)) + 3 + 1 + 1 + 3
     assert [c.line() for c in checks if not c.ok] == []
 
 
@@ -78,3 +79,69 @@ def test_galera_health_servers_run_unprivileged(deployment):
     from lab.layers.galera import health_uid
     uids = {n.name: health_uid(deployment, n.name) for n in deployment.topo.nodes(role="galera")}
     assert all(uid not in (None, 0) for uid in uids.values()), uids
+
+
+# A MariaDB greeting without TLS (no CLIENT_SSL); records what the client sends back. Run
+# inside a Keystone node's namespace on its own loopback, one connection, bounded.
+_FAKE_MYSQL = r"""
+import socket, struct, sys
+srv = socket.socket(); srv.bind(("127.0.0.1", int(sys.argv[1]))); srv.listen(1); srv.settimeout(60)
+print("listening", flush=True)
+conn, _ = srv.accept(); conn.settimeout(10)
+caps = (0xFFFF & ~0x0800) | 0x8000 | 0x0200
+g = (bytes([10]) + b"5.5.5-10.11.0-MariaDB\0" + struct.pack("<I", 1) + b"abcdefgh\0" + struct.pack("<H", caps)
+     + bytes([33]) + struct.pack("<HH", 2, 0x0008) + bytes([21]) + b"\0" * 10 + b"ijklmnopqrst\0"
+     + b"mysql_native_password\0")
+conn.sendall(struct.pack("<I", len(g))[:3] + b"\0" + g)
+data = b""
+try:
+    while True:
+        chunk = conn.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+except OSError:
+    pass
+print(data.hex(), flush=True)
+"""
+
+
+@pytest.mark.parametrize("manage, driver", [("/usr/local/bin/keystone-manage", "mysql+tlspymysql"),
+                                            ("/usr/bin/keystone-manage", "mysql+pymysql")])
+def test_keystone_sends_no_login_to_a_database_without_tls(deployment, tmp_path, manage, driver):
+    """Something answering as MariaDB without TLS where Keystone's database is: keystone-manage
+    as the nodes run it (our wrapper, the mysql+tlspymysql driver) refuses before the login;
+    the control — Debian's keystone-manage with plain mysql+pymysql, as keystone.conf was
+    before — sends the user name and password hash to it."""
+    import configparser
+    import subprocess
+    import sys
+    from keystone_multiregion.roles.keystone import KEYSTONE_CONF
+    node = deployment.topo.nodes("lab-a", "keystone")[0].name
+    procs = deployment.lab.procs
+    conf = configparser.ConfigParser(interpolation=None)
+    conf.read(procs.host_path(node, KEYSTONE_CONF))
+    url = conf["database"]["connection"]
+    assert url.startswith("mysql+tlspymysql://")
+    host = url.split("@", 1)[1].split("/", 1)[0]
+    conf["database"]["connection"] = url.replace(host, "127.0.0.1:13306", 1).replace("mysql+tlspymysql", driver, 1)
+    conf["database"]["max_retries"] = "0"
+    copy = tmp_path / "keystone.conf"
+    with open(copy, "w") as fh:
+        conf.write(fh)
+    fake = subprocess.Popen(procs.command(node, [sys.executable, "-c", _FAKE_MYSQL, "13306"]),
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert fake.stdout.readline().strip() == "listening"  # bounded: the script times out in 60 s
+        out = procs.run(node, [manage, "--config-file", str(copy), "db_version"], timeout=120, check=False)
+        received = bytes.fromhex(fake.communicate(timeout=90)[0].strip() or "")
+    finally:
+        if fake.poll() is None:
+            fake.kill()
+            fake.wait()
+    print(manage, out.returncode, out.stderr.strip().splitlines()[-1:], received[:80])
+    assert out.returncode != 0
+    if driver == "mysql+tlspymysql":
+        assert "does not offer TLS" in out.stderr and received == b""
+    else:
+        assert b"keystone" in received  # the control: the login went out in clear
