@@ -36,11 +36,13 @@ class SecurityGroups(pulumi.ComponentResource):
                 f"sg-{rule.group}-{region}-{rule.key}",
                 security_group_id=groups[rule.group].id,
                 direction="ingress",
-                ethertype="IPv4",
+                ethertype=rule.ethertype,
                 protocol=rule.protocol,
                 port_range_min=rule.port,
                 port_range_max=rule.port,
                 remote_ip_prefix=rule.remote,
+                # Peers in this region: their group, one rule for them all (security.py).
+                remote_group_id=groups[rule.remote_group].id if rule.remote_group else None,
                 description=rule.description,
                 opts=child)
         self.group_ids = {role: g.id for role, g in groups.items()}

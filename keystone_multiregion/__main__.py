@@ -23,6 +23,7 @@ import yaml
 from .recovery import RecoveryError, check_reports, most_advanced
 from .render import render_region, write_rendered
 from .secrets import SecretsError, placeholder_secrets
+from .security import project_usage
 from .stacks import region_stacks, stack_config
 from .topology import TopologyError, load_topology_file
 
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--topology", default=str(PROJECT_DIR / "topology.yaml"), help="topology file")
     parser.add_argument("--project-dir", default=str(PROJECT_DIR), help="where the Pulumi.<stack>.yaml files are")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("validate", help="validate the topology and print a summary")
+    sub.add_parser("validate", help="validate the topology and the region stacks' files, and print a summary")
     render = sub.add_parser("render", help="render every node of a stack (or all stacks) into a directory")
     which = render.add_mutually_exclusive_group(required=True)
     which.add_argument("--stack", help="a region stack, e.g. region-a")
@@ -64,12 +65,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bootstrap from {node}: run `galera-node bootstrap-here` there, then start MariaDB on the others")
             return 0
         if args.command == "validate":
+            # Every region stack must name a region of the topology, as `pulumi up` would check.
+            stacks = region_stacks(Path(args.project_dir))
+            for stack, region in stacks.items():
+                topo.region(region, source=f"Pulumi.{stack}.yaml: keystone-multiregion:region")
             voters = topo.galera_voters
             print(f"{args.topology}: valid. {len(topo.regions)} regions, {voters} Galera voters, "
                   f"bootstrap region {topo.bootstrap_region}")
             for r in topo.regions:
                 counts = ", ".join(f"{role} {spec.count}" for role, spec in r.roles.items())
-                print(f"  {r.name} (index {r.index}, {r.cidr}): {counts}")
+                use = project_usage(topo, r.name)
+                print(f"  {r.name} (index {r.index}, {r.cidr}): {counts}; security group rules "
+                      f"{use.rules} of {topo.quotas.security_group_rules}, groups {use.groups} of "
+                      f"{topo.quotas.security_groups}")
+            print("  stacks: " + (", ".join(f"{s} -> {r}" for s, r in stacks.items()) or "none"))
             return 0
         if args.all:
             regions = [r.name for r in topo.regions]

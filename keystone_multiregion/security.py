@@ -6,6 +6,11 @@ remote is a peer's /32 (or, with ``peer_rules: cidr``, its region's CIDR), never
 Keystone's plain-HTTP port (5000: the internal VIP, the Keystone nodes) is admitted from
 the region's own network only; across regions Keystone is reached through the public
 HTTPS endpoint (the proxies' backup servers, roles/proxy.py).
+
+Peers in the same region are named by their security group (``remote_group_id``: Neutron
+admits the addresses of that group's ports), one rule for all of them instead of one per
+/32. Neutron's quota of rules is per project, and a region's groups share it with the
+rules Neutron adds itself: ``project_usage`` counts them all (checked in topology.py).
 """
 
 from __future__ import annotations
@@ -38,15 +43,31 @@ class Rule:
     group: str  # role whose group holds the rule
     protocol: str  # "tcp", "udp" or an IP protocol number
     port: int | None  # None for protocols without ports
-    remote: str  # remote_ip_prefix
+    remote: str | None  # remote_ip_prefix; None when remote_group names the source
     description: str
+    # A role whose security group in the same region is the source (remote_group_id):
+    # Neutron admits every address of that group's ports (group_members).
+    remote_group: str | None = None
 
     @property
     def key(self) -> str:
         """A stable, readable resource-name suffix."""
         port = f"-{self.port}" if self.port is not None else ""
         proto = "vrrp" if self.protocol == VRRP_PROTOCOL else self.protocol
-        return re.sub(r"[^a-z0-9-]", "-", f"{proto}{port}-from-{self.remote}".lower())
+        source = f"sg-{self.remote_group}" if self.remote_group else self.remote
+        return re.sub(r"[^a-z0-9-]", "-", f"{proto}{port}-from-{source}".lower())
+
+    @property
+    def ethertype(self) -> str:
+        """Neutron's ethertype: a rule matches one address family (admin_cidr may be IPv6)."""
+        return "IPv6" if self.remote and ":" in self.remote else "IPv4"
+
+
+@dataclass(frozen=True)
+class FromGroup:
+    """A rule source: the security group of `role` in the rule's own region."""
+
+    role: str
 
 
 def security_groups(topo: Topology, region: str) -> tuple[str, ...]:
@@ -55,7 +76,9 @@ def security_groups(topo: Topology, region: str) -> tuple[str, ...]:
                  if topo.nodes(region, role))
 
 
-def _remotes(topo: Topology, nodes) -> list[str]:
+def _remotes(topo: Topology, region: str, nodes) -> list:
+    """Sources admitting these nodes: their region's CIDR (peer_rules: cidr), or in this
+    region their role's group, elsewhere each node's /32."""
     if topo.peer_rules == "cidr":
         cidrs = []
         for n in nodes:
@@ -63,7 +86,12 @@ def _remotes(topo: Topology, nodes) -> list[str]:
             if cidr not in cidrs:
                 cidrs.append(cidr)
         return cidrs
-    return [f"{n.address}/32" for n in nodes]
+    out: list = []
+    for n in nodes:
+        source = FromGroup(n.role) if n.region == region else f"{n.address}/32"
+        if source not in out:
+            out.append(source)
+    return out
 
 
 def security_rules(topo: Topology, region: str) -> tuple[Rule, ...]:
@@ -71,11 +99,14 @@ def security_rules(topo: Topology, region: str) -> tuple[Rule, ...]:
 
     def allow(group, protocol, port, remotes, description):
         for remote in remotes:
-            rules.append(Rule(group, protocol, port, remote, description))
+            if isinstance(remote, FromGroup):
+                rules.append(Rule(group, protocol, port, None, description, remote_group=remote.role))
+            else:
+                rules.append(Rule(group, protocol, port, remote, description))
 
-    local = lambda role: [f"{n.address}/32" for n in topo.nodes(region, role)]  # noqa: E731
-    galera_peers = _remotes(topo, topo.nodes(role="galera"))
-    voters = _remotes(topo, topo.nodes(role="galera") + topo.nodes(role=ARBITRATOR))
+    local = lambda role: [FromGroup(role)] if topo.nodes(region, role) else []  # noqa: E731
+    galera_peers = _remotes(topo, region, topo.nodes(role="galera"))
+    voters = _remotes(topo, region, topo.nodes(role="galera") + topo.nodes(role=ARBITRATOR))
 
     for group in security_groups(topo, region):
         allow(group, "tcp", PORTS["ssh"], [topo.admin_cidr], "SSH from the admin network")
@@ -84,7 +115,7 @@ def security_rules(topo: Topology, region: str) -> tuple[Rule, ...]:
     # IST and SST only between data nodes of every region.
     # The proxies' database frontends keep other regions' Galera nodes as their last backups,
     # so every region's proxies may reach MySQL and the health check.
-    proxies = _remotes(topo, topo.nodes(role="proxy"))
+    proxies = _remotes(topo, region, topo.nodes(role="proxy"))
     allow("galera", "tcp", PORTS["mysql"], proxies + [p for p in galera_peers if p not in proxies],
           "MySQL from the proxies and Galera peers")
     allow("galera", "tcp", PORTS["galera_replication"], voters, "Galera replication")
@@ -106,4 +137,45 @@ def security_rules(topo: Topology, region: str) -> tuple[Rule, ...]:
     allow("proxy", "tcp", PORTS["mysql"], local("keystone"), "database frontend from the local Keystone nodes")
     allow("proxy", VRRP_PROTOCOL, None, local("proxy"), "VRRP between the proxy pair")
     groups = security_groups(topo, region)
-    return tuple(r for r in rules if r.group in groups)
+    return tuple(r for r in rules if r.group in groups and (r.remote_group is None or r.remote_group in groups))
+
+
+def group_members(topo: Topology, region: str, role: str) -> tuple[str, ...]:
+    """The addresses of the ports in a role's security group in a region: what a rule with
+    that group as its remote admits. The proxies' group also holds the VIP ports
+    (components/vips.py), whose addresses the proxies carry as allowed address pairs."""
+    addresses = [n.address for n in topo.nodes(region, role)]
+    if role == "proxy":
+        addresses += [v.address for v in topo.vips(region)]
+    return tuple(addresses)
+
+
+def remote_prefixes(topo: Topology, region: str, rule: Rule) -> tuple[str, ...]:
+    """The address prefixes a rule of this region admits: its remote_ip_prefix, or its
+    remote group's members as /32s. The lab's firewall enforces rules through this."""
+    if rule.remote_group is None:
+        return (rule.remote,)
+    return tuple(f"{a}/32" for a in group_members(topo, region, rule.remote_group))
+
+
+# What Neutron adds to a project on its own, against the same quotas: two egress rules
+# (IPv4 and IPv6, to anywhere) in every group it creates, and the project's `default`
+# group, which holds those two plus two ingress rules from itself.
+NEUTRON_EGRESS_RULES_PER_GROUP = 2
+NEUTRON_DEFAULT_GROUP_RULES = 4
+
+
+@dataclass(frozen=True)
+class ProjectUsage:
+    """What a region stack holds against its project's Neutron quotas."""
+
+    groups: int  # ours and Neutron's default group
+    rules: int  # all of them
+    ingress: int  # the rules we create (security_rules)
+
+
+def project_usage(topo: Topology, region: str) -> ProjectUsage:
+    groups = len(security_groups(topo, region))
+    ingress = len(security_rules(topo, region))
+    return ProjectUsage(groups=groups + 1, ingress=ingress,
+                        rules=ingress + NEUTRON_EGRESS_RULES_PER_GROUP * groups + NEUTRON_DEFAULT_GROUP_RULES)

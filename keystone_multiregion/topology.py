@@ -5,6 +5,12 @@ Plain Python, no Pulumi import. ``load_topology`` turns a mapping (read from
 :class:`TopologyError` with one line that names the field and the fix, raised before a
 single resource exists.
 
+Validation has two layers. The schema (pydantic models below, unknown keys forbidden,
+strict types) says the shape of ``topology.yaml``: which settings exist, their types,
+their defaults and simple bounds; each field's description is the fix its error names.
+Hand-written checks after it say what a schema cannot: odd Galera voters, overlapping
+CIDRs, an address plan that fits, the size of the admin network, the project's quotas.
+
 Every node's fixed address is computed here, from the region's CIDR and a fixed block
 per role, so each region stack knows every peer in every region without waiting for the
 other stacks. A node's address depends only on its region, role and number: adding a
@@ -16,8 +22,11 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import typing
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Literal, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 # Roles that run on VMs in every region, in the order their address blocks are laid out.
 ROLES = ("proxy", "galera", "keystone", "memcached")
@@ -29,8 +38,9 @@ ADDRESS_BLOCKS = ("vip",) + ROLES + (ARBITRATOR,)
 # its VRRP addresses to the other; at least one of every other role.
 MIN_COUNTS = {"proxy": 2, "galera": 1, "keystone": 1, "memcached": 1}
 
-# Defaults, in one place. Each can be overridden in topology.yaml under `defaults:`
-# (every region) or in a region's own `roles:` (that region only).
+# Defaults of each role, merged setting by setting under `defaults.<role>` (every region)
+# and a region's own `roles.<role>` (that region only). The other defaults are the schema's
+# field defaults below.
 DEFAULT_ROLES: dict[str, dict[str, Any]] = {
     "proxy": {"count": 2, "flavor": "m1.small", "vcpus": 1},
     # 3 per region: a region survives the loss of one node without SST traffic from afar.
@@ -40,69 +50,177 @@ DEFAULT_ROLES: dict[str, dict[str, Any]] = {
     "memcached": {"count": 3, "flavor": "m1.small", "vcpus": 1},
 }
 DEFAULT_ARBITRATOR = {"flavor": "m1.small", "vcpus": 1}
-DEFAULTS: dict[str, Any] = {
-    "image": "debian-12",
-    "key_pair": None,
-    "dns_nameservers": [],
-    # Host offsets: .1 is the router; fixed addresses start at .10, a block of 16 per
-    # role (VIPs, proxy, galera, keystone, memcached, arbitrator); DHCP gets the rest.
-    "first_offset": 10,
-    "block_size": 16,
-    "min_dhcp_pool": 8,
-    # Two public VRRP addresses (one master per proxy, DNS round-robin over both) and
-    # one internal address (Keystone's internal endpoint and the database frontend).
-    "public_vips": 2,
-    "internal_vips": 1,
-    # Security group rules name each Galera peer by /32 ("address") or by its region's
-    # CIDR ("cidr"), the latter for large layouts that would exceed the rule quota.
-    "peer_rules": "address",
-    # Neutron's default quota of rules per security group.
-    "max_rules_per_group": 100,
-    # The block device the Galera data volume appears as in the guest (virtio).
-    "galera_data_device": "/dev/vdb",
-}
 
-# Galera settings, from the source design and Codership's guidance for WAN clusters.
-DEFAULT_GALERA: dict[str, Any] = {
-    # Codership's WAN guide: keepalives and timeouts well above the worst inter-region
-    # round trip, so a slow link is not taken for a dead node.
-    "evs_keepalive_period": "PT3S",
-    "evs_suspect_timeout": "PT30S",
-    "evs_inactive_timeout": "PT1M",
-    "evs_install_timeout": "PT1M",
-    # Larger windows keep a high-latency link busy (defaults are 4 and 2).
-    "evs_send_window": 512,
-    "evs_user_send_window": 512,
-    # The source design: a "high" max_connections (Keystone workers x regions).
-    "max_connections": 2000,
-    "buffer_pool_mb": 1024,
-    # gcache holds the write-sets a returning node needs for IST instead of a full SST:
-    # sized for `rejoin_window_hours` of writes at `write_rate_kb_s`, twice over.
-    # Keystone writes little (users, projects, roles, revocations).
-    "rejoin_window_hours": 24,
-    "write_rate_kb_s": 2,
-    "gcache_mb": None,  # set to override the computed size
-}
-
-# Keystone settings. Tokens are Fernet: validated locally in every region with the same keys.
-DEFAULT_KEYSTONE: dict[str, Any] = {
-    "token_expiration_s": 3600,  # Keystone's default token lifetime
-    "allow_expired_window_s": 172800,  # Keystone's default: service tokens may revive expired ones for 2 days
-    "rotation_interval_h": 24,  # how often the operator rotates the Fernet keys
-    # A validated token stays cached in its region's memcached for this long. Caches are
-    # per region, so this bounds how long a token revoked in one region keeps validating
-    # in another.
-    "token_cache_s": 60,
-    # The source design: objects cached for 60 minutes.
-    "cache_expiration_s": 3600,
-    # One dead memcached node must not stall the API: short timeouts, retried later.
-    "memcache_dead_retry_s": 30,
-    "memcache_socket_timeout_s": 1,
-    "uwsgi_processes": None,  # None: one per vCPU of the flavor
-}
+# admin_cidr may reach every node's SSH port, so it must be an operator network, not a
+# slice of the internet. A /16 (65,536 addresses) is more than any bastion or VPN pool
+# needs; an IPv6 site is a /48 (RFC 6177), so a /48 is already a whole organisation.
+ADMIN_MAX_PREFIX = {4: 16, 6: 48}
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$")
 _HOST_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
+
+
+# --------------------------------------------------------------------------------------
+# The schema of topology.yaml: types, unknown keys, defaults. A field's description is
+# the fix its error message names (tests check that every field has one).
+# --------------------------------------------------------------------------------------
+
+class _Schema(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_unset(cls, data: Any) -> Any:
+        # YAML writes `key:` with nothing after it as null: treat it as not set (the default).
+        if isinstance(data, Mapping):
+            return {k: v for k, v in data.items() if v is not None}
+        return data
+
+
+def _fix(fix: str, default: Any = ..., **bounds: Any) -> Any:
+    return Field(default, description=fix, **bounds)
+
+
+class RoleIn(_Schema):
+    # Every setting is optional here: an unset one comes from the role's defaults. The
+    # smallest count depends on the role (checked by hand, with its reason).
+    count: int | None = _fix("give the number of nodes as a whole number, e.g. count: 3", None)
+    flavor: str | None = _fix("name the Nova flavor for this role, e.g. flavor: m1.small", None, min_length=1)
+    vcpus: int | None = _fix("give the flavor's number of vCPUs (1 or more)", None, ge=1)
+    volume_gb: int | None = _fix("give the size in GB of each Galera node's data volume (1 or more)", None, ge=1)
+
+
+def _role_field(role: str) -> Any:
+    return _fix(f"write the {role} settings as a mapping, e.g. {role}: {{count: {DEFAULT_ROLES[role]['count']}}}",
+                None)
+
+
+class RolesIn(_Schema):
+    proxy: RoleIn | None = _role_field("proxy")
+    galera: RoleIn | None = _role_field("galera")
+    keystone: RoleIn | None = _role_field("keystone")
+    memcached: RoleIn | None = _role_field("memcached")
+
+
+class ArbitratorSettingsIn(_Schema):
+    flavor: str | None = _fix("name the Nova flavor for the arbitrator, e.g. flavor: m1.small", None, min_length=1)
+    vcpus: int | None = _fix("give the flavor's number of vCPUs (1 or more)", None, ge=1)
+
+
+class ArbitratorIn(ArbitratorSettingsIn):
+    region: str = _fix("name the region that hosts the Galera arbitrator (garbd)")
+
+
+class DefaultsIn(_Schema):
+    image: str = _fix("name the Glance image, e.g. image: debian-12", "debian-12", min_length=1)
+    key_pair: str | None = _fix("name one Nova key pair, e.g. key_pair: ops", None)
+    dns_nameservers: list[str] = _fix("list name servers by address, e.g. [192.0.2.53]", [])
+    # Host offsets: .1 is the router; fixed addresses start at .10, a block of 16 per
+    # role (VIPs, proxy, galera, keystone, memcached, arbitrator); DHCP gets the rest.
+    first_offset: int = _fix("leave room for the router at .1 (2 or more)", 10, ge=2)
+    block_size: int = _fix("give each role block 2 or more addresses", 16, ge=2)
+    min_dhcp_pool: int = _fix("keep at least one DHCP address", 8, ge=1)
+    # Two public VRRP addresses (one master per proxy, DNS round-robin over both) and
+    # one internal address (Keystone's internal endpoint and the database frontend).
+    public_vips: int = _fix("keep at least one public VRRP address per region", 2, ge=1)
+    internal_vips: int = _fix("keep at least one internal VRRP address per region", 1, ge=1)
+    # Peers in other regions are named in security group rules by /32 ("address") or by
+    # their region's CIDR ("cidr"), the latter for layouts that would exceed the rule quota.
+    # Peers in the same region are named by their security group (one rule for them all).
+    peer_rules: Literal["address", "cidr"] = _fix(
+        "use 'address' (one rule per peer) or 'cidr' (one rule per region)", "address")
+    # The block device the Galera data volume appears as in the guest (virtio).
+    galera_data_device: str = _fix("give the device path of the data volume, e.g. /dev/vdb", "/dev/vdb")
+    proxy: RoleIn | None = _role_field("proxy")
+    galera: RoleIn | None = _role_field("galera")
+    keystone: RoleIn | None = _role_field("keystone")
+    memcached: RoleIn | None = _role_field("memcached")
+    arbitrator: ArbitratorSettingsIn | None = _fix(
+        "write the arbitrator's settings as a mapping, e.g. arbitrator: {flavor: m1.small}", None)
+
+
+class ExistingNetworkIn(_Schema):
+    network_id: str = _fix("give the Neutron network id", min_length=1)
+    subnet_id: str = _fix("give the Neutron subnet id", min_length=1)
+
+
+class RegionIn(_Schema):
+    name: str = _fix("give the region a name such as region-a")
+    index: int = _fix("number regions 1-255 (it becomes the Galera gmcast.segment)", ge=1, le=255)
+    cidr: str = _fix("give the region's private network, e.g. 10.10.1.0/24")
+    external_network: str = _fix("name the provider network that floating IPs come from", min_length=1)
+    # Required except on a witness region (checked by hand).
+    public_hostname: str | None = _fix("give the DNS name of the region's public endpoint", None)
+    roles: RolesIn = _fix("map role names to their settings, e.g. roles: {galera: {count: 3}}", RolesIn())
+    existing_network: ExistingNetworkIn | None = _fix(
+        "give the existing network as a mapping: {network_id: ..., subnet_id: ...}", None)
+    openstack_region: str | None = _fix("name the cloud's region, e.g. openstack_region: RegionOne", None)
+    # A witness site hosts only the Galera arbitrator.
+    witness: bool = _fix("write witness: true for a site that only hosts the arbitrator", False)
+
+
+class GaleraIn(_Schema):
+    # Codership's WAN guide: keepalives and timeouts well above the worst inter-region
+    # round trip, so a slow link is not taken for a dead node.
+    evs_keepalive_period: str = _fix("write it as Galera does, e.g. PT3S or PT1M", "PT3S")
+    evs_suspect_timeout: str = _fix("write it as Galera does, e.g. PT3S or PT1M", "PT30S")
+    evs_inactive_timeout: str = _fix("write it as Galera does, e.g. PT3S or PT1M", "PT1M")
+    evs_install_timeout: str = _fix("write it as Galera does, e.g. PT3S or PT1M", "PT1M")
+    # Larger windows keep a high-latency link busy (defaults are 4 and 2).
+    evs_send_window: int = _fix("give a positive whole number", 512, ge=1)
+    evs_user_send_window: int = _fix("give a positive whole number", 512, ge=1)
+    # The source design: a "high" max_connections (Keystone workers x regions).
+    max_connections: int = _fix("give a positive whole number", 2000, ge=1)
+    buffer_pool_mb: int = _fix("give a positive whole number", 1024, ge=1)
+    # gcache holds the write-sets a returning node needs for IST instead of a full SST:
+    # sized for `rejoin_window_hours` of writes at `write_rate_kb_s`, twice over.
+    # Keystone writes little (users, projects, roles, revocations).
+    rejoin_window_hours: int = _fix("give a positive whole number", 24, ge=1)
+    write_rate_kb_s: int = _fix("give a positive whole number", 2, ge=1)
+    gcache_mb: int | None = _fix("give gcache at least 16 MB, or leave it out to size it from the rejoin window",
+                                 None, ge=16)
+
+
+class KeystoneIn(_Schema):
+    # Tokens are Fernet: validated locally in every region with the same keys.
+    token_expiration_s: int = _fix("give a positive whole number", 3600, ge=1)  # Keystone's default lifetime
+    # Keystone's default: service tokens may revive expired ones for 2 days.
+    allow_expired_window_s: int = _fix("give a positive whole number", 172800, ge=1)
+    rotation_interval_h: int = _fix("give a positive whole number", 24, ge=1)  # how often keys rotate
+    # A validated token stays cached in its region's memcached for this long. Caches are
+    # per region, so this bounds how long a token revoked in one region keeps validating
+    # in another.
+    token_cache_s: int = _fix("give a positive whole number", 60, ge=1)
+    # The source design: objects cached for 60 minutes.
+    cache_expiration_s: int = _fix("give a positive whole number", 3600, ge=1)
+    # One dead memcached node must not stall the API: short timeouts, retried later.
+    memcache_dead_retry_s: int = _fix("give a positive whole number", 30, ge=1)
+    memcache_socket_timeout_s: int = _fix("give a positive whole number", 1, ge=1)
+    # None: one per vCPU of the flavor.
+    uwsgi_processes: int | None = _fix("give the number of uwsgi worker processes, or leave it out", None, ge=1)
+
+
+class QuotasIn(_Schema):
+    # Neutron's per-project defaults (neutron.conf [quotas] quota_security_group_rule and
+    # quota_security_group). Set them to what `openstack quota show <project>` says.
+    security_group_rules: int = _fix("give the project's security group rule quota "
+                                     "(`openstack quota show <project>`)", 100, ge=1)
+    security_groups: int = _fix("give the project's security group quota (`openstack quota show <project>`)",
+                                10, ge=1)
+
+
+class TopologyIn(_Schema):
+    name: str = _fix("give the deployment a short name such as 'keystone'")
+    bootstrap_region: str = _fix("name the region whose first Galera node starts the cluster")
+    admin_cidr: str = _fix("give the CIDR operators SSH from, e.g. 203.0.113.0/24")
+    defaults: DefaultsIn = _fix("write settings as key: value pairs", DefaultsIn())
+    regions: list[RegionIn] = _fix("list the regions, each with name, index, cidr, external_network "
+                                         "and public_hostname", min_length=1)
+    arbitrator: ArbitratorIn | None = _fix("give the arbitrator as a mapping, at least arbitrator.region", None)
+    galera: GaleraIn = _fix("give galera settings as key: value pairs", GaleraIn())
+    keystone: KeystoneIn = _fix("give keystone settings as key: value pairs", KeystoneIn())
+    quotas: QuotasIn = _fix("give the project's quotas as key: value pairs, e.g. "
+                            "quotas: {security_group_rules: 100, security_groups: 10}", QuotasIn())
 
 
 class TopologyError(ValueError):
@@ -223,6 +341,14 @@ class Arbitrator:
 
 
 @dataclass(frozen=True)
+class Quotas:
+    """The Neutron quotas of the project each region stack deploys into."""
+
+    security_group_rules: int
+    security_groups: int
+
+
+@dataclass(frozen=True)
 class Topology:
     name: str
     bootstrap_region: str
@@ -236,7 +362,7 @@ class Topology:
     public_vips: int
     internal_vips: int
     peer_rules: str
-    max_rules_per_group: int
+    quotas: Quotas
     galera_data_device: str
     regions: tuple[Region, ...]
     arbitrator: Arbitrator | None = None
@@ -295,180 +421,195 @@ def _host(net: ipaddress.IPv4Network, offset: int) -> str:
     return str(net.network_address + offset)
 
 
+
 # --------------------------------------------------------------------------------------
 # Loading and validation
 # --------------------------------------------------------------------------------------
 
-def _require(mapping: Mapping[str, Any], key: str, where: str, fix: str) -> Any:
-    if not isinstance(mapping, Mapping) or key not in mapping or mapping[key] in (None, ""):
-        raise TopologyError(f"{where}.{key}" if where else key, "is missing", fix)
-    return mapping[key]
+# The problem part of a schema error, by pydantic's error type.
+_PROBLEMS = {
+    "missing": "is missing",
+    "extra_forbidden": "is not a known setting",
+    "int_type": "{input!r} is not a whole number",
+    "string_type": "{input!r} is not text",
+    "bool_type": "{input!r} is not true or false",
+    "list_type": "{input!r} is not a list",
+    "model_type": "{input!r} is not a mapping",
+    "dict_type": "{input!r} is not a mapping",
+    "literal_error": "{input!r} is not {expected}",
+    "greater_than_equal": "{input!r} is below the minimum of {ge}",
+    "less_than_equal": "{input!r} is above the maximum of {le}",
+    "too_short": "is empty",
+    "string_too_short": "is empty",
+}
+# Settings that moved: the fix names the new place instead of listing the known settings.
+_MOVED = {
+    ("defaults", "max_rules_per_group"): "Neutron's rule quota is per project, not per group: set "
+                                         "quotas.security_group_rules instead",
+}
 
 
-def _int(value: Any, where: str, minimum: int, fix: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TopologyError(where, f"{value!r} is not a whole number", fix)
-    if value < minimum:
-        raise TopologyError(where, f"{value} is below the minimum of {minimum}", fix)
-    return value
+def _path(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
 
 
-def _cidr(value: Any, where: str) -> ipaddress.IPv4Network:
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _field_at(loc: tuple) -> tuple[type[BaseModel] | None, Any]:
+    """The schema model holding the last key of `loc`, and that key's field (None if unknown)."""
+    model, info = TopologyIn, None
+    for part in loc:
+        if isinstance(part, int):  # a list index: the same field's item model
+            continue
+        if model is None or part not in model.model_fields:
+            return model, None
+        info = model.model_fields[part]
+        model = _model_in(info.annotation)
+    return model, info
+
+
+def _schema_error(exc: ValidationError) -> TopologyError:
+    """The first schema error as one TopologyError line: full path, problem, fix."""
+    errors = exc.errors(include_url=False)
+    # A misspelt key is the likely cause of the other errors beside it (a "missing" one).
+    err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+    loc = tuple(err["loc"])
+    where = _path(loc)
+    template = _PROBLEMS.get(err["type"])
+    problem = (template.format(input=err.get("input"), **(err.get("ctx") or {})) if template
+               else f"{err.get('input')!r}: {err['msg'][0].lower()}{err['msg'][1:]}")
+    if err["type"] == "extra_forbidden":
+        parent, _ = _field_at(loc[:-1])
+        known = ", ".join(sorted(parent.model_fields)) if parent else "the settings in topology.yaml"
+        return TopologyError(where, problem, _MOVED.get(loc, f"use one of {known}"))
+    _, info = _field_at(loc)
+    fix = info.description if info is not None and info.description else "see topology.yaml in the project"
+    return TopologyError(where, problem, fix)
+
+
+def _cidr(value: str, where: str, versions: tuple[int, ...] = (4,)):
     try:
-        net = ipaddress.ip_network(str(value), strict=False)
+        net = ipaddress.ip_network(value, strict=False)
     except ValueError:
         raise TopologyError(where, f"{value!r} is not a valid CIDR",
                             "write an IPv4 network such as 10.10.1.0/24") from None
-    if net.version != 4:
+    if net.version not in versions:
         raise TopologyError(where, f"{value!r} is not IPv4", "use an IPv4 network such as 10.10.1.0/24")
-    if str(net) != str(value):
-        raise TopologyError(where, f"{value!r} has host bits set",
-                            f"write the network address, {net}")
+    if str(net) != value:
+        raise TopologyError(where, f"{value!r} has host bits set", f"write the network address, {net}")
     return net
 
 
-def _role_spec(role: str, base: Mapping[str, Any], override: Mapping[str, Any], where: str) -> RoleSpec:
-    unknown = set(override) - {"count", "flavor", "vcpus", "volume_gb"}
-    if unknown:
-        raise TopologyError(f"{where}.{sorted(unknown)[0]}", "is not a known setting",
-                            "use count, flavor, vcpus or volume_gb")
-    spec = {**base, **override}
+def _admin_cidr(value: str):
+    # By hand: a size limit that depends on the address family (ADMIN_MAX_PREFIX, with its reason).
+    net = _cidr(value, "admin_cidr", versions=(4, 6))
+    limit = ADMIN_MAX_PREFIX[net.version]
+    if net.prefixlen < limit:
+        reach = "the whole internet" if net.prefixlen == 0 else f"2^{net.max_prefixlen - net.prefixlen} addresses"
+        raise TopologyError("admin_cidr", f"{net} opens SSH to {reach}, more than an operator network "
+                            f"(at most a /{ADMIN_MAX_PREFIX[4]} for IPv4, a /{ADMIN_MAX_PREFIX[6]} for IPv6)",
+                            f"give the CIDR of your bastion or operator network, a /{limit} or smaller")
+    return net
+
+
+def _given(model: BaseModel | None, *without: str) -> dict[str, Any]:
+    """The settings a schema section sets (unset ones fall back to defaults)."""
+    return model.model_dump(exclude_none=True, exclude=set(without)) if model is not None else {}
+
+
+def _role_spec(role: str, spec: Mapping[str, Any], where: str) -> RoleSpec:
+    # By hand: the smallest count depends on the role, and the message says why.
     minimum = MIN_COUNTS[role]
     why = ("two proxies are needed so a VRRP address survives the loss of one"
            if role == "proxy" else f"every region runs at least one {role} node")
-    count = _int(spec.get("count"), f"{where}.count", minimum, f"set it to {minimum} or more ({why})")
-    vcpus = _int(spec.get("vcpus"), f"{where}.vcpus", 1, "give the flavor's number of vCPUs (1 or more)")
-    flavor = spec.get("flavor")
-    if not isinstance(flavor, str) or not flavor:
-        raise TopologyError(f"{where}.flavor", "is missing", "name the Nova flavor for this role")
-    volume_gb = 0
-    if role == "galera":
-        volume_gb = _int(spec.get("volume_gb"), f"{where}.volume_gb", 1,
-                         "give the size in GB of each Galera node's data volume")
-    return RoleSpec(role=role, count=count, flavor=flavor, vcpus=vcpus, volume_gb=volume_gb)
+    if spec["count"] < minimum:
+        raise TopologyError(f"{where}.count", f"{spec['count']} is below the minimum of {minimum}",
+                            f"set it to {minimum} or more ({why})")
+    return RoleSpec(role=role, count=spec["count"], flavor=spec["flavor"], vcpus=spec["vcpus"],
+                    volume_gb=spec["volume_gb"] if role == "galera" else 0)
 
 
 def load_topology(data: Mapping[str, Any]) -> Topology:
     """Validate a topology mapping and return the immutable model, or raise TopologyError."""
     if not isinstance(data, Mapping):
         raise TopologyError("(top level)", "is not a mapping", "see topology.yaml in the project for an example")
-    known = {"name", "bootstrap_region", "admin_cidr", "defaults", "regions", "arbitrator", "galera", "keystone"}
-    for key in data:
-        if key not in known:
-            raise TopologyError(str(key), "is not a known setting", f"use one of {', '.join(sorted(known))}")
+    try:
+        spec = TopologyIn.model_validate(dict(data))
+    except ValidationError as exc:
+        raise _schema_error(exc) from None
 
-    name = _require(data, "name", "", "give the deployment a short name such as 'keystone'")
-    if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise TopologyError("name", f"{name!r} is not a valid name",
+    if not _NAME_RE.match(spec.name):
+        raise TopologyError("name", f"{spec.name!r} is not a valid name",
                             "use 2-32 lower-case letters, digits and dashes, starting with a letter")
-
-    defaults_in = data.get("defaults") or {}
-    if not isinstance(defaults_in, Mapping):
-        raise TopologyError("defaults", "is not a mapping", "write settings as key: value pairs")
-    settings = dict(DEFAULTS)
-    role_defaults = {r: dict(v) for r, v in DEFAULT_ROLES.items()}
-    arbitrator_defaults = dict(DEFAULT_ARBITRATOR)
-    for key, value in defaults_in.items():
-        if key in DEFAULT_ROLES:
-            if not isinstance(value, Mapping):
-                raise TopologyError(f"defaults.{key}", "is not a mapping", "give count, flavor and vcpus")
-            _role_spec(key, role_defaults[key], value, f"defaults.{key}")  # validate early
-            role_defaults[key].update(value)
-        elif key == ARBITRATOR:
-            arbitrator_defaults.update(value or {})
-        elif key in DEFAULTS:
-            settings[key] = value
-        else:
-            raise TopologyError(f"defaults.{key}", "is not a known setting",
-                                f"use one of {', '.join(sorted(list(DEFAULTS) + list(DEFAULT_ROLES)))}")
-
-    first_offset = _int(settings["first_offset"], "defaults.first_offset", 2, "leave room for the router at .1")
-    block_size = _int(settings["block_size"], "defaults.block_size", 2, "give each role block 2 or more addresses")
-    min_pool = _int(settings["min_dhcp_pool"], "defaults.min_dhcp_pool", 1, "keep at least one DHCP address")
-    public_vips = _int(settings["public_vips"], "defaults.public_vips", 1,
-                       "keep at least one public VRRP address per region")
-    internal_vips = _int(settings["internal_vips"], "defaults.internal_vips", 1,
-                         "keep at least one internal VRRP address per region")
-    if public_vips + internal_vips > block_size:
-        raise TopologyError("defaults.public_vips", f"{public_vips} public + {internal_vips} internal VIPs "
-                            f"do not fit the address block of {block_size}",
+    d = spec.defaults
+    role_defaults: dict[str, dict[str, Any]] = {}
+    for role in ROLES:
+        role_defaults[role] = {**DEFAULT_ROLES[role], **_given(getattr(d, role))}
+        if getattr(d, role) is not None:
+            _role_spec(role, role_defaults[role], f"defaults.{role}")  # the error names defaults, not a region
+    arbitrator_defaults = {**DEFAULT_ARBITRATOR, **_given(d.arbitrator)}
+    # By hand: the VIPs share the first address block.
+    if d.public_vips + d.internal_vips > d.block_size:
+        raise TopologyError("defaults.public_vips", f"{d.public_vips} public + {d.internal_vips} internal VIPs "
+                            f"do not fit the address block of {d.block_size}",
                             "lower the VIP counts or raise defaults.block_size")
-    if settings["peer_rules"] not in ("address", "cidr"):
-        raise TopologyError("defaults.peer_rules", f"{settings['peer_rules']!r} is not 'address' or 'cidr'",
-                            "use 'address' (one rule per peer) or 'cidr' (one rule per region)")
-    max_rules = _int(settings["max_rules_per_group"], "defaults.max_rules_per_group", 10,
-                     "give your cloud's security-group-rule quota")
-    dns = settings["dns_nameservers"] or []
-    for i, ns in enumerate(dns):
+    for i, ns in enumerate(d.dns_nameservers):
         try:
             ipaddress.ip_address(ns)
         except ValueError:
             raise TopologyError(f"defaults.dns_nameservers[{i}]", f"{ns!r} is not an IP address",
                                 "list name servers by address") from None
-
-    admin_cidr = _require(data, "admin_cidr", "", "give the CIDR operators SSH from, e.g. 203.0.113.0/24")
-    admin_net = _cidr(admin_cidr, "admin_cidr")
-    if admin_net.prefixlen == 0:
-        raise TopologyError("admin_cidr", "0.0.0.0/0 opens SSH to the whole internet",
-                            "give the CIDR of your bastion or operator network")
-
-    regions_in = _require(data, "regions", "", "list the regions, each with name, index, cidr, "
-                          "external_network and public_hostname")
-    if not isinstance(regions_in, list) or not regions_in:
-        raise TopologyError("regions", "is not a non-empty list", "list at least two regions")
+    admin_net = _admin_cidr(spec.admin_cidr)
 
     regions: list[Region] = []
     seen_names: dict[str, int] = {}
     seen_index: dict[int, int] = {}
     seen_hosts: dict[str, int] = {}
     nets: list[tuple[ipaddress.IPv4Network, int]] = []
-    region_keys = {"name", "index", "cidr", "external_network", "public_hostname", "roles", "existing_network",
-                   "openstack_region", "witness"}
-    for i, r in enumerate(regions_in):
+    first_offset, block_size, min_pool = d.first_offset, d.block_size, d.min_dhcp_pool
+    for i, r in enumerate(spec.regions):
         where = f"regions[{i}]"
-        if not isinstance(r, Mapping):
-            raise TopologyError(where, "is not a mapping", "give name, index, cidr, external_network, public_hostname")
-        for key in r:
-            if key not in region_keys:
-                raise TopologyError(f"{where}.{key}", "is not a known setting",
-                                    f"use one of {', '.join(sorted(region_keys))}")
-        rname = _require(r, "name", where, "give the region a name such as region-a")
-        if not isinstance(rname, str) or not _NAME_RE.match(rname):
-            raise TopologyError(f"{where}.name", f"{rname!r} is not a valid name",
+        if not _NAME_RE.match(r.name):
+            raise TopologyError(f"{where}.name", f"{r.name!r} is not a valid name",
                                 "use 2-32 lower-case letters, digits and dashes, starting with a letter")
-        if rname in seen_names:
-            raise TopologyError(f"{where}.name", f"{rname!r} is also the name of regions[{seen_names[rname]}]",
+        if r.name in seen_names:
+            raise TopologyError(f"{where}.name", f"{r.name!r} is also the name of regions[{seen_names[r.name]}]",
                                 "give every region its own name")
-        seen_names[rname] = i
-        index = _int(_require(r, "index", where, "give the region a number (1-255), used as its Galera segment"),
-                     f"{where}.index", 1, "number regions from 1 (it becomes the Galera gmcast.segment)")
-        if index > 255:
-            raise TopologyError(f"{where}.index", f"{index} is above 255",
-                                "Galera segments go up to 255: use 1-255")
-        if index in seen_index:
-            raise TopologyError(f"{where}.index", f"{index} is also the index of regions[{seen_index[index]}]",
+        seen_names[r.name] = i
+        if r.index in seen_index:
+            raise TopologyError(f"{where}.index", f"{r.index} is also the index of regions[{seen_index[r.index]}]",
                                 "give every region its own index")
-        seen_index[index] = i
-        net = _cidr(_require(r, "cidr", where, "give the region's private network, e.g. 10.10.1.0/24"),
-                    f"{where}.cidr")
+        seen_index[r.index] = i
+        net = _cidr(r.cidr, f"{where}.cidr")
+        # By hand: relations between regions.
         for other, j in nets:
             if net.overlaps(other):
                 raise TopologyError(f"{where}.cidr", f"{net} overlaps regions[{j}].cidr {other}",
                                     "give every region its own non-overlapping range")
         nets.append((net, i))
-        ext = _require(r, "external_network", where, "name the provider network that floating IPs come from")
-        witness = r.get("witness", False)
-        if not isinstance(witness, bool):
-            raise TopologyError(f"{where}.witness", f"{witness!r} is not true or false",
-                                "write witness: true for a site that only hosts the arbitrator")
-        if witness and r.get("roles"):
+        roles_given = [role for role in ROLES if getattr(r.roles, role) is not None]
+        if r.witness and roles_given:
             raise TopologyError(f"{where}.roles", "is set on a witness region",
                                 "remove it: a witness region runs only the arbitrator")
-        host = r.get("public_hostname") if witness else _require(
-            r, "public_hostname", where, "give the DNS name of the region's public endpoint")
-        if witness and host is None:
+        # By hand: required except on a witness region.
+        host = r.public_hostname
+        if host is None and not r.witness:
+            raise TopologyError(f"{where}.public_hostname", "is missing",
+                                "give the DNS name of the region's public endpoint")
+        if host is None:
             host = ""
-        elif not isinstance(host, str) or not _HOST_RE.match(host):
+        elif not _HOST_RE.match(host):
             raise TopologyError(f"{where}.public_hostname", f"{host!r} is not a fully qualified host name",
                                 "use a DNS name such as identity.region-a.example.com")
         if host and host in seen_hosts:
@@ -476,21 +617,17 @@ def load_topology(data: Mapping[str, Any]) -> Topology:
                                 f"{host!r} is also the public_hostname of regions[{seen_hosts[host]}]",
                                 "give every region its own endpoint name")
         seen_hosts[host] = i
-        roles_in = r.get("roles") or {}
-        if not isinstance(roles_in, Mapping):
-            raise TopologyError(f"{where}.roles", "is not a mapping", "map role names to count/flavor/vcpus")
-        for key in roles_in:
-            if key not in ROLES:
-                raise TopologyError(f"{where}.roles.{key}", "is not a role", f"use one of {', '.join(ROLES)}")
-        if witness:
+        if r.witness:
             roles = {role: RoleSpec(role=role, count=0, flavor="-", vcpus=1) for role in ROLES}
         else:
-            roles = {role: _role_spec(role, role_defaults[role], roles_in.get(role) or {}, f"{where}.roles.{role}")
+            roles = {role: _role_spec(role, {**role_defaults[role], **_given(getattr(r.roles, role))},
+                                      f"{where}.roles.{role}")
                      for role in ROLES}
-        for role, spec in roles.items():
-            if spec.count > block_size:
+        # By hand: the address plan must fit the region's CIDR.
+        for role, rs in roles.items():
+            if rs.count > block_size:
                 raise TopologyError(f"{where}.roles.{role}.count",
-                                    f"{spec.count} nodes do not fit the address block of {block_size}",
+                                    f"{rs.count} nodes do not fit the address block of {block_size}",
                                     "lower the count or raise defaults.block_size")
         used = first_offset + len(ADDRESS_BLOCKS) * block_size
         available = net.num_addresses - 1 - used  # the broadcast address is not usable
@@ -499,33 +636,25 @@ def load_topology(data: Mapping[str, Any]) -> Topology:
                                 f"{first_offset}-{used - 1} plus {min_pool} for DHCP",
                                 f"use a larger range (a /{_prefix_for(used + min_pool + 1)} or bigger) "
                                 "or a smaller defaults.block_size")
-        existing = None
-        if r.get("existing_network") is not None:
-            ex = r["existing_network"]
-            existing = ExistingNetwork(
-                network_id=_require(ex, "network_id", f"{where}.existing_network", "give the Neutron network id"),
-                subnet_id=_require(ex, "subnet_id", f"{where}.existing_network", "give the Neutron subnet id"))
-        regions.append(Region(name=rname, index=index, cidr=str(net), external_network=str(ext),
+        existing = (ExistingNetwork(network_id=r.existing_network.network_id, subnet_id=r.existing_network.subnet_id)
+                    if r.existing_network is not None else None)
+        regions.append(Region(name=r.name, index=r.index, cidr=str(net), external_network=r.external_network,
                               public_hostname=host, roles=roles, existing_network=existing,
-                              openstack_region=str(r.get("openstack_region") or rname), witness=witness))
+                              openstack_region=r.openstack_region or r.name, witness=r.witness))
 
-    boot = _require(data, "bootstrap_region", "", "name the region whose first Galera node starts the cluster")
+    boot = spec.bootstrap_region
     if boot not in seen_names:
         raise TopologyError("bootstrap_region", f"{boot!r} is not a region in this topology",
                             f"set it to one of {', '.join(seen_names)}")
 
     arbitrator = None
-    if data.get("arbitrator") is not None:
-        a = data["arbitrator"]
-        if not isinstance(a, Mapping):
-            raise TopologyError("arbitrator", "is not a mapping", "give at least arbitrator.region")
-        areg = _require(a, "region", "arbitrator", "name the region that hosts the Galera arbitrator (garbd)")
-        if areg not in seen_names:
-            raise TopologyError("arbitrator.region", f"{areg!r} is not a region in this topology",
+    if spec.arbitrator is not None:
+        a = spec.arbitrator
+        if a.region not in seen_names:
+            raise TopologyError("arbitrator.region", f"{a.region!r} is not a region in this topology",
                                 f"set it to one of {', '.join(seen_names)}")
-        spec = {**arbitrator_defaults, **{k: v for k, v in a.items() if k != "region"}}
-        arbitrator = Arbitrator(region=areg, flavor=str(spec["flavor"]),
-                                vcpus=_int(spec["vcpus"], "arbitrator.vcpus", 1, "give the flavor's vCPUs"))
+        settings = {**arbitrator_defaults, **_given(a, "region")}
+        arbitrator = Arbitrator(region=a.region, flavor=settings["flavor"], vcpus=settings["vcpus"])
 
     for i, r in enumerate(regions):
         if r.witness and (arbitrator is None or arbitrator.region != r.name):
@@ -534,18 +663,18 @@ def load_topology(data: Mapping[str, Any]) -> Topology:
     if boot in [r.name for r in regions if r.witness]:
         raise TopologyError("bootstrap_region", f"{boot!r} is a witness region, which holds no data",
                             "bootstrap from a region with Galera nodes")
-    galera = _galera_settings(data.get("galera") or {})
-    keystone = _keystone_settings(data.get("keystone") or {})
+    galera = _galera_settings(spec.galera)
+    keystone = _keystone_settings(spec.keystone)
     nodes = _compute_nodes(regions, arbitrator, first_offset, block_size)
     topo = Topology(
-        name=name, bootstrap_region=boot, admin_cidr=str(admin_net), image=str(settings["image"]),
-        key_pair=settings["key_pair"], dns_nameservers=tuple(dns), first_offset=first_offset,
-        block_size=block_size, min_dhcp_pool=min_pool, public_vips=public_vips, internal_vips=internal_vips,
-        peer_rules=settings["peer_rules"], max_rules_per_group=max_rules,
-        galera_data_device=str(settings["galera_data_device"]), regions=tuple(regions),
+        name=spec.name, bootstrap_region=boot, admin_cidr=str(admin_net), image=d.image,
+        key_pair=d.key_pair, dns_nameservers=tuple(d.dns_nameservers), first_offset=first_offset,
+        block_size=block_size, min_dhcp_pool=min_pool, public_vips=d.public_vips, internal_vips=d.internal_vips,
+        peer_rules=d.peer_rules, quotas=Quotas(**spec.quotas.model_dump()),
+        galera_data_device=d.galera_data_device, regions=tuple(regions),
         arbitrator=arbitrator, galera=galera, keystone=keystone, _nodes=nodes)
     _check_quorum(topo)
-    _check_rule_quota(topo)
+    _check_quotas(topo)
     return topo
 
 
@@ -561,59 +690,35 @@ def duration_seconds(value: Any, where: str) -> float:
     return int(h or 0) * 3600 + int(mi or 0) * 60 + float(sec or 0)
 
 
-def _section(data: Any, name: str, defaults: Mapping[str, Any]) -> dict:
-    """A settings section merged over its defaults; unknown keys are errors."""
-    if not isinstance(data, Mapping):
-        raise TopologyError(name, "is not a mapping", f"give {name} settings as key: value pairs")
-    for key in data:
-        if key not in defaults:
-            raise TopologyError(f"{name}.{key}", "is not a known setting", f"use one of {', '.join(sorted(defaults))}")
-    return {**defaults, **data}
-
-
-def _galera_settings(data: Mapping[str, Any]) -> GaleraSettings:
-    g = _section(data, "galera", DEFAULT_GALERA)
-    secs = {k: duration_seconds(g[k], f"galera.{k}") for k in
+def _galera_settings(g: GaleraIn) -> GaleraSettings:
+    # By hand: the durations' format and their order, the windows' relation, gcache's size.
+    secs = {k: duration_seconds(getattr(g, k), f"galera.{k}") for k in
             ("evs_keepalive_period", "evs_suspect_timeout", "evs_inactive_timeout", "evs_install_timeout")}
     if not secs["evs_keepalive_period"] < secs["evs_suspect_timeout"] <= secs["evs_inactive_timeout"]:
         raise TopologyError("galera.evs_suspect_timeout",
                             f"needs keepalive_period < suspect_timeout <= inactive_timeout, got "
-                            f"{g['evs_keepalive_period']}, {g['evs_suspect_timeout']}, {g['evs_inactive_timeout']}",
+                            f"{g.evs_keepalive_period}, {g.evs_suspect_timeout}, {g.evs_inactive_timeout}",
                             "raise the timeouts in that order (Codership's WAN values: PT3S, PT30S, PT1M)")
     if secs["evs_install_timeout"] > secs["evs_inactive_timeout"]:
         raise TopologyError("galera.evs_install_timeout",
-                            f"{g['evs_install_timeout']} is longer than evs_inactive_timeout {g['evs_inactive_timeout']}",
+                            f"{g.evs_install_timeout} is longer than evs_inactive_timeout {g.evs_inactive_timeout}",
                             "keep install_timeout at or below inactive_timeout")
-    ints = {k: _int(g[k], f"galera.{k}", 1, "give a positive whole number")
-            for k in ("evs_send_window", "evs_user_send_window", "max_connections", "buffer_pool_mb",
-                      "rejoin_window_hours", "write_rate_kb_s")}
-    if ints["evs_user_send_window"] > ints["evs_send_window"]:
+    if g.evs_user_send_window > g.evs_send_window:
         raise TopologyError("galera.evs_user_send_window", "is larger than evs_send_window",
                             "keep user_send_window at or below send_window")
-    if g["gcache_mb"] is None:
-        needed_kb = ints["write_rate_kb_s"] * ints["rejoin_window_hours"] * 3600 * 2
-        gcache_mb = max(128, -(-needed_kb // 1024))
-    else:
-        gcache_mb = _int(g["gcache_mb"], "galera.gcache_mb", 16, "give gcache at least 16 MB")
-    return GaleraSettings(
-        evs_keepalive_period=str(g["evs_keepalive_period"]), evs_suspect_timeout=str(g["evs_suspect_timeout"]),
-        evs_inactive_timeout=str(g["evs_inactive_timeout"]), evs_install_timeout=str(g["evs_install_timeout"]),
-        gcache_mb=gcache_mb, **ints)
+    values = g.model_dump()
+    if g.gcache_mb is None:
+        needed_kb = g.write_rate_kb_s * g.rejoin_window_hours * 3600 * 2
+        values["gcache_mb"] = max(128, -(-needed_kb // 1024))
+    return GaleraSettings(**values)
 
 
-def _keystone_settings(data: Mapping[str, Any]) -> KeystoneSettings:
-    k = _section(data, "keystone", DEFAULT_KEYSTONE)
-    values = {key: _int(k[key], f"keystone.{key}", 1, "give a positive whole number")
-              for key in DEFAULT_KEYSTONE if key != "uwsgi_processes"}
-    if k["uwsgi_processes"] is not None:
-        values["uwsgi_processes"] = _int(k["uwsgi_processes"], "keystone.uwsgi_processes", 1,
-                                         "give the number of uwsgi worker processes, or leave it out")
-    else:
-        values["uwsgi_processes"] = None
-    if values["token_cache_s"] > values["token_expiration_s"]:
+def _keystone_settings(k: KeystoneIn) -> KeystoneSettings:
+    # By hand: a relation between two settings.
+    if k.token_cache_s > k.token_expiration_s:
         raise TopologyError("keystone.token_cache_s", "is longer than a token lives",
                             "keep the token cache at or below token_expiration_s")
-    return KeystoneSettings(**values)
+    return KeystoneSettings(**k.model_dump())
 
 
 def _prefix_for(addresses: int) -> int:
@@ -662,20 +767,30 @@ def _check_quorum(topo: Topology) -> None:
                                 "add Galera nodes in other regions, or an arbitrator in another region")
 
 
-def _check_rule_quota(topo: Topology) -> None:
-    from .security import security_rules  # the rules are plain data computed from the topology
 
-    for i, r in enumerate(topo.regions):
-        counts: dict[str, int] = {}
-        for rule in security_rules(topo, r.name):
-            counts[rule.group] = counts.get(rule.group, 0) + 1
-        for group, n in counts.items():
-            if n > topo.max_rules_per_group:
-                raise TopologyError("defaults.peer_rules",
-                                    f"the {group} security group of {r.name} needs {n} rules, above the quota "
-                                    f"of {topo.max_rules_per_group}",
-                                    "set defaults.peer_rules: cidr (one rule per region) or raise "
-                                    "defaults.max_rules_per_group to your cloud's quota")
+
+def _check_quotas(topo: Topology) -> None:
+    # By hand: the count comes from the rules the whole topology implies (security.py).
+    from .security import project_usage
+
+    q = topo.quotas
+    for r in topo.regions:
+        use = project_usage(topo, r.name)
+        raise_it = f"raise the project's quota with `openstack --os-region-name {r.openstack_region} quota set"
+        if use.rules > q.security_group_rules:
+            alt = " (or set defaults.peer_rules: cidr, one rule per region)" if topo.peer_rules == "address" else ""
+            raise TopologyError("quotas.security_group_rules",
+                                f"region {r.name} needs {use.rules} security group rules in its project "
+                                f"({use.ingress} of its own, {use.rules - use.ingress} that Neutron adds), above "
+                                f"the quota of {q.security_group_rules}",
+                                f"{raise_it} --secgroup-rules {use.rules} <project>` and set "
+                                f"quotas.security_group_rules: {use.rules}{alt}")
+        if use.groups > q.security_groups:
+            raise TopologyError("quotas.security_groups",
+                                f"region {r.name} needs {use.groups} security groups in its project (one per "
+                                f"role and Neutron's default), above the quota of {q.security_groups}",
+                                f"{raise_it} --secgroups {use.groups} <project>` and set "
+                                f"quotas.security_groups: {use.groups}")
 
 
 def load_topology_file(path: str | os.PathLike) -> Topology:

@@ -6,12 +6,16 @@ become an nftables input chain in the node's namespace: established traffic, loo
 and the group's rules are accepted, everything else is dropped. So a lab test that a
 port is closed exercises the very rules a stack would create.
 
+A rule whose source is a security group (remote_group_id, for peers in the same region)
+becomes one line per address of that group's ports (security.remote_prefixes), as
+Neutron expands it.
+
 One deliberate difference: ICMP echo is accepted, so the lab can ping between nodes.
 """
 
 from __future__ import annotations
 
-from keystone_multiregion.security import VRRP_PROTOCOL, security_rules
+from keystone_multiregion.security import VRRP_PROTOCOL, remote_prefixes, security_rules
 from keystone_multiregion.topology import Node, Topology
 
 TABLE = "ksl_sg"
@@ -30,12 +34,16 @@ def ruleset(topo: Topology, node: Node) -> str:
     for rule in security_rules(topo, node.region):
         if rule.group != node.role:
             continue
-        remote = "" if rule.remote == "0.0.0.0/0" else f"ip saddr {rule.remote} "
         if rule.protocol == VRRP_PROTOCOL:
             match = f"ip protocol {VRRP_PROTOCOL}"
         else:
             match = f"{rule.protocol} dport {rule.port}"
-        lines.append(f"    {remote}{match} accept comment \"{rule.description}\"")
+        for prefix in remote_prefixes(topo, node.region, rule):
+            if prefix == "0.0.0.0/0":
+                remote = ""
+            else:
+                remote = f"{'ip6' if ':' in prefix else 'ip'} saddr {prefix} "
+            lines.append(f"    {remote}{match} accept comment \"{rule.description}\"")
     lines += ["  }", "}"]
     return "\n".join(lines) + "\n"
 

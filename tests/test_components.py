@@ -6,6 +6,7 @@ import yaml
 from helpers import ROOT, example
 from keystone_multiregion.render import render_node
 from keystone_multiregion.secrets import SECRETS
+from keystone_multiregion.security import group_members, security_groups
 from keystone_multiregion.stacks import region_stacks, stack_config
 from keystone_multiregion.topology import load_topology_file
 from pulumi_harness import (MOCK_CA_KEY, MOCK_PUBLIC_DEV_CA_KEY, MOCK_SECRETS, last_registered, mock_node_secrets,
@@ -35,9 +36,15 @@ def stack(request):
 
 
 def _rules(run, region, role):
+    """(protocol, port, source): the source is a remote_ip_prefix or a remote group's id."""
     group_id = f"sg-{role}-{region}-id"
-    return {(r.inputs["protocol"], r.inputs.get("portRangeMin"), r.inputs["remoteIpPrefix"])
-            for r in run.of_type(SG_RULE) if r.inputs["securityGroupId"] == group_id}
+    out = set()
+    for r in run.of_type(SG_RULE):
+        if r.inputs["securityGroupId"] == group_id:
+            prefix, group = r.inputs.get("remoteIpPrefix"), r.inputs.get("remoteGroupId")
+            assert bool(prefix) != bool(group), r.inputs  # neither would admit anywhere
+            out.add((r.inputs["protocol"], r.inputs.get("portRangeMin"), prefix or group))
+    return out
 
 
 def _hosts(nodes):
@@ -49,26 +56,41 @@ def test_security_group_rules(stack):
     for r in run.of_type(SG_RULE):
         assert r.inputs["direction"] == "ingress" and r.inputs["ethertype"] == "IPv4"
         assert r.inputs.get("portRangeMin") == r.inputs.get("portRangeMax")
-    galera_peers = _hosts(TOPO.nodes(role="galera"))
-    local_proxies = _hosts(TOPO.nodes(region, "proxy"))
-    local_keystone = _hosts(TOPO.nodes(region, "keystone"))
+    # Peers in this region through their group (one rule), the others' by /32.
+    local_galera, local_proxies, local_keystone = (f"sg-{role}-{region}-id" for role in ("galera", "proxy", "keystone"))
+    galera_peers = _hosts(n for n in TOPO.nodes(role="galera") if n.region != region) | {local_galera}
     admin = {("tcp", 22, TOPO.admin_cidr)}
 
     galera = _rules(run, region, "galera")
-    all_proxies = _hosts(TOPO.nodes(role="proxy"))  # every region's database frontend may fail over here
-    assert len(galera_peers) == 9 and len(all_proxies) == 6
+    # every region's database frontend may fail over here
+    all_proxies = _hosts(n for n in TOPO.nodes(role="proxy") if n.region != region) | {local_proxies}
+    assert len(galera_peers) == 7 and len(all_proxies) == 5
     assert galera == admin | {("tcp", 3306, p) for p in galera_peers | all_proxies} \
         | {(proto, 4567, p) for proto in ("tcp", "udp") for p in galera_peers} \
         | {("tcp", 4568, p) for p in galera_peers} | {("tcp", 4444, p) for p in galera_peers} \
         | {("tcp", 9200, p) for p in all_proxies}
-    assert _rules(run, region, "keystone") == admin | {("tcp", 5000, p) for p in local_proxies}
-    assert _rules(run, region, "memcached") == admin | {("tcp", 11211, p) for p in local_keystone}
+    assert _rules(run, region, "keystone") == admin | {("tcp", 5000, local_proxies)}
+    assert _rules(run, region, "memcached") == admin | {("tcp", 11211, local_keystone)}
     assert _rules(run, region, "proxy") == admin | {("tcp", 443, "0.0.0.0/0")} \
-        | {("tcp", 5000, TOPO.region(region).cidr)} | {("tcp", 3306, p) for p in local_keystone} \
-        | {("112", None, p) for p in local_proxies}
+        | {("tcp", 5000, TOPO.region(region).cidr)} | {("tcp", 3306, local_keystone)} \
+        | {("112", None, local_proxies)}
     # Nothing but HTTPS on the proxies is open to the world.
-    world = [r for r in run.of_type(SG_RULE) if r.inputs["remoteIpPrefix"] in ("0.0.0.0/0", "::/0")]
+    world = [r for r in run.of_type(SG_RULE) if r.inputs.get("remoteIpPrefix") in ("0.0.0.0/0", "::/0")]
     assert [(w.inputs["securityGroupId"], w.inputs["portRangeMin"]) for w in world] == [(f"sg-proxy-{region}-id", 443)]
+
+
+def test_group_members_are_the_ports_in_the_group(stack):
+    """A remote-group rule admits the addresses of the group's ports: the lab enforces it
+    with security.group_members, which must be what the stack puts in each group."""
+    region, run = stack
+    members: dict[str, set] = {}
+    for port in run.of_type(PORT):
+        addresses = {ip["ipAddress"] for ip in port.inputs["fixedIps"]}
+        addresses |= {pair["ipAddress"] for pair in port.inputs.get("allowedAddressPairs") or []}
+        for group in port.inputs["securityGroupIds"]:
+            members.setdefault(group, set()).update(addresses)
+    assert members == {f"sg-{role}-{region}-id": set(group_members(TOPO, region, role))
+                       for role in security_groups(TOPO, region)}
 
 
 def test_fixed_addresses_and_server_groups(stack):

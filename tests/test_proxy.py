@@ -28,7 +28,7 @@ from keystone_multiregion.render import render_node
 from keystone_multiregion.roles.proxy import (FORWARDED_HEADER, HAPROXY_CFG, KEEPALIVED_CONF, PEER_CA,
                                               PROXY, PUBLIC_PEM, STATS_SOCKET, SYSTEM_CA_BUNDLE,
                                               galera_servers, ring_after)
-from keystone_multiregion.security import PORTS, security_rules
+from keystone_multiregion.security import PORTS, remote_prefixes, security_rules
 from keystone_multiregion.topology import load_topology
 
 LAB_TOPOLOGY = Path(__file__).resolve().parent.parent / "lab" / "topology.yaml"
@@ -231,7 +231,8 @@ def test_what_a_proxy_reaches_is_admitted_and_crosses_regions_over_tls(case):
                 region, group = owner[srv["host"]]
                 for port in {srv["port"], int(param(srv["params"], "port") or srv["port"])}:
                     assert any(r.group == group and r.protocol == "tcp" and r.port == port
-                               and source in ipaddress.ip_network(r.remote) for r in rules[region]), \
+                               and any(source in ipaddress.ip_network(p) for p in remote_prefixes(topo, region, r))
+                               for r in rules[region]), \
                         f"{proxy.name} {section} {srv['name']}: {group} in {region} does not admit tcp {port}"
                 if section.startswith("backend keystone") and region != proxy.region:
                     assert srv["port"] == PORTS["https"] and "ssl" in srv["params"], srv

@@ -6,7 +6,8 @@ import pytest
 import yaml
 
 from helpers import ROOT, example, five_regions
-from keystone_multiregion.security import ANYWHERE, PORTS, VRRP_PROTOCOL, security_rules
+from keystone_multiregion.security import (ANYWHERE, PORTS, VRRP_PROTOCOL, group_members, project_usage,
+                                           remote_prefixes, security_rules)
 from keystone_multiregion.topology import TopologyError, load_topology, load_topology_file
 
 
@@ -59,10 +60,12 @@ def test_five_region_topology():
     assert [r.index for r in topo.regions] == [1, 2, 3, 4, 5]
     assert topo.node("galera-waw-1").address == "172.20.20.42"
     assert len(topo.nodes(role="keystone")) == 10
-    # Each region's Galera group admits the five peers for replication, and nothing else.
-    rules = security_rules(topo, "par")
-    repl = {r.remote for r in rules if r.group == "galera" and r.port == 4567 and r.protocol == "tcp"}
-    assert repl == {f"{n.address}/32" for n in topo.nodes(role="galera")}
+    # Each region's Galera group admits the five peers for replication, and nothing else:
+    # the other regions' by /32, its own through the Galera group.
+    rules = [r for r in security_rules(topo, "par") if r.group == "galera" and r.port == 4567 and r.protocol == "tcp"]
+    assert {p for r in rules for p in remote_prefixes(topo, "par", r)} == \
+        {f"{n.address}/32" for n in topo.nodes(role="galera")}
+    assert [r.remote_group for r in rules if r.remote is None] == ["galera"]
 
 
 def test_arbitrator_makes_an_even_layout_odd():
@@ -90,8 +93,7 @@ def test_security_rules_never_open_internal_ports_to_the_world():
             if rule.port == 22:
                 assert rule.remote == topo.admin_cidr
             if rule.protocol == VRRP_PROTOCOL:
-                assert rule.group == "proxy"
-                assert rule.remote in {f"{n.address}/32" for n in topo.nodes(region.name, "proxy")}
+                assert (rule.group, rule.remote, rule.remote_group) == ("proxy", None, "proxy")
 
 
 @pytest.mark.parametrize("peer_rules", ["address", "cidr"])
@@ -105,7 +107,8 @@ def test_plain_http_keystone_stays_in_its_region(peer_rules):
             plain = [r for r in security_rules(topo, region.name) if r.port == PORTS["keystone"]]
             assert plain and {r.group for r in plain} == {"proxy", "keystone"}
             for rule in plain:
-                assert ipaddress.ip_network(rule.remote).subnet_of(region.network), rule
+                for prefix in remote_prefixes(topo, region.name, rule):
+                    assert ipaddress.ip_network(prefix).subnet_of(region.network), rule
             others = {r.cidr for r in topo.regions if r.name != region.name}
             assert not others & {r.remote for r in plain}
 
@@ -189,8 +192,8 @@ BAD = [
      "region-b, region-c"),
     ("SSH from anywhere",
      lambda d: d.update(admin_cidr="0.0.0.0/0"),
-     "topology: admin_cidr: 0.0.0.0/0 opens SSH to the whole internet; give the CIDR of your bastion or operator "
-     "network"),
+     "topology: admin_cidr: 0.0.0.0/0 opens SSH to the whole internet, more than an operator network (at most a "
+     "/16 for IPv4, a /48 for IPv6); give the CIDR of your bastion or operator network, a /16 or smaller"),
     ("missing public host name",
      lambda d: d["regions"][1].pop("public_hostname"),
      "topology: regions[1].public_hostname: is missing; give the DNS name of the region's public endpoint"),
@@ -198,11 +201,61 @@ BAD = [
      lambda d: d["regions"][0].update(cdir="10.0.0.0/24"),
      "topology: regions[0].cdir: is not a known setting; use one of cidr, existing_network, external_network, "
      "index, name, openstack_region, public_hostname, roles, witness"),
-    ("security group over the rule quota",
-     lambda d: d["defaults"].update(max_rules_per_group=40),
-     "topology: defaults.peer_rules: the galera security group of region-a needs 58 rules, above the quota of 40; "
-     "set defaults.peer_rules: cidr (one rule per region) or raise defaults.max_rules_per_group to your cloud's "
-     "quota"),
+    ("project over the security group rule quota",
+     lambda d: d.update(quotas={"security_group_rules": 60}),
+     "topology: quotas.security_group_rules: region region-a needs 67 security group rules in its project (55 of "
+     "its own, 12 that Neutron adds), above the quota of 60; raise the project's quota with `openstack "
+     "--os-region-name region-a quota set --secgroup-rules 67 <project>` and set quotas.security_group_rules: 67 "
+     "(or set defaults.peer_rules: cidr, one rule per region)"),
+    ("project over the security group quota",
+     lambda d: d.update(quotas={"security_groups": 4}),
+     "topology: quotas.security_groups: region region-a needs 5 security groups in its project (one per role and "
+     "Neutron's default), above the quota of 4; raise the project's quota with `openstack --os-region-name "
+     "region-a quota set --secgroups 5 <project>` and set quotas.security_groups: 5"),
+    # The schema: wrong shapes and types, misspelt settings anywhere, each with its full path.
+    ("a bare count instead of the role's settings",
+     lambda d: d["regions"][0].update(roles={"galera": 3}),
+     "topology: regions[0].roles.galera: 3 is not a mapping; write the galera settings as a mapping, e.g. "
+     "galera: {count: 3}"),
+    ("misspelt arbitrator setting",
+     lambda d: d.update(arbitrator={"region": "region-c", "flavour": "m1.small"}),
+     "topology: arbitrator.flavour: is not a known setting; use one of flavor, region, vcpus"),
+    ("misspelt default arbitrator setting",
+     lambda d: d["defaults"].update(arbitrator={"vcpu": 2}),
+     "topology: defaults.arbitrator.vcpu: is not a known setting; use one of flavor, vcpus"),
+    ("misspelt existing network setting",
+     lambda d: d["regions"][1].update(existing_network={"network_id": "n1", "subnet": "s1"}),
+     "topology: regions[1].existing_network.subnet: is not a known setting; use one of network_id, subnet_id"),
+    ("a key pair list",
+     lambda d: d["defaults"].update(key_pair=["ops"]),
+     "topology: defaults.key_pair: ['ops'] is not text; name one Nova key pair, e.g. key_pair: ops"),
+    ("a numeric image",
+     lambda d: d["defaults"].update(image=12),
+     "topology: defaults.image: 12 is not text; name the Glance image, e.g. image: debian-12"),
+    ("a count that is not a number",
+     lambda d: d["regions"][2].update(roles={"keystone": {"count": "3"}}),
+     "topology: regions[2].roles.keystone.count: '3' is not a whole number; give the number of nodes as a whole "
+     "number, e.g. count: 3"),
+    ("the old per-group rule setting",
+     lambda d: d["defaults"].update(max_rules_per_group=100),
+     "topology: defaults.max_rules_per_group: is not a known setting; Neutron's rule quota is per project, not "
+     "per group: set quotas.security_group_rules instead"),
+    ("half the IPv4 internet as the admin network",
+     lambda d: d.update(admin_cidr="0.0.0.0/1"),
+     "topology: admin_cidr: 0.0.0.0/1 opens SSH to 2^31 addresses, more than an operator network (at most a /16 "
+     "for IPv4, a /48 for IPv6); give the CIDR of your bastion or operator network, a /16 or smaller"),
+    ("an IPv4 admin network larger than a /16",
+     lambda d: d.update(admin_cidr="10.0.0.0/15"),
+     "topology: admin_cidr: 10.0.0.0/15 opens SSH to 2^17 addresses, more than an operator network (at most a "
+     "/16 for IPv4, a /48 for IPv6); give the CIDR of your bastion or operator network, a /16 or smaller"),
+    ("the IPv6 internet as the admin network",
+     lambda d: d.update(admin_cidr="2000::/3"),
+     "topology: admin_cidr: 2000::/3 opens SSH to 2^125 addresses, more than an operator network (at most a /16 "
+     "for IPv4, a /48 for IPv6); give the CIDR of your bastion or operator network, a /48 or smaller"),
+    ("all of IPv6 as the admin network",
+     lambda d: d.update(admin_cidr="::/0"),
+     "topology: admin_cidr: ::/0 opens SSH to the whole internet, more than an operator network (at most a /16 "
+     "for IPv4, a /48 for IPv6); give the CIDR of your bastion or operator network, a /48 or smaller"),
 ]
 
 
@@ -283,3 +336,138 @@ def test_bad_witness(change, message):
     with pytest.raises(TopologyError) as info:
         load_topology(data)
     assert str(info.value) == message
+
+
+# --- the schema -------------------------------------------------------------------------------
+
+def test_every_schema_field_names_its_fix():
+    """A schema error's fix is its field's description: no field may lack one."""
+    from pydantic import BaseModel
+
+    from keystone_multiregion import topology
+
+    models = [m for m in vars(topology).values()
+              if isinstance(m, type) and issubclass(m, BaseModel) and m.__module__ == topology.__name__
+              and m.model_fields]
+    assert len(models) >= 10
+    for model in models:
+        for name, info in model.model_fields.items():
+            assert info.description, f"{model.__name__}.{name}"
+            assert model.model_config.get("extra") == "forbid", model.__name__
+
+
+def test_schema_errors_are_one_line_with_the_full_path():
+    data = example()
+    data["regions"][2]["roles"] = {"memcached": {"count": 2, "vcpus": True}}
+    with pytest.raises(TopologyError) as info:
+        load_topology(data)
+    assert str(info.value) == ("topology: regions[2].roles.memcached.vcpus: True is not a whole number; give the "
+                               "flavor's number of vCPUs (1 or more)")
+    data = example()
+    data["regions"] = "region-a"
+    with pytest.raises(TopologyError) as info:
+        load_topology(data)
+    assert str(info.value).startswith("topology: regions: 'region-a' is not a list; list the regions")
+
+
+def test_small_operator_networks_are_accepted_ipv6_too():
+    data = example()
+    data["admin_cidr"] = "10.0.0.0/16"
+    assert load_topology(data).admin_cidr == "10.0.0.0/16"
+    data["admin_cidr"] = "2001:db8:1::/48"
+    topo = load_topology(data)
+    [ssh] = [r for r in security_rules(topo, "region-a") if r.port == 22 and r.group == "galera"]
+    assert (ssh.remote, ssh.ethertype) == ("2001:db8:1::/48", "IPv6")
+
+
+# --- security group rules against the project's quota ---------------------------------------------
+
+def nine_regions() -> dict:
+    """The 5-region layout (one Galera node each) grown to nine regions."""
+    data = five_regions()
+    data["regions"] = [{"name": f"r{i}", "index": i, "cidr": f"172.20.{i * 4}.0/22", "external_network": "ext-net",
+                        "public_hostname": f"keystone.r{i}.example.net"} for i in range(1, 10)]
+    data["bootstrap_region"] = "r1"
+    return data
+
+
+def test_peers_in_the_same_region_share_one_group_rule():
+    """Neutron's rule quota is per project: every /32 of a local peer was one rule more."""
+    topo = load_topology(example())
+    for region in topo.regions:
+        local = {f"{n.address}/32" for n in topo.nodes(region.name)}
+        rules = security_rules(topo, region.name)
+        assert not local & {r.remote for r in rules}  # local peers only through their group
+        # What each port admits is unchanged: e.g. MySQL from every proxy and Galera node.
+        mysql = {p for r in rules if r.group == "galera" and r.port == 3306
+                 for p in remote_prefixes(topo, region.name, r)}
+        assert {f"{n.address}/32" for n in topo.nodes(role="galera") + topo.nodes(role="proxy")} <= mysql
+        memcached = [r for r in rules if r.group == "memcached" and r.port == PORTS["memcached"]]
+        assert [(r.remote, r.remote_group) for r in memcached] == [(None, "keystone")]
+
+
+def test_rules_counted_per_project_with_what_neutron_adds():
+    # 55 of ours + 2 egress in each of our 4 groups + the default group's 4.
+    assert project_usage(load_topology(example()), "region-a").rules == 67
+    assert project_usage(load_topology(example()), "region-a").groups == 5
+    assert project_usage(load_topology(five_regions()), "par").rules == 65
+    # Nine regions need 101: above Neutron's default quota, refused with the command that raises it.
+    with pytest.raises(TopologyError, match=r"quotas.security_group_rules: region r1 needs 101 security group "
+                                            r"rules .* --secgroup-rules 101 <project>`"):
+        load_topology(nine_regions())
+    data = nine_regions()
+    data["quotas"] = {"security_group_rules": 101}
+    assert project_usage(load_topology(data), "r9").rules == 101
+    data["defaults"]["peer_rules"] = "cidr"
+    del data["quotas"]
+    assert project_usage(load_topology(data), "r9").rules < 100
+
+
+def test_a_group_rule_admits_the_group_members():
+    topo = load_topology(example())
+    proxies = [n.address for n in topo.nodes("region-b", "proxy")]
+    vips = [v.address for v in topo.vips("region-b")]
+    assert group_members(topo, "region-b", "proxy") == tuple(proxies + vips)  # the VIP ports are in the group
+    [vrrp] = [r for r in security_rules(topo, "region-b") if r.protocol == VRRP_PROTOCOL]
+    assert remote_prefixes(topo, "region-b", vrrp) == tuple(f"{a}/32" for a in proxies + vips)
+
+
+def test_lab_firewall_expands_group_rules_to_member_addresses():
+    from lab.firewall import ruleset
+
+    topo = load_topology_file(ROOT / "lab" / "topology.yaml")
+
+    def sources(node, port):
+        out = set()
+        for line in ruleset(topo, topo.node(node)).splitlines():
+            if f"dport {port} accept" in line:
+                assert line.strip().startswith("ip saddr "), line
+                out.add(line.split()[2])
+        return out
+
+    assert sources("memcached-lab-a-1", 11211) == {f"{n.address}/32" for n in topo.nodes("lab-a", "keystone")}
+    assert sources("galera-lab-b-1", 4444) == {f"{n.address}/32" for n in topo.nodes(role="galera")}
+    assert sources("keystone-lab-c-1", 5000) == {f"{a}/32" for a in group_members(topo, "lab-c", "proxy")}
+    vrrp = [line for line in ruleset(topo, topo.node("proxy-lab-a-1")).splitlines() if "protocol 112" in line]
+    assert {line.split()[2] for line in vrrp} == {f"{a}/32" for a in group_members(topo, "lab-a", "proxy")}
+
+
+# --- validate ----------------------------------------------------------------------------------------
+
+def test_validate_checks_every_region_stack(tmp_path, capsys):
+    from keystone_multiregion.__main__ import main
+
+    for stack in ("region-a", "region-b", "shared"):
+        (tmp_path / f"Pulumi.{stack}.yaml").write_text((ROOT / f"Pulumi.{stack}.yaml").read_text())
+    assert main(["--project-dir", str(tmp_path), "validate"]) == 0
+    capsys.readouterr()
+    (tmp_path / "Pulumi.region-d.yaml").write_text("config:\n  keystone-multiregion:region: region-d\n")
+    assert main(["--project-dir", str(tmp_path), "validate"]) == 2
+    assert capsys.readouterr().err == (
+        "error: config: Pulumi.region-d.yaml: keystone-multiregion:region: region 'region-d' is not in the topology "
+        "(regions: region-a, region-b, region-c); set it to one of those names, or add the region to topology.yaml\n")
+    (tmp_path / "Pulumi.region-d.yaml").unlink()
+    assert main(["--project-dir", str(tmp_path), "validate"]) == 0
+    out = capsys.readouterr().out
+    assert "stacks: region-a -> region-a, region-b -> region-b\n" in out
+    assert "security group rules 67 of 100, groups 5 of 10" in out
