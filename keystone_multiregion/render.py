@@ -23,6 +23,9 @@ from .secrets import require_secrets, role_has_secrets
 from .topology import Node, Topology
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+# The programs that run on the nodes (node agents and their helpers), shipped verbatim; a
+# role names them "agents/<file>".
+AGENTS = Path(__file__).resolve().parent.parent / "agents"
 FACTS_PATH = "/etc/keystone-multiregion/node.json"
 
 
@@ -47,6 +50,8 @@ _ENV = _environment()
 
 
 def render_template(name: str, **context) -> str:
+    if name.startswith("agents/"):
+        return (AGENTS / name.removeprefix("agents/")).read_text()
     if not name.endswith(".j2"):
         return (TEMPLATES / name).read_text()
     return _ENV.get_template(name).render(**context)

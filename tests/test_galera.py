@@ -10,7 +10,7 @@ import yaml
 
 from helpers import example, five_regions
 from keystone_multiregion import pki
-from keystone_multiregion.render import TEMPLATES, render_node
+from keystone_multiregion.render import AGENTS, TEMPLATES, render_node
 from keystone_multiregion.roles.galera import GALERA_CONF, GALERA_SST_CONF
 from keystone_multiregion.secrets import SecretsError
 from keystone_multiregion.topology import TopologyError, load_topology
@@ -77,7 +77,7 @@ def test_secret_files_are_not_world_readable(topo, secrets):
         assert files[path].permissions == "0600"
     assert files["/etc/mysql/ssl/node-cert.pem"].content == secrets["tls"]["galera-region-a-1"]["cert"]
     assert files["/usr/local/sbin/galera-node"].permissions == "0755"
-    assert files["/usr/local/sbin/galera-node"].content == (TEMPLATES / "galera/galera-node.py").read_text()
+    assert files["/usr/local/sbin/galera-node"].content == (AGENTS / "galera-node.py").read_text()
 
 
 def test_certificates_carry_the_node_address(topo, secrets):
@@ -203,7 +203,7 @@ def test_gcache_follows_the_rejoin_window():
 # -- galera-node, the script every Galera node runs ---------------------------------------
 
 def _galera_node():
-    spec = importlib.util.spec_from_file_location("galera_node", TEMPLATES / "galera/galera-node.py")
+    spec = importlib.util.spec_from_file_location("galera_node", AGENTS / "galera-node.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -236,10 +236,10 @@ def test_grastate_parsing(tmp_path):
 
 
 def test_galera_node_uses_only_the_standard_library():
-    source = (TEMPLATES / "galera/galera-node.py").read_text()
+    source = (AGENTS / "galera-node.py").read_text()
     # Shipped as is (not a jinja2 template) and runnable by the image's python3.
     assert "{{" not in source and "{%" not in source
-    assert subprocess.run(["/usr/bin/python3", str(TEMPLATES / "galera/galera-node.py"), "--help"],
+    assert subprocess.run(["/usr/bin/python3", str(AGENTS / "galera-node.py"), "--help"],
                           capture_output=True).returncode == 0
 
 

@@ -44,8 +44,8 @@ def test_bad_arguments():
 def test_digest_matches_the_node_tool_and_changes_with_any_key(tmp_path):
     import importlib.util
     from keystone_multiregion.keys import digest
-    from keystone_multiregion.render import TEMPLATES
-    spec = importlib.util.spec_from_file_location("keystone_node", TEMPLATES / "keystone/keystone-node.py")
+    from keystone_multiregion.render import AGENTS
+    spec = importlib.util.spec_from_file_location("keystone_node", AGENTS / "keystone-node.py")
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     repo = repository(KEYS, 3, 5)
@@ -74,8 +74,8 @@ KEYSTONE_GID = 65534 if os.geteuid() == 0 else os.getgid()
 def node(tmp_path, monkeypatch):
     """keystone-node with its paths under tmp_path, run as the current user."""
     import importlib.util
-    from keystone_multiregion.render import TEMPLATES
-    spec = importlib.util.spec_from_file_location("keystone_node", TEMPLATES / "keystone/keystone-node.py")
+    from keystone_multiregion.render import AGENTS
+    spec = importlib.util.spec_from_file_location("keystone_node", AGENTS / "keystone-node.py")
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     monkeypatch.setattr(tool, "KEY_DIRS", {r: str(tmp_path / "etc" / r) for r in ("fernet_keys", "credential_keys")})

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from helpers import example
-from keystone_multiregion.render import TEMPLATES, render_node
+from keystone_multiregion.render import AGENTS, TEMPLATES, render_node
 from keystone_multiregion.roles.keystone import ADMIN_PASSWORD_FILE, KEYSTONE_CONF, UWSGI_INI, WSGI_FILE
 from keystone_multiregion.topology import TopologyError, load_topology
 
@@ -106,7 +106,7 @@ def test_first_boot_runs_our_unit_not_debians_and_only_once_keys_are_in(topo, se
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("keystone_node", TEMPLATES / "keystone/keystone-node.py")
+    spec = importlib.util.spec_from_file_location("keystone_node", AGENTS / "keystone-node.py")
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     return tool
@@ -136,14 +136,14 @@ def test_max_active_keys_follows_the_rotation_interval():
 
 
 def _wsgi_module(app):
-    """Load templates/keystone/keystone-wsgi.py with a stand-in Keystone application."""
+    """Load agents/keystone-wsgi.py with a stand-in Keystone application."""
     sys.modules.pop("keystone_dbtls", None)
     fake = types.ModuleType("keystone.server.wsgi")
     fake.initialize_public_application = lambda: app
     sys.modules.update({"keystone": types.ModuleType("keystone"), "keystone.server": types.ModuleType("keystone.server"),
                         "keystone.server.wsgi": fake})
     try:
-        spec = importlib.util.spec_from_file_location("ksm_wsgi", TEMPLATES / "keystone/keystone-wsgi.py")
+        spec = importlib.util.spec_from_file_location("ksm_wsgi", AGENTS / "keystone-wsgi.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         return module
@@ -233,12 +233,12 @@ def _fake_mysql_without_tls():
 
 
 def _dbtls():
-    sys.path.insert(0, str(TEMPLATES / "keystone"))
+    sys.path.insert(0, str(AGENTS))
     try:
         import keystone_dbtls
         return keystone_dbtls
     finally:
-        sys.path.remove(str(TEMPLATES / "keystone"))
+        sys.path.remove(str(AGENTS))
 
 
 @pytest.mark.parametrize("driver", ["tlspymysql", "pymysql"])
@@ -281,7 +281,7 @@ def test_every_keystone_entry_point_loads_the_tls_driver(topo, secrets):
     configuration; keystone-node connects with the same class."""
     from keystone_multiregion.roles.keystone import DBTLS_MODULE, KEYSTONE_MANAGE
     files = _files(topo, "keystone-region-a-1", secrets)
-    assert files[DBTLS_MODULE].content == (TEMPLATES / "keystone/keystone_dbtls.py").read_text()
+    assert files[DBTLS_MODULE].content == (AGENTS / "keystone_dbtls.py").read_text()
     assert files[KEYSTONE_MANAGE].permissions == "0755"
     for path in (WSGI_FILE, KEYSTONE_MANAGE):
         text = files[path].content
@@ -291,6 +291,6 @@ def test_every_keystone_entry_point_loads_the_tls_driver(topo, secrets):
 def test_keystone_node_uses_the_shipped_paths_of_the_tls_driver(topo, secrets):
     """keystone-node names the same keystone-manage and driver module the role ships."""
     from keystone_multiregion.roles.keystone import DBTLS_MODULE, KEYSTONE_MANAGE
-    text = (TEMPLATES / "keystone/keystone-node.py").read_text()
+    text = (AGENTS / "keystone-node.py").read_text()
     assert f'KEYSTONE_MANAGE = "{KEYSTONE_MANAGE}"' in text and f'DBTLS_MODULE = "{DBTLS_MODULE}"' in text
     assert '["keystone-manage"' not in text and "pymysql.connect(" not in text

@@ -32,7 +32,8 @@ def _no_changes(*_args) -> None:
 @dataclass(frozen=True)
 class RoleLayer:
     packages: tuple[str, ...]
-    # (template under templates/, path on the node, permissions). A name ending in .j2 is
+    # (template under templates/, or a program under agents/ named "agents/<file>", path on
+    # the node, permissions). A name ending in .j2 is
     # a jinja2 template; any other file is shipped as it is.
     files: tuple[tuple[str, str, str], ...] = ()
     # Extra template values: (topology, node, needed secrets) -> dict

@@ -132,7 +132,7 @@ GALERA = RoleLayer(
         ("galera/galera.cnf.j2", GALERA_CONF, "0644"),
         ("galera/sst-auth.cnf.j2", GALERA_SST_CONF, "0600"),  # galera-node prepare: 0640 root:mysql
         ("galera/root-my.cnf.j2", "/root/.my.cnf", "0600"),
-        ("galera/galera-node.py", GALERA_NODE_TOOL, "0755"),
+        ("agents/galera-node.py", GALERA_NODE_TOOL, "0755"),
         ("galera/galera-health.service.j2", "/etc/systemd/system/galera-health.service", "0644"),
         ("galera/mariadb-data-volume.conf.j2", "/etc/systemd/system/mariadb.service.d/keystone-multiregion.conf",
          "0644"),

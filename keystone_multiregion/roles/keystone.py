@@ -13,7 +13,7 @@ KEYSTONE_NODE_TOOL = "/usr/local/sbin/keystone-node"
 KEYSTONE_CONF = "/etc/keystone/keystone.conf"
 UWSGI_INI = "/etc/keystone/keystone-multiregion-uwsgi.ini"
 WSGI_FILE = "/usr/local/lib/keystone-multiregion/keystone-wsgi.py"
-# TLS-or-nothing database driver (templates/keystone/keystone_dbtls.py) and the
+# TLS-or-nothing database driver (agents/keystone_dbtls.py) and the
 # keystone-manage that loads it, ahead of Debian's /usr/bin/keystone-manage on PATH.
 DBTLS_MODULE = "/usr/local/lib/keystone-multiregion/keystone_dbtls.py"
 KEYSTONE_MANAGE = "/usr/local/bin/keystone-manage"
@@ -106,10 +106,10 @@ KEYSTONE = RoleLayer(
         ("keystone/keystone.conf.j2", KEYSTONE_CONF, "0600"),  # keystone-node prepare: 0640 root:keystone
         ("keystone/keystone-uwsgi.ini.j2", UWSGI_INI, "0644"),
         ("keystone/keystone-api.service.j2", "/etc/systemd/system/keystone-api.service", "0644"),
-        ("keystone/keystone-node.py", KEYSTONE_NODE_TOOL, "0755"),
-        ("keystone/keystone-wsgi.py", WSGI_FILE, "0644"),
-        ("keystone/keystone_dbtls.py", DBTLS_MODULE, "0644"),
-        ("keystone/keystone-manage", KEYSTONE_MANAGE, "0755"),
+        ("agents/keystone-node.py", KEYSTONE_NODE_TOOL, "0755"),
+        ("agents/keystone-wsgi.py", WSGI_FILE, "0644"),
+        ("agents/keystone_dbtls.py", DBTLS_MODULE, "0644"),
+        ("agents/keystone-manage", KEYSTONE_MANAGE, "0755"),
         ("keystone/keystone-api.path", "/etc/systemd/system/keystone-api.path", "0644"),
         ("keystone/keystone-key-check.service", "/etc/systemd/system/keystone-key-check.service", "0644"),
         ("keystone/keystone-key-check.timer", "/etc/systemd/system/keystone-key-check.timer", "0644"),
