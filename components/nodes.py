@@ -42,15 +42,11 @@ def user_data_output(topo: Topology, node_name: str, secrets: pulumi.Input[Mappi
     return pulumi.Output.secret(user_data) if role_has_secrets(topo.node(node_name).role) else user_data
 
 
-CERT_VALIDITY_HOURS = 5 * 365 * 24
-
-
 def node_tls(parent: pulumi.Resource, node: Node, secrets: pulumi.Input[Mapping], ca_key: pulumi.Input[str]):
     """A key and a certificate for the node, signed by the shared CA, with the node's address
     as subjectAltName (the SST donor checks it); returns the node's secrets with them added."""
     ca_cert = pulumi.Output.from_input(secrets).apply(lambda s: s[CA_CERT])
     cert, key = signed_certificate(parent, "tls", node.name, node.name, [node.name], [node.address], ca_key, ca_cert,
-                                   CERT_VALIDITY_HOURS,
                                    ["digital_signature", "key_encipherment", "server_auth", "client_auth"])
     return pulumi.Output.all(secrets, cert, key).apply(
         lambda a: {**a[0], "tls": {node.name: {"cert": a[1], "key": a[2]}}})

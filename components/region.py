@@ -42,9 +42,6 @@ class RegionArgs:
     ssh: SshAccess | None = None  # how the key repositories reach the Keystone nodes (required with any)
 
 
-DEV_CERT_VALIDITY_HOURS = 365 * 24
-
-
 def dev_certificate(parent: pulumi.Resource, hostname: str, region: str, addresses: list[str],
                     ca_key: pulumi.Input[str], ca_cert: pulumi.Input[str]):
     """A certificate for the public endpoint from the shared development CA (the shared
@@ -54,7 +51,7 @@ def dev_certificate(parent: pulumi.Resource, hostname: str, region: str, address
     pulumi.log.warn(f"{region}: no publicCertificate in the stack config; the public endpoint {hostname} "
                     "gets a certificate from the shared development CA (development only)")
     cert, key = signed_certificate(parent, "public", region, hostname, [hostname], addresses, ca_key, ca_cert,
-                                   DEV_CERT_VALIDITY_HOURS, ["digital_signature", "key_encipherment", "server_auth"])
+                                   ["digital_signature", "key_encipherment", "server_auth"])
     return cert, pulumi.Output.secret(key)
 
 

@@ -6,10 +6,9 @@ import pulumi
 import pulumi_random as random
 import pulumi_tls as tls
 
+from keystone_multiregion.certificates import CA_RENEWAL_HOURS, CA_VALIDITY_HOURS
 from keystone_multiregion.keys import CREDENTIAL_MAX_ACTIVE, repository
 from keystone_multiregion.secrets import CA_CERT, KEY_REPOSITORIES, PUBLIC_CA_CERT, SECRETS
-
-CA_VALIDITY_HOURS = 10 * 365 * 24
 
 
 class SharedSecrets(pulumi.ComponentResource):
@@ -53,11 +52,15 @@ class SharedSecrets(pulumi.ComponentResource):
                                "public_dev_ca_key": self.public_dev_ca_key})
 
     def _ca(self, name: str, common_name: str):
-        """A protected CA key and self-signed CA certificate (`<name>-key`, `<name>`)."""
-        opts = pulumi.ResourceOptions(parent=self, protect=True)
-        key = tls.PrivateKey(f"{name}-key", algorithm="ECDSA", ecdsa_curve="P256", opts=opts)
+        """A protected CA key and its self-signed CA certificate (`<name>-key`, `<name>`), which a
+        `pulumi up` in its last CA_RENEWAL_HOURS re-issues with the same key and name: the renewed
+        certificate verifies everything the old one signed, so it is not protected (protection
+        would turn the renewal into an error). A new key is a CA rotation (README)."""
+        key = tls.PrivateKey(f"{name}-key", algorithm="ECDSA", ecdsa_curve="P256",
+                             opts=pulumi.ResourceOptions(parent=self, protect=True))
         cert = tls.SelfSignedCert(
             name, private_key_pem=key.private_key_pem, is_ca_certificate=True,
             subject=tls.SelfSignedCertSubjectArgs(common_name=common_name), validity_period_hours=CA_VALIDITY_HOURS,
-            allowed_uses=["cert_signing", "crl_signing", "digital_signature"], opts=opts)
+            early_renewal_hours=CA_RENEWAL_HOURS,
+            allowed_uses=["cert_signing", "crl_signing", "digital_signature"], opts=pulumi.ResourceOptions(parent=self))
         return key, cert

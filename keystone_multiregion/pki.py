@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-VALIDITY_DAYS = 3650
+from .certificates import CA_VALIDITY_HOURS, CERT_VALIDITY_HOURS
 
 
 def _pem_key(key) -> str:
@@ -29,7 +29,7 @@ def make_ca(name: str) -> tuple[str, str]:
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{name} Galera CA")])
     cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(_now()).not_valid_after(_now() + datetime.timedelta(days=VALIDITY_DAYS))
+            .not_valid_before(_now()).not_valid_after(_now() + datetime.timedelta(hours=CA_VALIDITY_HOURS))
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
                                          content_commitment=False, key_encipherment=False, data_encipherment=False,
@@ -49,7 +49,7 @@ def issue(ca_cert_pem: str, ca_key_pem: str, node_name: str, address: str | list
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, node_name)]))
             .issuer_name(ca_cert.subject).public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(_now()).not_valid_after(_now() + datetime.timedelta(days=VALIDITY_DAYS))
+            .not_valid_before(_now()).not_valid_after(_now() + datetime.timedelta(hours=CERT_VALIDITY_HOURS))
             .add_extension(x509.SubjectAlternativeName(
                 [x509.DNSName(node_name)] + [x509.IPAddress(ipaddress.ip_address(a)) for a in addresses]),
                 critical=False)
