@@ -19,6 +19,7 @@ import jinja2
 import yaml
 
 from .roles import LAYERS, File
+from .roles.base import NODE_AGENT
 from .secrets import require_secrets, role_has_secrets
 from .topology import Node, Topology
 
@@ -118,6 +119,8 @@ def render_node(topo: Topology, node_name: str, secrets: Mapping) -> RenderedNod
     for template, path, perms in layer.files:
         files.append(File(path, render_template(template, **context), permissions=perms))
     files += layer.secret_files(topo, node, needed)
+    # Every node runs the agent that applies later pushes (keystone_multiregion/push.py).
+    files.append(File(NODE_AGENT, render_template("agents/node-agent.py"), permissions="0755"))
     files_t = tuple(files)
     body = yaml.dump(cloud_config(topo, node, files_t, needed), Dumper=_LiteralDumper, sort_keys=False,
                      default_flow_style=False, width=120)

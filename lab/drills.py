@@ -422,12 +422,14 @@ class GaleraDrills:
             measured["written_without_volume"] = leftovers
             if leftovers:
                 problems.append(f"files were written to the empty directory: {leftovers}")
-            after = self._grastates()
-            measured["grastate_unchanged"] = after == before
-            if after != before:
-                problems.append(f"cluster state changed while refused: {before} -> {after}")
         finally:
             layer.attach_volume(self.dep, boot)
+        # Read with the volume back in place (while detached, the node's path is the empty
+        # directory): every node's cluster state as it was before the refused start.
+        after = self._grastates()
+        measured["grastate_unchanged"] = after == before
+        if after != before:
+            problems.append(f"cluster state changed while refused: {before} -> {after}")
         t = time.monotonic()
         reports, chosen = self._recover(problems)
         back = self.wait(lambda: self.synced_everywhere(), 120)

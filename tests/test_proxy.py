@@ -487,3 +487,21 @@ def test_the_tool_checks_can_fail(topo, secrets, tmp_path):
     assert result.returncode != 0 and "Unknown keyword 'auth_typ'" in result.stdout + result.stderr
     bad.write_text(files[KEEPALIVED_CONF].content.replace("dev eth0", "dev eth7"))
     assert keepalived_check(bad).returncode != 0
+
+
+def test_keystone_frontends_drop_the_clients_forwarding_headers(case):
+    """Keystone takes the client's address, scheme and host from Forwarded/X-Forwarded-*:
+    both Keystone frontends delete whatever the client sent, then set them from the real
+    connection (option forwardfor, X-Forwarded-Proto)."""
+    _, topo, secrets = case
+    for proxy in topo.nodes(role="proxy"):
+        cfg = parse_haproxy(_files(render_node(topo, proxy.name, secrets))[HAPROXY_CFG].content)
+        for frontend in ("frontend keystone_public", "frontend keystone_internal"):
+            lines = cfg[frontend]
+            deleted = [line.split()[2].lower() for line in lines if line.startswith("http-request del-header ")]
+            assert sorted(deleted) == sorted(["forwarded", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
+                                              "x-forwarded-port", "x-forwarded-prefix"]), (proxy.name, frontend)
+            assert any(line.startswith("option forwardfor") for line in lines)
+            setters = [i for i, line in enumerate(lines) if line.startswith("http-request set-header X-Forwarded-Proto")]
+            dels = [i for i, line in enumerate(lines) if line.startswith("http-request del-header")]
+            assert setters and max(dels) < min(setters)  # deleted before HAProxy sets its own

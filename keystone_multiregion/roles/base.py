@@ -4,9 +4,12 @@ values, its part of the cloud-config document, and files taken from secrets."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Mapping
 
 from ..topology import Node, Topology
+
+# The agent every node runs for pushed files (agents/node-agent.py; keystone_multiregion/push.py).
+NODE_AGENT = "/usr/local/sbin/node-agent"
 
 
 @dataclass(frozen=True)
@@ -42,3 +45,6 @@ class RoleLayer:
     secret_files: Callable[[Topology, Node, dict], list] = field(default=_no_files)
     # Changes to the node's cloud-config document: (topology, node, doc) -> None
     cloud_config: Callable[[Topology, Node, dict], None] = field(default=_no_changes)
+    # What the node agent does when a pushed file changes: {path on the node: action}
+    # (keystone_multiregion/push.py lists the actions); unlisted paths: nothing.
+    on_change: Mapping[str, str] = field(default_factory=dict)

@@ -137,12 +137,18 @@ GALERA = RoleLayer(
         ("galera/mariadb-data-volume.conf.j2", "/etc/systemd/system/mariadb.service.d/keystone-multiregion.conf",
          "0644"),
     ),
-    context=_context, secret_files=_tls_files, cloud_config=_galera_cloud_config)
+    context=_context, secret_files=_tls_files, cloud_config=_galera_cloud_config,
+    on_change={GALERA_CONF: "galera:settings", GALERA_SST_CONF: "galera:restart",
+               **{path: "galera:restart" for path in TLS_PATHS.values()}, DB_USERS: "galera:users",
+               "/etc/systemd/system/galera-health.service": "systemd:daemon-reload",
+               "/etc/systemd/system/mariadb.service.d/keystone-multiregion.conf": "systemd:daemon-reload"})
 
 ARBITRATOR_LAYER = RoleLayer(
     packages=("galera-arbitrator-4",),
     files=(("galera/garbd.j2", "/etc/default/garb", "0644"),
            ("galera/garb-service.conf.j2", GARB_DROPIN, "0644")),
-    context=_context, secret_files=_tls_files, cloud_config=_arbitrator_cloud_config)
+    context=_context, secret_files=_tls_files, cloud_config=_arbitrator_cloud_config,
+    on_change={"/etc/default/garb": "garbd:restart", GARB_DROPIN: "garbd:restart",
+               **{path: "garbd:restart" for path in TLS_PATHS.values()}})
 
 LAYERS = {"galera": GALERA, ARBITRATOR: ARBITRATOR_LAYER}

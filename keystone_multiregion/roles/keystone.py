@@ -114,6 +114,12 @@ KEYSTONE = RoleLayer(
         ("keystone/keystone-key-check.service", "/etc/systemd/system/keystone-key-check.service", "0644"),
         ("keystone/keystone-key-check.timer", "/etc/systemd/system/keystone-key-check.timer", "0644"),
     ),
-    context=_context, secret_files=_secret_files, cloud_config=_cloud_config)
+    context=_context, secret_files=_secret_files, cloud_config=_cloud_config,
+    # uwsgi's graceful reload (SIGHUP: the master re-reads its files, each worker finishes
+    # its request first) picks up Keystone's configuration and code.
+    on_change={**{path: "keystone:reload" for path in (KEYSTONE_CONF, UWSGI_INI, WSGI_FILE, DBTLS_MODULE, DB_CA_FILE)},
+               **{f"/etc/systemd/system/{unit}": "systemd:daemon-reload"
+                  for unit in ("keystone-api.service", "keystone-api.path", "keystone-key-check.service",
+                               "keystone-key-check.timer")}})
 
 LAYERS = {"keystone": KEYSTONE}

@@ -172,6 +172,8 @@ PROXY = RoleLayer(
         ("proxy/haproxy.cfg.j2", HAPROXY_CFG, "0644"),
         ("proxy/keepalived.conf.j2", KEEPALIVED_CONF, "0600"),  # carries the VRRP password
     ),
-    context=_context, secret_files=_secret_files, cloud_config=_cloud_config)
+    context=_context, secret_files=_secret_files, cloud_config=_cloud_config,
+    on_change={HAPROXY_CFG: "haproxy:reload", PUBLIC_PEM: "haproxy:reload", PEER_CA: "haproxy:reload",
+               KEEPALIVED_CONF: "keepalived:reload", "/etc/sysctl.d/60-keystone-multiregion.conf": "sysctl:apply"})
 
 LAYERS = {"proxy": PROXY}

@@ -1,0 +1,501 @@
+#!/usr/bin/env python3
+"""node-agent: apply the files a region stack pushes to this running node.
+
+Shipped by keystone-multiregion to every node (/usr/local/sbin/node-agent); the local lab
+runs the very same file over SSH. Standard library only.
+
+    node-agent apply [--timeout S]   the push: a JSON payload on stdin (keystone_multiregion/
+                                     push.py) with every file of the node and the action a
+                                     change needs; installs what changed, then acts; prints
+                                     what it applied as JSON (last line)
+    node-agent check                 drift: every applied file still as pushed (exit 1 names
+                                     the files that differ)
+    node-agent health [--timeout S]  the node's role is healthy (exit 0), waiting up to S
+
+A push is refused, with one line and nothing changed (exit 2), when: the payload does not
+parse or is for another node; a file fails its check (`haproxy -c`, `keepalived -t`, a
+Galera setting `mariadbd` rejects); or the action would cost the cluster its quorum or the
+region its last healthy node of the role (a Galera restart while another member is away,
+memcached restarted while no other memcached of the region answers). Otherwise the files
+are installed atomically (a new file beside the old, renamed over it; an existing file
+keeps its owner and mode, which the node's own set-up chose), the actions run in a fixed
+order with the least disruption each allows, and the agent waits until the node is
+healthy again before it answers: the stack pushes a role's next node only then.
+"""
+
+import argparse
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+ROOT = os.environ.get("NODE_AGENT_ROOT", "/")  # tests only: a tree standing in for /
+FACTS = "/etc/keystone-multiregion/node.json"
+STATE_DIR = "/var/lib/keystone-multiregion"
+APPLIED = f"{STATE_DIR}/applied.json"
+LOCK = f"{STATE_DIR}/node-agent.lock"
+# Where the lab names its stand-in for systemctl (a VM has no such file: systemctl itself).
+SERVICE_MANAGER = "/etc/keystone-multiregion/service-manager"
+KEY_DIGESTS = f"{STATE_DIR}/key-digests.json"  # keystone-node: the keys are installed
+
+# The actions in the order they run (keystone_multiregion/push.py, ACTIONS).
+ORDER = ("none", "systemd:daemon-reload", "galera:settings", "galera:restart", "galera:users", "garbd:restart",
+         "haproxy:reload", "keepalived:reload", "sysctl:apply", "memcached:restart", "keystone:reload")
+# MariaDB settings a running server takes with SET GLOBAL; any other change restarts it.
+GALERA_LIVE = {"max_connections", "wsrep_slave_threads", "wsrep_applier_threads", "wsrep_sync_wait",
+               "wsrep_dirty_reads", "innodb_buffer_pool_size", "max_allowed_packet", "wait_timeout",
+               "wsrep_retry_autocommit", "innodb_flush_log_at_trx_commit", "wsrep_certify_nonPK"}
+GALERA_SECTIONS = ("mysqld", "galera", "mariadb", "server", "mariadbd")
+
+
+class Refused(Exception):
+    """Nothing was changed: the line says why."""
+
+
+class Failed(Exception):
+    """Files were installed but an action or the health check after it failed."""
+
+
+def path(p):
+    return os.path.join(ROOT, p.lstrip("/"))
+
+
+def sha256(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_bytes(p):
+    try:
+        fd = os.open(path(p), os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise Refused(f"{p} is not a regular file on this node (a link?); remove it first") from None
+        raise
+    with os.fdopen(fd, "rb") as fh:
+        return fh.read()
+
+
+def facts():
+    data = read_bytes(FACTS)
+    return json.loads(data) if data else None
+
+
+def systemctl(*args, timeout=600, check=True):
+    manager = read_bytes(SERVICE_MANAGER)
+    argv = [manager.decode().strip() if manager else "systemctl", *args]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    if check and out.returncode != 0:
+        raise Failed(f"{' '.join(argv)} failed (exit {out.returncode}): {(out.stderr or out.stdout).strip()[-300:]}")
+    return out
+
+
+def sql(statement, timeout=30):
+    """As root over the local socket, the statement on stdin (never in argv)."""
+    out = subprocess.run(["mariadb", "--batch", "--skip-column-names"], input=statement, capture_output=True,
+                         text=True, timeout=timeout)
+    if out.returncode != 0:
+        raise Failed(out.stderr.strip()[-300:] or f"mariadb exit {out.returncode}")
+    return out.stdout
+
+
+# -- payload ---------------------------------------------------------------------------------
+def parse_payload(text, node_facts):
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise Refused(f"the payload does not parse as JSON ({exc})") from None
+    if not isinstance(data, dict) or data.get("version") != 1 or not isinstance(data.get("files"), list):
+        raise Refused("the payload is not a version 1 push (version, node, role, files)")
+    if node_facts is None:
+        raise Refused(f"{FACTS} is missing: this node was not set up by keystone-multiregion's cloud-init")
+    if data.get("node") != node_facts.get("name"):
+        raise Refused(f"the payload is for {data.get('node')!r}, this node is {node_facts.get('name')!r} "
+                      "(check the address and host key the stack connects to)")
+    for f in data["files"]:
+        if not isinstance(f, dict) or not isinstance(f.get("path"), str) or not f["path"].startswith("/") \
+                or ".." in f["path"].split("/") or not isinstance(f.get("content"), str):
+            raise Refused(f"a file entry is malformed: {str(f)[:120]}")
+        if f.get("on_change", "none") not in ORDER:
+            raise Refused(f"{f['path']}: unknown action {f.get('on_change')!r} (this agent knows {', '.join(ORDER)})")
+        try:
+            int(f.get("mode", "0644"), 8)
+        except (TypeError, ValueError):
+            raise Refused(f"{f['path']}: mode {f.get('mode')!r} is not an octal mode") from None
+    return data
+
+
+def changes(data):
+    """The files whose content differs from what the node holds."""
+    out = []
+    for f in data["files"]:
+        current = read_bytes(f["path"])
+        if current is None or sha256(current) != sha256(f["content"].encode()):
+            out.append(f)
+    return out
+
+
+def actions_of(changed):
+    wanted = {f.get("on_change", "none") for f in changed}
+    return [a for a in ORDER if a in wanted and a != "none"]
+
+
+# -- checks before anything changes ---------------------------------------------------------
+def _candidate(f):
+    """The new content in a private temporary file (for a check), removed by the caller."""
+    fd, tmp = tempfile.mkstemp(prefix="node-agent-check.", suffix=os.path.basename(f["path"]))
+    with os.fdopen(fd, "w") as fh:
+        fh.write(f["content"])
+    return tmp
+
+
+def _run_check(argv, what):
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    except FileNotFoundError:
+        raise Refused(f"cannot check {what}: {argv[0]} is not installed") from None
+    if out.returncode != 0:
+        detail = " ".join((out.stderr or out.stdout).strip().split())[-300:]
+        raise Refused(f"{what} fails its check ({' '.join(argv[:2])}): {detail}")
+
+
+def parse_cnf(text):
+    """{setting: value} of a MariaDB option file's server sections (dashes as underscores)."""
+    values, section = {}, None
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1].strip()
+            continue
+        if section in GALERA_SECTIONS:
+            key, _, value = line.partition("=")
+            values[key.strip().replace("-", "_")] = value.strip().strip('"')
+    return values
+
+
+def check_files(changed):
+    for f in changed:
+        action = f.get("on_change")
+        if action == "haproxy:reload" and f["path"].endswith(".cfg"):
+            tmp = _candidate(f)
+            try:
+                _run_check(["haproxy", "-c", "-q", "-f", tmp], f["path"])
+            finally:
+                os.unlink(tmp)
+        elif action == "keepalived:reload":
+            tmp = _candidate(f)
+            try:
+                _run_check(["keepalived", "-t", "-f", tmp], f["path"])
+            finally:
+                os.unlink(tmp)
+        elif action == "galera:settings":
+            tmp = _candidate(f)
+            try:  # only this file's options: an unknown setting or a bad value is refused
+                _run_check(["mariadbd", f"--defaults-file={tmp}", "--user=mysql", "--help", "--verbose"], f["path"])
+            finally:
+                os.unlink(tmp)
+
+
+# -- guards: what an action may cost -----------------------------------------------------------
+def galera_status():
+    try:
+        rows = sql("SHOW GLOBAL STATUS WHERE Variable_name IN ('wsrep_cluster_status', 'wsrep_cluster_size', "
+                   "'wsrep_local_state_comment', 'wsrep_ready')")
+    except (Failed, OSError, subprocess.TimeoutExpired):
+        return {}
+    return dict(line.split("\t", 1) for line in rows.splitlines() if "\t" in line)
+
+
+def galera_healthy(expected, status=None):
+    status = galera_status() if status is None else status
+    return (status.get("wsrep_cluster_status") == "Primary" and status.get("wsrep_local_state_comment") == "Synced"
+            and status.get("wsrep_ready") == "ON" and int(status.get("wsrep_cluster_size") or 0) >= expected)
+
+
+def guard_galera_restart(health):
+    expected = int(health["galera_cluster_size"])
+    status = galera_status()
+    if not galera_healthy(expected, status):
+        raise Refused(f"refusing to restart MariaDB: the cluster is not whole (this node "
+                      f"{status.get('wsrep_local_state_comment', 'not answering')}/"
+                      f"{status.get('wsrep_cluster_status', '-')}, {status.get('wsrep_cluster_size', '?')} of "
+                      f"{expected} members): another member is away, and a restart now could cost the cluster "
+                      "its quorum; bring every member back first")
+
+
+def tcp_answers(address, port, probe=None, timeout=2.0):
+    try:
+        with socket.create_connection((address, port), timeout=timeout) as s:
+            if probe:
+                s.sendall(probe)
+                return bool(s.recv(64))
+            return True
+    except OSError:
+        return False
+
+
+def guard_memcached_restart(health):
+    peers = health.get("peers") or []
+    port = int(health["ports"]["memcached"])
+    if peers and not any(tcp_answers(p, port, b"version\r\n") for p in peers):
+        raise Refused(f"refusing to restart memcached: no other memcached node of the region answers "
+                      f"({', '.join(peers)}); this node is the region's last one")
+
+
+# -- install --------------------------------------------------------------------------------
+def install(f):
+    """Atomically: a new file beside the old one, renamed over it. An existing file keeps
+    its owner and mode (the node's own set-up may have narrowed them); a new one gets the
+    pushed mode, root's. Never through a link."""
+    target = path(f["path"])
+    directory = os.path.dirname(target)
+    os.makedirs(directory, mode=0o755, exist_ok=True)
+    try:
+        st = os.lstat(target)
+        if stat.S_ISLNK(st.st_mode) or not stat.S_ISREG(st.st_mode):
+            raise Refused(f"{f['path']} is not a regular file on this node (a link?); remove it first")
+        mode, uid, gid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
+    except FileNotFoundError:
+        mode, uid, gid = int(f.get("mode", "0644"), 8), 0, 0
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".node-agent.")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            os.fchmod(fh.fileno(), mode)
+            if os.geteuid() == 0:
+                os.fchown(fh.fileno(), uid, gid)
+            fh.write(f["content"])
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# -- actions --------------------------------------------------------------------------------
+def galera_settings(changed_files, health, previous):
+    """Changed settings: live with SET GLOBAL when every one of them allows it, else a
+    guarded restart. Returns what was done."""
+    old, new = {}, {}
+    for f in changed_files:
+        old.update(parse_cnf(previous.get(f["path"]) or ""))
+        new.update(parse_cnf(f["content"]))
+    delta = {k: v for k, v in new.items() if old.get(k) != v}
+    removed = [k for k in old if k not in new]
+    if not delta and not removed:
+        return "no setting changed"
+    if not removed and set(delta) <= GALERA_LIVE:
+        for key, value in sorted(delta.items()):
+            sql(f"SET GLOBAL {key} = {value if value.replace('.', '').isdigit() else repr(value)}")
+        return f"live: {', '.join(f'{k}={v}' for k, v in sorted(delta.items()))}"
+    return None  # needs a restart
+
+
+def wait(predicate, timeout, interval=1.0):
+    deadline = time.monotonic() + timeout
+    for _ in range(int(timeout / interval) + 2):
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(interval)
+    return False
+
+
+def http_status(url, timeout=3.0):
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (urllib.error.URLError, OSError):
+        return None
+
+
+def healthy(role, node_facts, health):
+    """The role's own health: what the stack waits for before it pushes the next node."""
+    if role == "galera":
+        return galera_healthy(int(health["galera_cluster_size"]))
+    if role == "proxy":
+        return http_status(health["haproxy_monitor"]) == 200 and \
+            systemctl("is-active", "keepalived", check=False).returncode == 0
+    if role == "memcached":
+        return tcp_answers(node_facts["address"], int(health["ports"]["memcached"]), b"version\r\n")
+    if role == "keystone":
+        if read_bytes(KEY_DIGESTS) is None:
+            return False  # the API starts only once the keys are pushed
+        return http_status(f"http://{node_facts['address']}:{health['ports']['keystone']}/healthcheck") == 200
+    if role == "arbitrator":
+        return systemctl("is-active", "garb", check=False).returncode == 0
+    return True
+
+
+def run_actions(actions, changed, health, previous, log):
+    done = []
+    for action in actions:
+        files = [f for f in changed if f.get("on_change") == action]
+        if action == "systemd:daemon-reload":
+            systemctl("daemon-reload")
+        elif action == "galera:settings":
+            live = galera_settings(files, health, previous)
+            if live is None:
+                if "galera:restart" not in actions:
+                    systemctl("restart", "mariadb", timeout=3600)  # an SST/IST can take long
+                    action = "galera:settings (restart)"
+            else:
+                action = f"galera:settings ({live})"
+        elif action == "galera:restart":
+            systemctl("restart", "mariadb", timeout=3600)
+        elif action == "galera:users":
+            out = subprocess.run(["python3", "/usr/local/sbin/galera-node", "init-cluster"], capture_output=True,
+                                 text=True, timeout=300)
+            if out.returncode != 0:
+                raise Failed(f"galera-node init-cluster failed: {out.stderr.strip()[-300:]}")
+        elif action == "garbd:restart":
+            systemctl("restart", "garb")
+        elif action == "haproxy:reload":
+            systemctl("reload", "haproxy")
+        elif action == "keepalived:reload":
+            systemctl("reload", "keepalived")
+        elif action == "sysctl:apply":
+            for f in files:
+                subprocess.run(["sysctl", "-q", "-p", path(f["path"])], check=True, capture_output=True, timeout=60)
+        elif action == "memcached:restart":
+            systemctl("restart", "memcached")
+        elif action == "keystone:reload":
+            if systemctl("is-active", "keystone-api", check=False).returncode == 0:
+                systemctl("reload", "keystone-api")
+            else:
+                action = "keystone:reload (API not started yet)"
+        log(f"node-agent: {action}")
+        done.append(action)
+    return done
+
+
+def guard(actions, changed, health, previous):
+    if "galera:restart" in actions:
+        guard_galera_restart(health)
+    if "galera:settings" in actions:
+        files = [f for f in changed if f.get("on_change") == "galera:settings"]
+        old, new = {}, {}
+        for f in files:
+            old.update(parse_cnf(previous.get(f["path"]) or ""))
+            new.update(parse_cnf(f["content"]))
+        delta = {k for k, v in new.items() if old.get(k) != v} | {k for k in old if k not in new}
+        if delta - GALERA_LIVE:
+            guard_galera_restart(health)
+    if "memcached:restart" in actions:
+        guard_memcached_restart(health)
+
+
+def record(data):
+    applied = {f["path"]: sha256(f["content"].encode()) for f in data["files"]}
+    os.makedirs(path(STATE_DIR), mode=0o755, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path(STATE_DIR), prefix=".applied.")
+    with os.fdopen(fd, "w") as fh:
+        json.dump({"node": data["node"], "files": applied}, fh, indent=2, sort_keys=True)
+    os.replace(tmp, path(APPLIED))
+    return applied
+
+
+def cmd_apply(args, stdin=None, log=lambda line: print(line, file=sys.stderr)):
+    text = (stdin if stdin is not None else sys.stdin).read()
+    os.makedirs(path(STATE_DIR), mode=0o755, exist_ok=True)
+    with open(path(LOCK), "a") as lock:
+        deadline = time.monotonic() + args.timeout
+        while True:  # one push at a time (bounded wait for another one to finish)
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise Refused("another push is still running on this node") from None
+                time.sleep(0.5)
+        node_facts = facts()
+        data = parse_payload(text, node_facts)
+        changed = changes(data)
+        actions = actions_of(changed)
+        previous = {f["path"]: (read_bytes(f["path"]) or b"").decode(errors="replace") for f in changed}
+        check_files(changed)
+        guard(actions, changed, data.get("health") or {}, previous)
+        for f in changed:
+            install(f)
+        try:
+            done = run_actions(actions, changed, data.get("health") or {}, previous, log)
+        except (Failed, subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+            raise Failed(f"{data['node']}: files installed, but {exc}") from None
+        role = data.get("role")
+        t = time.monotonic()
+        if not wait(lambda: healthy(role, node_facts, data.get("health") or {}), args.timeout):
+            raise Failed(f"{data['node']}: not healthy {args.timeout:g}s after the push ({role}); "
+                         "check the node before pushing the next one")
+        applied = record(data)
+        print(json.dumps({"node": data["node"], "changed": [f["path"] for f in changed], "actions": done,
+                          "healthy_after_s": round(time.monotonic() - t, 1), "digests": applied}, sort_keys=True))
+    return 0
+
+
+def cmd_check(args):
+    data = read_bytes(APPLIED)
+    if data is None:
+        print(f"node-agent: nothing pushed to this node yet ({APPLIED} is missing)", file=sys.stderr)
+        return 1
+    recorded = json.loads(data)
+    drifted = []
+    for p, digest in sorted(recorded["files"].items()):
+        current = read_bytes(p)
+        if current is None or sha256(current) != digest:
+            drifted.append(p)
+    if drifted:
+        print(f"node-agent: {recorded['node']}: {len(drifted)} file(s) differ from the last push: "
+              f"{', '.join(drifted)}; repair with `pulumi up --target <URN of files-{recorded['node']}> --replace` "
+              "(`pulumi stack --show-urns` lists it)", file=sys.stderr)
+        return 1
+    print(json.dumps({"node": recorded["node"], "files": len(recorded["files"]), "drift": []}))
+    return 0
+
+
+def cmd_health(args):
+    node_facts = facts() or {}
+    data = json.loads(read_bytes(APPLIED) or b"{}")
+    health = args.params and json.loads(args.params) or {}
+    ok = wait(lambda: healthy(node_facts.get("role"), node_facts, health), args.timeout)
+    print(json.dumps({"node": node_facts.get("name"), "healthy": ok, "pushed": bool(data)}))
+    return 0 if ok else 1
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="node-agent", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    apply = sub.add_parser("apply")
+    apply.add_argument("--timeout", type=float, default=1800)
+    sub.add_parser("check")
+    health = sub.add_parser("health")
+    health.add_argument("--timeout", type=float, default=60)
+    health.add_argument("--params", help="JSON health parameters (as in a payload)")
+    args = parser.parse_args(argv)
+    try:
+        return {"apply": cmd_apply, "check": cmd_check, "health": cmd_health}[args.command](args)
+    except Refused as exc:
+        print(f"node-agent: refused, nothing changed: {exc}", file=sys.stderr)
+        return 2
+    except Failed as exc:
+        print(f"node-agent: failed: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""What a region stack pushes to a running node, and what the node does with it.
+
+cloud-init writes a node's files once, at first boot. Every later change (a template, a
+peer added anywhere, a renewed certificate, a new database grant) reaches running nodes
+as a push: the region stack sends the node's rendered files over pinned SSH to its
+agent (agents/node-agent.py), which installs what changed and takes the least disruptive
+action for it. This module builds that payload: plain data, one source for the stack
+(components/push.py) and the lab.
+
+Every file carries the action its change needs (`on_change`); the agent knows how to
+carry each one out safely and in this order:
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+from typing import Mapping
+
+from .render import RenderedNode
+from .roles import LAYERS
+from .roles.base import NODE_AGENT
+from .security import PORTS
+from .topology import ARBITRATOR, Topology
+
+# Where the agent records what it applied (the drift check compares against it).
+APPLIED = "/var/lib/keystone-multiregion/applied.json"
+
+# The actions, in the order the agent runs them (unit files before the services using them;
+# the database before the services in front of it).
+ACTIONS = (
+    "none",                  # read when needed (node facts, agents, key check units)
+    "systemd:daemon-reload",  # a unit file or drop-in
+    "galera:settings",       # galera.cnf: live where MariaDB allows, else a guarded restart
+    "galera:restart",        # TLS material, SST credentials: a guarded restart
+    "galera:users",          # databases, users and grants, applied idempotently
+    "garbd:restart",         # the arbitrator's settings or TLS
+    "haproxy:reload",        # checked with haproxy -c, reloaded without dropping connections
+    "keepalived:reload",     # checked with keepalived -t, reloaded (VRRP state kept)
+    "sysctl:apply",          # sysctl --system
+    "memcached:restart",     # only while another memcached node of the region answers
+    "keystone:reload",       # uwsgi's graceful reload: workers finish their requests
+)
+
+
+def actions_for(role: str) -> Mapping[str, str]:
+    """{path on the node: action} for a role's files; paths not listed: "none"."""
+    return LAYERS[role].on_change
+
+
+def health_params(topo: Topology, rendered: RenderedNode) -> dict:
+    """What the agent checks after a change, from the topology (one source): the expected
+    Galera cluster size, the region's other nodes of the role, the ports."""
+    node = rendered.node
+    members = len(topo.nodes(role="galera")) + (1 if topo.arbitrator else 0)
+    from .roles.proxy import MONITOR_ADDRESS, MONITOR_PORT, MONITOR_URI
+    return {
+        "galera_cluster_size": members,
+        "haproxy_monitor": f"http://{MONITOR_ADDRESS}:{MONITOR_PORT}{MONITOR_URI}",
+        "peers": [n.address for n in topo.nodes(node.region, node.role) if n.name != node.name],
+        "ports": {k: PORTS[k] for k in ("keystone", "memcached", "mysql") if k in PORTS},
+    }
+
+
+def payload(topo: Topology, rendered: RenderedNode) -> dict:
+    """The push for one node: every rendered file with the action its change needs."""
+    actions = actions_for(rendered.node.role)
+    unknown = sorted(set(actions.values()) - set(ACTIONS))
+    if unknown:
+        raise ValueError(f"{rendered.node.role}: unknown push actions {unknown}")
+    return {
+        "version": 1,
+        "node": rendered.node.name,
+        "role": rendered.node.role,
+        "files": [{"path": f.path, "content": f.content, "mode": f.permissions,
+                   "on_change": actions.get(f.path, "none")} for f in rendered.files],
+        "health": health_params(topo, rendered),
+    }
+
+
+def encode(data: dict) -> str:
+    return json.dumps(data, sort_keys=True) + "\n"
+
+
+def digest(content: str) -> str:
+    return hashlib.sha256(content.encode()).hexdigest()
+
+
+def digests(data: dict) -> dict[str, str]:
+    """{path: sha256 of its content}: what the agent reports after a push."""
+    return {f["path"]: digest(f["content"]) for f in data["files"]}
+
+
+def apply_argv(timeout_s: int = 1800) -> list[str]:
+    """The command a push runs on the node, as root, with the payload on stdin. The region
+    stack runs it over SSH (components/push.py); the lab runs the very same line."""
+    return ["python3", NODE_AGENT, "apply", "--timeout", str(timeout_s)]
+
+
+def apply_command() -> str:
+    """apply_argv as the SSH command line (the login user has passwordless sudo)."""
+    return "sudo " + shlex.join(apply_argv())
+
+
+STATEFUL = ("galera", ARBITRATOR)

@@ -1,0 +1,246 @@
+"""agents/node-agent.py, the program that applies pushed files on every node: run as a
+process against a temporary tree (NODE_AGENT_ROOT) with stand-ins for systemctl, haproxy,
+keepalived, mariadb and mariadbd on PATH that record how they were called. The payloads are
+the real ones (keystone_multiregion/push.py) of the example topology's nodes."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import stat
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from keystone_multiregion import push
+from keystone_multiregion.render import AGENTS, render_node
+from keystone_multiregion.roles.galera import GALERA_CONF
+from keystone_multiregion.roles.proxy import HAPROXY_CFG, KEEPALIVED_CONF
+
+AGENT = AGENTS / "node-agent.py"
+
+FAKE = """#!/bin/sh
+# records its name, arguments and stdin; answers as configured
+name=$(basename "$0")
+input=$(cat 2>/dev/null || true)
+printf '%s %s <<%s>>\\n' "$name" "$*" "$(echo "$input" | tr '\\n' ' ')" >> "$FAKE_LOG"
+if [ "$name" = mariadb ] && echo "$input" | grep -q "SHOW GLOBAL STATUS"; then cat "$FAKE_WSREP"; fi
+if [ "$name" = haproxy ] && grep -q BROKEN "$4" 2>/dev/null; then echo "[ALERT] parsing: BROKEN" >&2; exit 1; fi
+if [ "$name" = mariadbd ] && grep -q "^bogus" "${1#--defaults-file=}" 2>/dev/null; then
+  echo "[ERROR] mariadbd: unknown variable 'bogus=1'" >&2; exit 7; fi
+exit 0
+"""
+
+WHOLE = "wsrep_cluster_size\t{size}\nwsrep_cluster_status\tPrimary\nwsrep_local_state_comment\tSynced\nwsrep_ready\tON\n"
+
+
+class Node:
+    """A node's tree with its files as cloud-init left them, and the agent to run on it."""
+
+    def __init__(self, tmp: Path, topo, secrets, name: str, monitor: str):
+        self.root, self.topo, self.name = tmp / "root", topo, name
+        self.rendered = render_node(topo, name, secrets)
+        for f in self.rendered.files:
+            target = self.root / f.path.lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(f.content)
+            os.chmod(target, int(f.permissions, 8))
+        bin_dir = tmp / "bin"
+        bin_dir.mkdir(exist_ok=True)
+        for tool in ("systemctl", "haproxy", "keepalived", "mariadb", "mariadbd", "sysctl"):
+            (bin_dir / tool).write_text(FAKE)
+            os.chmod(bin_dir / tool, 0o755)
+        self.log = tmp / "calls.log"
+        self.log.write_text("")
+        self.wsrep = tmp / "wsrep.txt"
+        self.wsrep.write_text(WHOLE.format(size=push.payload(topo, self.rendered)["health"]["galera_cluster_size"]))
+        self.env = {**os.environ, "NODE_AGENT_ROOT": str(self.root), "PATH": f"{bin_dir}:{os.environ['PATH']}",
+                    "FAKE_LOG": str(self.log), "FAKE_WSREP": str(self.wsrep)}
+        self.monitor = monitor
+
+    def payload(self, **changed: str) -> dict:
+        data = push.payload(self.topo, self.rendered)
+        data["health"]["haproxy_monitor"] = self.monitor
+        for f in data["files"]:
+            if f["path"] in changed:
+                f["content"] = changed[f["path"]]
+        return data
+
+    def agent(self, *args: str, stdin: str = "") -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(AGENT), *args], input=stdin, capture_output=True, text=True,
+                              env=self.env, timeout=60)
+
+    def apply(self, data) -> subprocess.CompletedProcess:
+        return self.agent("apply", "--timeout", "5", stdin=data if isinstance(data, str) else push.encode(data))
+
+    def file(self, p: str) -> Path:
+        return self.root / p.lstrip("/")
+
+    def calls(self) -> list[str]:
+        return [line for line in self.log.read_text().splitlines() if line]
+
+
+@pytest.fixture(scope="module")
+def monitor():
+    """HAProxy's monitor URI stand-in (loopback, answers 200)."""
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/healthz"
+    server.shutdown()
+
+
+@pytest.fixture
+def proxy(tmp_path, topo, secrets, monitor):
+    return Node(tmp_path, topo, secrets, "proxy-region-a-1", monitor)
+
+
+@pytest.fixture
+def galera(tmp_path, topo, secrets, monitor):
+    return Node(tmp_path, topo, secrets, "galera-region-a-2", monitor)
+
+
+def _last_json(out: subprocess.CompletedProcess) -> dict:
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_every_node_gets_the_agent_and_every_action_is_known(topo, secrets):
+    from keystone_multiregion.roles.base import NODE_AGENT
+    for node in topo.nodes():
+        rendered = render_node(topo, node.name, secrets)
+        files = {f.path: f for f in rendered.files}
+        assert files[NODE_AGENT].content == AGENT.read_text() and files[NODE_AGENT].permissions == "0755"
+        data = push.payload(topo, rendered)
+        assert {f["on_change"] for f in data["files"]} <= set(push.ACTIONS)
+    # the agent runs the actions in the order the core lists them
+    text = AGENT.read_text()
+    order = text[text.index("ORDER = ("):text.index(")", text.index("ORDER = ("))]
+    assert [a for a in push.ACTIONS] == [p.strip(' "\n') for p in order.split("(", 1)[1].split(",") if p.strip()]
+
+
+def test_an_unchanged_push_changes_nothing_and_records_the_digests(proxy):
+    data = proxy.payload()
+    out = proxy.apply(data)
+    assert out.returncode == 0, out.stderr
+    report = _last_json(out)
+    assert report["changed"] == [] and report["actions"] == [] and report["digests"] == push.digests(data)
+    assert [c for c in proxy.calls() if not c.startswith("systemctl is-active")] == []
+    assert proxy.agent("check").returncode == 0
+
+
+def test_a_haproxy_change_is_checked_installed_and_reloaded_keeping_owner_and_mode(proxy):
+    os.chmod(proxy.file(HAPROXY_CFG), 0o640)  # as the node's own set-up may have left it
+    new = proxy.rendered.files[[f.path for f in proxy.rendered.files].index(HAPROXY_CFG)].content + "# changed\n"
+    out = proxy.apply(proxy.payload(**{HAPROXY_CFG: new}))
+    assert out.returncode == 0, out.stderr
+    assert _last_json(out)["actions"] == ["haproxy:reload"]
+    assert proxy.file(HAPROXY_CFG).read_text() == new
+    assert stat.S_IMODE(proxy.file(HAPROXY_CFG).stat().st_mode) == 0o640
+    calls = proxy.calls()
+    assert any(c.startswith("haproxy -c -q -f ") for c in calls)
+    assert any(c.startswith("systemctl reload haproxy") for c in calls)
+    assert not any("restart" in c for c in calls)  # a reload, never a restart
+    assert not [p for p in proxy.file(HAPROXY_CFG).parent.iterdir() if p.name.startswith(".node-agent.")]
+
+
+def test_a_config_haproxy_rejects_is_refused_and_nothing_changes(proxy):
+    before = proxy.file(HAPROXY_CFG).read_text()
+    out = proxy.apply(proxy.payload(**{HAPROXY_CFG: before + "BROKEN\n", KEEPALIVED_CONF: "# other\n"}))
+    assert out.returncode == 2
+    line = out.stderr.strip().splitlines()[-1]
+    assert line.startswith("node-agent: refused, nothing changed: /etc/haproxy/haproxy.cfg fails its check")
+    assert proxy.file(HAPROXY_CFG).read_text() == before
+    assert proxy.file(KEEPALIVED_CONF).read_text() != "# other\n"
+    assert not any(c.startswith("systemctl reload") for c in proxy.calls())
+
+
+@pytest.mark.parametrize("text, why", [
+    ("{not json", "does not parse as JSON"),
+    (json.dumps({"version": 1, "node": "proxy-region-b-1", "role": "proxy", "files": []}),
+     "the payload is for 'proxy-region-b-1', this node is 'proxy-region-a-1'"),
+    (json.dumps({"version": 1, "node": "proxy-region-a-1", "role": "proxy",
+                 "files": [{"path": "/etc/../root/x", "content": ""}]}), "a file entry is malformed"),
+    (json.dumps({"version": 1, "node": "proxy-region-a-1", "role": "proxy",
+                 "files": [{"path": "/etc/x", "content": "", "on_change": "reboot"}]}), "unknown action 'reboot'"),
+])
+def test_bad_payloads_are_refused_with_one_line(proxy, text, why):
+    out = proxy.apply(text)
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1 and why in out.stderr, out.stderr
+    assert proxy.calls() == []
+
+
+def test_a_link_in_place_of_a_pushed_file_is_refused(proxy, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_text("untouched\n")
+    proxy.file(HAPROXY_CFG).unlink()
+    proxy.file(HAPROXY_CFG).symlink_to(elsewhere)
+    out = proxy.apply(proxy.payload())
+    assert out.returncode == 2 and "is not a regular file on this node (a link?)" in out.stderr
+    assert elsewhere.read_text() == "untouched\n"
+
+
+def test_a_live_galera_setting_is_set_without_a_restart(galera):
+    text = galera.file(GALERA_CONF).read_text()
+    current = next(line for line in text.splitlines() if line.startswith("max_connections"))
+    out = galera.apply(galera.payload(**{GALERA_CONF: text.replace(current, "max_connections = 3000")}))
+    assert out.returncode == 0, out.stderr
+    assert _last_json(out)["actions"] == ["galera:settings (live: max_connections=3000)"]
+    calls = galera.calls()
+    assert any("SET GLOBAL max_connections = 3000" in c for c in calls)
+    assert not any(c.startswith("systemctl restart") for c in calls)
+
+
+def test_a_restart_setting_is_refused_while_a_member_is_away_and_rolled_when_whole(galera):
+    text = galera.file(GALERA_CONF).read_text()
+    assert "evs.suspect_timeout=PT30S" in text  # a provider option: MariaDB takes it at start only
+    changed = text.replace("evs.suspect_timeout=PT30S", "evs.suspect_timeout=PT40S")
+    size = push.payload(galera.topo, galera.rendered)["health"]["galera_cluster_size"]
+    galera.wsrep.write_text(WHOLE.format(size=size - 1))
+    out = galera.apply(galera.payload(**{GALERA_CONF: changed}))
+    assert out.returncode == 2, out.stderr
+    assert f"refusing to restart MariaDB: the cluster is not whole (this node Synced/Primary, {size - 1} of {size}" \
+        in out.stderr
+    assert galera.file(GALERA_CONF).read_text() == text
+    galera.wsrep.write_text(WHOLE.format(size=size))
+    out = galera.apply(galera.payload(**{GALERA_CONF: changed}))
+    assert out.returncode == 0, out.stderr
+    assert _last_json(out)["actions"] == ["galera:settings (restart)"]
+    assert any(c.startswith("systemctl restart mariadb") for c in galera.calls())
+
+
+def test_a_galera_setting_mariadb_rejects_is_refused(galera):
+    text = galera.file(GALERA_CONF).read_text()
+    out = galera.apply(galera.payload(**{GALERA_CONF: text.replace("[galera]", "[galera]\nbogus = 1", 1)}))
+    assert out.returncode == 2 and "unknown variable 'bogus=1'" in out.stderr
+    assert galera.file(GALERA_CONF).read_text() == text
+
+
+def test_drift_is_reported_naming_the_file_and_the_repair(proxy):
+    assert proxy.apply(proxy.payload()).returncode == 0
+    proxy.file(KEEPALIVED_CONF).write_text("hand edited\n")
+    out = proxy.agent("check")
+    assert out.returncode == 1
+    assert f"proxy-region-a-1: 1 file(s) differ from the last push: {KEEPALIVED_CONF}" in out.stderr
+    assert "pulumi up --target <URN of files-proxy-region-a-1> --replace" in out.stderr
+
+
+def test_memcached_is_not_restarted_while_no_other_memcached_answers(tmp_path, topo, secrets, monitor):
+    node = Node(tmp_path, topo, secrets, "memcached-region-a-1", monitor)
+    data = node.payload(**{"/etc/memcached.conf": "-m 256\n"})
+    data["health"]["peers"] = ["127.0.0.1"]  # its peers' port answers nothing on loopback here
+    data["health"]["ports"]["memcached"] = 1
+    out = node.apply(data)
+    assert out.returncode == 2 and "refusing to restart memcached: no other memcached node of the region answers" \
+        in out.stderr
+    assert node.file("/etc/memcached.conf").read_text() != "-m 256\n"
