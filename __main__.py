@@ -23,21 +23,20 @@ except TopologyError as exc:
     raise pulumi.RunError(str(exc)) from None
 
 
-def ssh_access() -> SshAccess | None:
-    """How this stack reaches its Keystone nodes to push the key repositories; None for a
-    region without Keystone nodes (a witness site). Checked before any resource exists."""
-    if not topology.nodes(region.name, "keystone"):
-        return None
+def ssh_access() -> SshAccess:
+    """How this stack reaches its nodes to push their files (and the Keystone nodes' key
+    repositories). Checked before any resource exists."""
     if not topology.key_pair:
         raise pulumi.RunError(
-            "topology: defaults.key_pair is not set; this region's Keystone nodes receive their keys over SSH, "
+            "topology: defaults.key_pair is not set; this region's nodes receive their files over SSH, "
             "so they need a login key: name a Nova key pair (defaults.key_pair: ops) whose private key you "
             "give this stack as sshPrivateKey")
     key = config.get_secret("sshPrivateKey")
     if key is None:
         raise pulumi.RunError(
-            "config: keystone-multiregion:sshPrivateKey is not set; this region's Keystone nodes receive the "
-            "Fernet and credential keys over SSH from where Pulumi runs: run `pulumi config set --secret "
+            "config: keystone-multiregion:sshPrivateKey is not set; this region's nodes receive their files "
+            "(and the Keystone nodes the Fernet and credential keys) over SSH from where Pulumi runs: run "
+            "`pulumi config set --secret "
             f"sshPrivateKey < <file>` with the private key of the key pair {topology.key_pair!r} (topology.yaml), "
             "and `pulumi config set sshBastion <host>` unless Pulumi runs inside the admin network")
     return SshAccess(user=config.get("sshUser") or "debian", private_key=key,
@@ -119,6 +118,7 @@ elif region_name:
     pulumi.export("public_ips", deployment.public_ips)
     # What each Keystone node reported holding after the last key push (equal everywhere).
     pulumi.export("key_digests", deployment.key_digests)
+    pulumi.export("file_digests", deployment.file_digests)  # secret: some pushed files are
 else:
     raise pulumi.RunError("config: keystone-multiregion:region is not set; run "
                           "`pulumi config set region <name>` with a region from topology.yaml, "

@@ -1,7 +1,8 @@
 """Key repositories to running Keystone nodes: pushed over SSH (pulumi-command), never baked
 into cloud-init, so a Fernet rotation changes files on the nodes and rebuilds none.
 
-Each Keystone node gets one `command.remote.Command` that runs `keystone-node install-keys`
+Each Keystone node gets one `command.remote.Command` (created with the node, components/nodes.py)
+that runs `keystone-node install-keys`
 (roles/keystone.py: install_keys_command) with the repositories (keys.payload) on stdin.
 It runs when the node is created or replaced (the instance id is a trigger) and whenever
 the repositories change (a rotation). The node installs them file by file, refuses a
@@ -22,7 +23,6 @@ import pulumi_command as command
 from keystone_multiregion import keys
 from keystone_multiregion.roles.keystone import install_keys_command
 from keystone_multiregion.secrets import require_key_repositories
-from keystone_multiregion.topology import Topology
 
 
 @dataclass(frozen=True)
@@ -62,35 +62,19 @@ def verify_digests(node: str, found: str, expected: Mapping[str, str]) -> dict:
     return digests
 
 
-@dataclass
-class KeyPushArgs:
-    topology: Topology
-    region: str
-    secrets: pulumi.Input[Mapping]
-    instance_ids: Mapping[str, pulumi.Input[str]]
-    host_keys: Mapping[str, pulumi.Input[str]]
-    ssh: SshAccess
-
-
-class KeyPush(pulumi.ComponentResource):
-    digests: dict[str, pulumi.Output[dict]]
-
-    def __init__(self, name: str, args: KeyPushArgs, opts: pulumi.ResourceOptions | None = None):
-        super().__init__("keystone-multiregion:keys:KeyPush", name, None, opts)
-        repos = pulumi.Output.from_input(args.secrets).apply(
-            lambda s: require_key_repositories(s, source="the shared stack's secrets"))
-        stdin = pulumi.Output.secret(repos.apply(keys.payload))
-        expected = repos.apply(keys.digests)  # digests of keys: not secret
-        self.commands, self.digests = {}, {}
-        for node in args.topology.nodes(args.region, "keystone"):
-            cmd = command.remote.Command(
-                f"keys-{node.name}",
-                connection=args.ssh.connection(node.address, args.host_keys[node.name]),
-                create=install_keys_command(), update=install_keys_command(), stdin=stdin,
-                # A new VM (replaced for any reason) gets the keys again.
-                triggers=[args.instance_ids[node.name]],
-                opts=pulumi.ResourceOptions(parent=self))
-            self.commands[node.name] = cmd
-            self.digests[node.name] = pulumi.Output.all(cmd.stdout, expected).apply(
-                lambda a, n=node.name: verify_digests(n, a[0], a[1]))
-        self.register_outputs({"digests": self.digests})
+def key_push(node_name: str, connection: command.remote.ConnectionArgs, secrets: pulumi.Input[Mapping],
+             instance_id: pulumi.Input[str], opts: pulumi.ResourceOptions):
+    """The key push to one Keystone node: `keystone-node install-keys` with the repositories
+    on stdin. It runs when the node is created or replaced (the instance id is a trigger) and
+    whenever the repositories change (a rotation). Returns the command and its verified
+    digests."""
+    repos = pulumi.Output.from_input(secrets).apply(
+        lambda s: require_key_repositories(s, source="the shared stack's secrets"))
+    stdin = pulumi.Output.secret(repos.apply(keys.payload))
+    expected = repos.apply(keys.digests)  # digests of keys: not secret
+    cmd = command.remote.Command(
+        f"keys-{node_name}", connection=connection,
+        create=install_keys_command(), update=install_keys_command(), stdin=stdin,
+        triggers=[instance_id], opts=opts)
+    digests = pulumi.Output.all(cmd.stdout, expected).apply(lambda a: verify_digests(node_name, a[0], a[1]))
+    return cmd, digests

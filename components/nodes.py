@@ -12,7 +12,9 @@ import pulumi_tls as tls
 from keystone_multiregion.render import render_node
 
 from .certificates import signed_certificate
-from keystone_multiregion.secrets import CA_CERT, PUSH_ROLES, TLS_ROLES, role_has_secrets
+from .keys import SshAccess, key_push
+from .push import file_push
+from keystone_multiregion.secrets import CA_CERT, KEY_ROLES, PUSH_ROLES, TLS_ROLES, role_has_secrets
 from keystone_multiregion.topology import ARBITRATOR, Node, Topology
 
 # Roles whose VMs hold state: never replaced because their cloud-init changed.
@@ -32,6 +34,11 @@ class NodeGroupArgs:
     ca_key: pulumi.Input[str] = None  # the shared Galera CA's key (TLS roles)
     # Extra addresses the ports may carry (the proxies' VRRP addresses).
     allowed_addresses: list[str] = field(default_factory=list)
+    # How the stack reaches the nodes to push their files (and the Keystone nodes' keys).
+    ssh: SshAccess | None = None
+    # The region component: the key pushes used to be children of its KeyPush component
+    # (aliases keep their state).
+    region_parent: pulumi.Resource | None = None
 
 
 def user_data_output(topo: Topology, node_name: str, secrets: pulumi.Input[Mapping[str, str]]) -> pulumi.Output[str]:
@@ -67,6 +74,9 @@ class NodeGroup(pulumi.ComponentResource):
     host_keys: dict[str, pulumi.Output[str]]  # pinned SSH host keys of the nodes in PUSH_ROLES
     instance_ids: dict[str, pulumi.Output[str]]
     port_ids: dict[str, pulumi.Output[str]]
+    pushes: dict[str, pulumi.Resource]  # each node's file push (after its key push)
+    key_digests: dict[str, pulumi.Output[dict]]
+    file_digests: dict[str, pulumi.Output[dict]]
 
     def __init__(self, name: str, args: NodeGroupArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("keystone-multiregion:nodes:NodeGroup", name, None, opts)
@@ -80,6 +90,10 @@ class NodeGroup(pulumi.ComponentResource):
             policies="anti-affinity", opts=child)
 
         self.addresses, self.instance_ids, self.port_ids, self.host_keys = {}, {}, {}, {}
+        self.pushes, self.key_digests, self.file_digests = {}, {}, {}
+        # One node at a time: node n's VM (when it is created or replaced) and its push wait
+        # for node n-1's push, which ends only once node n-1 is healthy again (node-agent).
+        previous_push: pulumi.Resource | None = None
         for node in nodes:
             port = openstack.networking.Port(
                 f"port-{node.name}", name=f"{topo.name}-{node.name}",
@@ -115,16 +129,19 @@ class NodeGroup(pulumi.ComponentResource):
                 ]
                 image_id = None
 
+            waits = [previous_push] if previous_push is not None else []
             if role in STATEFUL_ROLES:
-                # A template change never rebuilds a database node (layers push changes to
-                # running nodes instead), and a newer image never replaces them all at once.
+                # A file change never rebuilds a node (node-agent applies pushed files); a
+                # database node is not replaced for a newer image either (a replacement costs
+                # a full state transfer): an operator asks for it (`pulumi up --replace`).
                 instance_opts = pulumi.ResourceOptions(
-                    parent=self, ignore_changes=["user_data", "image_id", "block_devices"])
+                    parent=self, depends_on=waits, ignore_changes=["user_data", "image_id", "block_devices"])
             else:
-                # Stateless: a new cloud-init means a fresh VM. The fixed-IP port is reused,
-                # so the old VM must release it first.
+                # Stateless: replaced for a new image or when an operator asks, never because
+                # a file changed (pushed instead), one node after the other. The fixed-IP
+                # port is reused, so the old VM must release it first.
                 instance_opts = pulumi.ResourceOptions(
-                    parent=self, delete_before_replace=True, ignore_changes=["image_id"])
+                    parent=self, depends_on=waits, delete_before_replace=True, ignore_changes=["user_data"])
 
             instance = openstack.compute.Instance(
                 f"instance-{node.name}", name=node.name,
@@ -142,5 +159,21 @@ class NodeGroup(pulumi.ComponentResource):
             self.addresses[node.name] = node.address
             self.instance_ids[node.name] = instance.id
             self.port_ids[node.name] = port.id
+            if args.ssh is not None and role in PUSH_ROLES:
+                connection = args.ssh.connection(node.address, self.host_keys[node.name])
+                before_files = []
+                if role in KEY_ROLES:
+                    aliases = []
+                    if args.region_parent is not None:
+                        aliases = [pulumi.Alias(parent=pulumi.create_urn(
+                            f"keys-{args.region}", "keystone-multiregion:keys:KeyPush", parent=args.region_parent))]
+                    keys_cmd, self.key_digests[node.name] = key_push(
+                        node.name, connection, args.secrets, instance.id,
+                        pulumi.ResourceOptions(parent=self, aliases=aliases))
+                    before_files.append(keys_cmd)  # the API starts only once the keys are there
+                files_cmd, self.file_digests[node.name] = file_push(
+                    topo, node.name, connection, node_secrets, instance.id,
+                    pulumi.ResourceOptions(parent=self, depends_on=before_files + waits))
+                self.pushes[node.name] = previous_push = files_cmd
         self.server_group_id = server_group.id
         self.register_outputs({"addresses": self.addresses, "server_group_id": server_group.id})

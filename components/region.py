@@ -13,7 +13,7 @@ from keystone_multiregion.security import security_groups
 from keystone_multiregion.topology import Topology
 
 from .catalog import CatalogArgs, RegionCatalog
-from .keys import KeyPush, KeyPushArgs, SshAccess
+from .keys import SshAccess
 from .certificates import signed_certificate
 from .network import RegionNetwork, RegionNetworkArgs
 from .nodes import NodeGroup, NodeGroupArgs
@@ -39,7 +39,7 @@ class RegionArgs:
     public_dev_ca_key: pulumi.Input[str] | None = None
     cloud: str | None = None  # clouds.yaml entry; None: OS_CLOUD / OS_* from the environment
     register_catalog: bool = True  # register this region's endpoints once its Keystone answers
-    ssh: SshAccess | None = None  # how the key repositories reach the Keystone nodes (required with any)
+    ssh: SshAccess | None = None  # how the nodes' files (and Keystone's keys) reach them: required
 
 
 def dev_certificate(parent: pulumi.Resource, hostname: str, region: str, addresses: list[str],
@@ -91,6 +91,9 @@ class RegionDeployment(pulumi.ComponentResource):
 
             secrets = pulumi.Output.all(args.secrets, cert, key, trust).apply(with_public_tls)
 
+        if args.ssh is None:
+            raise ValueError(f"{region.name}: its nodes get their files over SSH, but no SSH access was given "
+                             "(RegionArgs.ssh)")
         self.node_groups = {}
         for role in security_groups(topo, region.name):  # every role present in this region
             self.node_groups[role] = NodeGroup(
@@ -99,18 +102,11 @@ class RegionDeployment(pulumi.ComponentResource):
                               network_id=network.network_id, subnet_id=network.subnet_id,
                               security_group_id=groups.group_ids[role], image_id=image.id,
                               secrets=secrets, ca_key=args.ca_key,
-                              allowed_addresses=vip_addresses if role == "proxy" else []),
+                              allowed_addresses=vip_addresses if role == "proxy" else [],
+                              ssh=args.ssh, region_parent=self),
                 opts=child)
-        self.key_digests = {}
-        if topo.nodes(region.name, "keystone"):
-            if args.ssh is None:
-                raise ValueError(f"{region.name}: its Keystone nodes get their keys over SSH, but no SSH access "
-                                 "was given (RegionArgs.ssh)")
-            keystone = self.node_groups["keystone"]
-            self.key_push = KeyPush(f"keys-{region.name}", KeyPushArgs(
-                topology=topo, region=region.name, secrets=args.secrets, instance_ids=keystone.instance_ids,
-                host_keys=keystone.host_keys, ssh=args.ssh), opts=pulumi.ResourceOptions(parent=self))
-            self.key_digests = self.key_push.digests
+        self.key_digests = {n: d for g in self.node_groups.values() for n, d in g.key_digests.items()}
+        self.file_digests = {n: d for g in self.node_groups.values() for n, d in g.file_digests.items()}
         self.public_ips = {}
         if topo.vips(region.name):  # a witness site serves no endpoint
             self.vips = Vips(f"vips-{region.name}",
@@ -124,7 +120,8 @@ class RegionDeployment(pulumi.ComponentResource):
                 f"catalog-{region.name}",
                 CatalogArgs(topology=topo, region=region.name, admin_password=pulumi.Output.secret(admin_password),
                             ca_pem=trust),
-                opts=pulumi.ResourceOptions(parent=self, depends_on=[self.node_groups["keystone"], self.key_push,
-                                                                     self.node_groups["proxy"], self.vips]))
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[
+                    self.node_groups["keystone"], *self.node_groups["keystone"].pushes.values(),
+                    self.node_groups["proxy"], *self.node_groups["proxy"].pushes.values(), self.vips]))
         self.addresses = {name: addr for g in self.node_groups.values() for name, addr in g.addresses.items()}
         self.register_outputs({"addresses": self.addresses, "public_ips": self.public_ips})

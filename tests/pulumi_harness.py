@@ -17,7 +17,7 @@ from pulumi.runtime.settings import SETTINGS
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
-from keystone_multiregion import keys
+from keystone_multiregion import keys, push
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 PROJECT = "keystone-multiregion"
@@ -89,7 +89,15 @@ class _Mocks(pulumi.runtime.Mocks):
             state["privateKeyPem"] = f"mock-private-key-{args.name}\n"
             state["privateKeyOpenssh"] = f"mock-openssh-private-key-{args.name}\n"
             state["publicKeyOpenssh"] = f"ssh-ed25519 mock-{args.name}\n"
-        if args.typ == "command:remote:Command":
+        if args.typ == "command:remote:Command" and args.name.startswith("files-"):
+            # The node as node-agent apply leaves it: its report with the digests of what it
+            # holds (a node in `drifted` reports a file of its own).
+            data = json.loads(_unwrap_secrets(state["stdin"]))
+            digests = push.digests(data)
+            if args.name in self.drifted:
+                digests[sorted(digests)[0]] = "drifted"
+            state["stdout"] = json.dumps({"node": data["node"], "changed": [], "actions": [], "digests": digests})
+        elif args.typ == "command:remote:Command":
             # The node as keystone-node install-keys leaves it: holding what was pushed, and
             # printing its digests (a node in `drifted` reports other keys).
             repos = json.loads(_unwrap_secrets(state["stdin"]))

@@ -114,8 +114,8 @@ def _changes(before, after):
 @pytest.mark.parametrize("stack", sorted(region_stacks(ROOT)) + ["witness"])
 def test_a_renewed_node_certificate_changes_only_ignored_user_data(stack, tmp_path, monkeypatch):
     """A Galera node's or the arbitrator's new certificate reaches its cloud-init document,
-    which stateful instances ignore: no VM is replaced, no volume touched. (It reaches the
-    running node by the push of changed files, issue 11 item 1.)"""
+    which stateful instances ignore: no VM is replaced, no volume touched. It reaches the
+    running node by that node's push (files-<node>: node-agent restarts the member, guarded)."""
     name, config = (stack, stack_config(ROOT, stack)) if stack != "witness" else _witness_stack(tmp_path)
     before = run_program(name, config)
     _renewing(monkeypatch, lambda n: n.startswith("tls-cert-"))
@@ -124,24 +124,29 @@ def test_a_renewed_node_certificate_changes_only_ignored_user_data(stack, tmp_pa
                          else two_regions_and_a_witness())
     nodes = [n for n in topo.nodes(name) if n.role in ("galera", "arbitrator")]
     assert nodes
-    assert sorted(changes) == sorted(f"instance-{n.name}" for n in nodes)
-    for resource, keys in changes.values():
+    assert sorted(changes) == sorted([f"instance-{n.name}" for n in nodes] + [f"files-{n.name}" for n in nodes])
+    for name, (resource, keys) in changes.items():
+        if name.startswith("files-"):  # the push carries the new certificate to the running node
+            assert keys == {"stdin"} and "renewed-mock-cert-tls-cert-" in resource.inputs["stdin"]
+            continue
         assert resource.type == INSTANCE and keys == {"userData"}
         assert "userData" in resource.ignore_changes and not resource.delete_before_replace
         assert "renewed-mock-cert-tls-cert-" in resource.inputs["userData"]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 item 1: stateless nodes are rebuilt when their files change "
-                                       "until the push of changed files replaces that")
 def test_a_renewed_public_certificate_replaces_no_proxy(monkeypatch):
     before = run_program("region-a", stack_config(ROOT, "region-a"))
     _renewing(monkeypatch, lambda n: n.startswith("public-cert-"))
     changes = _changes(before, run_program("region-a", stack_config(ROOT, "region-a")))
-    # Only the proxies carry the public certificate; they are told by their user_data today.
-    assert sorted(changes) == ["instance-proxy-region-a-1", "instance-proxy-region-a-2"]
-    for resource, keys in changes.values():
-        assert keys == {"userData"}
-        assert "userData" in resource.ignore_changes
+    # Only the proxies carry the public certificate: their (ignored) user_data and their push,
+    # which reloads HAProxy on one proxy after the other.
+    assert sorted(changes) == ["files-proxy-region-a-1", "files-proxy-region-a-2",
+                               "instance-proxy-region-a-1", "instance-proxy-region-a-2"]
+    for name, (resource, keys) in changes.items():
+        if name.startswith("files-"):
+            assert keys == {"stdin"}
+        else:
+            assert keys == {"userData"} and "userData" in resource.ignore_changes
 
 
 def test_offline_certificates_have_the_stacks_lifetimes():

@@ -165,7 +165,8 @@ def test_stateless_nodes_release_their_fixed_port_before_replacement(stack):
         for node in TOPO.nodes(region, role):
             instance = run.named(f"instance-{node.name}")
             assert instance.delete_before_replace is True
-            assert instance.ignore_changes == ["imageId"]
+            # Files are pushed (files-<node>), never a rebuild; a new image does replace it.
+            assert instance.ignore_changes == ["userData"]
             assert instance.inputs["imageId"] == "image-id-debian-12"
 
 
@@ -221,7 +222,7 @@ def test_galera_nodes_get_certificates_from_the_shared_ca(stack):
         assert {"server_auth", "client_auth"} <= set(cert.inputs["allowedUses"])
     keys = run.of_type("tls:index/privateKey:PrivateKey")
     assert sorted(k.name for k in keys) == sorted([f"tls-key-{n.name}" for n in TOPO.nodes(region, "galera")]
-                                                  + [f"ssh-host-{n.name}" for n in TOPO.nodes(region, "keystone")]
+                                                  + [f"ssh-host-{n.name}" for n in TOPO.nodes(region)]
                                                   + [f"public-key-{region}"])
 
 
@@ -289,8 +290,10 @@ def test_public_certificate_from_config(tmp_path):
         r for r in run.of_type("tls:index/locallySignedCert:LocallySignedCert") if r.name.startswith("tls-cert-")]
     # A real certificate: the other regions are verified through the system's CAs.
     shared = {k: v for k, v in MOCK_SECRETS.items() if k != "public_ca_cert"}
+    host_key = mock_node_secrets("proxy-region-c-2", "region-c")["ssh_host_keys"]
     expected = render_node(TOPO, "proxy-region-c-2",
-                           {**shared, "public_tls": {"region-c": {"cert": "REAL-CERT", "key": "REAL-KEY"}}})
+                           {**shared, "public_tls": {"region-c": {"cert": "REAL-CERT", "key": "REAL-KEY"}},
+                            "ssh_host_keys": host_key})
     assert run.named("instance-proxy-region-c-2").inputs["userData"] == expected.user_data
 
 
@@ -385,7 +388,7 @@ def test_witness_stack_runs_only_the_arbitrator(tmp_path):
     from test_topology import two_regions_and_a_witness
     path = tmp_path / "topology.yaml"
     path.write_text(yaml.safe_dump(two_regions_and_a_witness()))
-    run = run_program("witness", {"region": "witness", "topology": str(path)}, ssh_key=None)  # nothing to push
+    run = run_program("witness", {"region": "witness", "topology": str(path)})  # its files are pushed too
     instances = run.of_type(INSTANCE)
     assert [i.name for i in instances] == ["instance-arbitrator-witness-1"]
     garbd = instances[0]
@@ -448,7 +451,7 @@ def test_keys_are_pushed_to_every_keystone_node_over_pinned_ssh(stack):
     from keystone_multiregion.roles.keystone import install_keys_command
     from pulumi_harness import MOCK_SSH_KEY
     region, run = stack
-    commands = run.of_type(COMMAND)
+    commands = [c for c in run.of_type(COMMAND) if c.name.startswith("keys-")]
     nodes = TOPO.nodes(region, "keystone")
     assert sorted(c.name for c in commands) == sorted(f"keys-{n.name}" for n in nodes)
     repos = {r: MOCK_SECRETS[r] for r in ("fernet_keys", "credential_keys")}
@@ -495,8 +498,8 @@ def test_a_node_holding_other_keys_after_the_push_fails_the_update():
 def test_missing_ssh_key_fails_before_any_resource_and_says_how_to_fix_it():
     with pytest.raises(Exception) as info:
         run_program("region-a", {"region": "region-a"}, ssh_key=None)
-    assert ("config: keystone-multiregion:sshPrivateKey is not set; this region's Keystone nodes receive the "
-            "Fernet and credential keys over SSH") in str(info.value)
+    assert ("config: keystone-multiregion:sshPrivateKey is not set; this region's nodes receive their files "
+            "(and the Keystone nodes the Fernet and credential keys) over SSH") in str(info.value)
     assert "with the private key of the key pair 'ops'" in str(info.value)
 
 
@@ -514,5 +517,43 @@ def test_keystone_nodes_without_a_login_key_pair_fail_before_any_resource(tmp_pa
     data = example()
     data["defaults"].pop("key_pair", None)
     info = _bad_run(tmp_path, {"region": "region-a"}, data)
-    assert "topology: defaults.key_pair is not set; this region's Keystone nodes receive their keys over SSH" \
+    assert "topology: defaults.key_pair is not set; this region's nodes receive their files over SSH" \
         in str(info.value)
+
+
+def _deps(resource) -> set[str]:
+    return {d.rsplit("::", 1)[1] for d in resource.dependencies}
+
+
+def test_every_nodes_files_are_pushed_one_node_of_a_role_at_a_time(stack):
+    """files-<node> runs node-agent apply over pinned SSH with the node's rendered files on
+    stdin (a secret); within a role, node n's VM and push wait for node n-1's push, which
+    ends only once node n-1 is healthy again; a Keystone node's files wait for its keys."""
+    from keystone_multiregion import push
+    region, run = stack
+    for role in ("proxy", "galera", "keystone", "memcached"):
+        nodes = TOPO.nodes(region, role)
+        for i, node in enumerate(nodes):
+            cmd = run.named(f"files-{node.name}")
+            assert cmd.inputs["create"] == cmd.inputs["update"] == push.apply_command()
+            expected = push.encode(push.payload(TOPO, render_node(TOPO, node.name, mock_node_secrets(node.name, region))))
+            assert cmd.inputs["stdin"] == expected and "stdin" in cmd.secret_inputs
+            assert cmd.inputs["connection"]["host"] == node.address
+            assert cmd.inputs["connection"]["hostKey"] == f"ssh-ed25519 mock-ssh-host-{node.name}"
+            assert cmd.inputs["triggers"] == [f"instance-{node.name}-id"]  # a new VM gets its files again
+            deps = _deps(cmd)
+            if i:
+                assert f"files-{nodes[i - 1].name}" in deps
+                assert f"files-{nodes[i - 1].name}" in _deps(run.named(f"instance-{node.name}"))
+            else:
+                assert not [d for d in deps if d.startswith("files-")]
+            assert not [d for d in deps if d.startswith("files-") and d != f"files-{nodes[i - 1].name}"]
+            if role == "keystone":
+                assert f"keys-{node.name}" in deps
+
+
+def test_a_node_that_applied_other_files_fails_the_update():
+    with pytest.raises(Exception) as info:
+        run_program("region-c", {"region": "region-c"}, drifted=("files-proxy-region-c-2",))
+    assert "proxy-region-c-2: after the push its files differ from what the stack pushed: " in str(info.value)
+    assert "node-agent check" in str(info.value)

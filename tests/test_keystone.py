@@ -80,8 +80,9 @@ def test_keys_are_pushed_not_baked_into_cloud_init(topo, secrets):
     facts = {n: json.loads(_files(topo, n, secrets)["/etc/keystone-multiregion/node.json"].content)["keystone_bootstrap"]
              for n in (x.name for x in topo.nodes(role="keystone"))}
     assert [n for n, flag in facts.items() if flag] == ["keystone-region-a-1"]
-    # Other roles get no host key from the stack.
-    assert "ssh_keys" not in yaml.safe_load(render_node(topo, "galera-region-a-1", secrets).user_data)
+    # Every other node too: the stack pushes files to every node (node-agent) over pinned SSH.
+    assert yaml.safe_load(render_node(topo, "galera-region-a-1", secrets).user_data)["ssh_keys"]["ed25519_public"] \
+        == secrets["ssh_host_keys"]["galera-region-a-1"]["public"]
 
 
 def test_first_boot_runs_our_unit_not_debians_and_only_once_keys_are_in(topo, secrets):

@@ -67,7 +67,7 @@ def test_memcached_settings_follow_the_source_design(topo):
     assert opts["-t"] == "1"  # one thread per core of an m1.small
     assert opts["-l"] == "10.10.3.75"  # private address only
     assert opts["-U"] == "0"
-    assert rendered.secret is False
+    assert rendered.secret is True  # only its SSH host key (the stack pins it when it pushes files)
 
 
 def test_proxy_may_bind_addresses_it_does_not_hold(topo):
@@ -84,8 +84,9 @@ def test_missing_secret_is_one_clear_error(topo):
         render_node(topo, "galera-region-a-1", {**SECRETS, "galera_root_password": ""})
     assert str(info.value).startswith("secrets: galera_root_password is missing or empty (needed by the galera "
                                       "nodes: root on every MariaDB node (local socket only))")
-    # Roles that carry no secret render without any.
-    assert render_node(topo, "memcached-region-a-1", {}).secret is False
+    # Even memcached, which needs no other secret, gets the SSH host key the push pins.
+    with pytest.raises(SecretsError, match=r"^secrets: ssh_host_keys\.memcached-region-a-1\.private is missing"):
+        render_node(topo, "memcached-region-a-1", {})
     with pytest.raises(SecretsError, match=r"^secrets: ssh_host_keys\.keystone-region-a-1\.private is missing"):
         render_node(topo, "keystone-region-a-1", {k: v for k, v in SECRETS.items() if k != "ssh_host_keys"})
     # The key repositories are pushed, not rendered: a Keystone node renders without them.
