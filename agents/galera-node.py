@@ -72,6 +72,9 @@ VOLUME_MARKER = os.path.join(DATADIR, "keystone-multiregion-cluster.json")
 HOST_MARKER = "/var/lib/keystone-multiregion/galera-cluster.json"
 # The health server's system user and its database account (unix_socket: no password).
 HEALTH_USER = "galera-health"
+# While this file exists the health check answers 503 (node-agent drains the member before a
+# planned restart, so the proxies move its sessions to another member first).
+DRAIN_MARKER = "/var/lib/keystone-multiregion/galera-drain"
 HEALTH_CACHE_S = 1.0       # one query answers every request within this second
 HEALTH_MAX_CLIENTS = 8     # connections served at once; the rest wait in the listen queue
 
@@ -457,6 +460,8 @@ class _Health(http.server.BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802 (http.server's naming)
         status = self.server.health.get()
         ok = healthy(status)
+        if os.path.exists(DRAIN_MARKER):
+            status, ok = {**status, "draining": True}, False
         body = (json.dumps(status, sort_keys=True) + "\n").encode()
         self.send_response(200 if ok else 503)
         self.send_header("Content-Type", "application/json")

@@ -46,6 +46,7 @@ LOCK = f"{STATE_DIR}/node-agent.lock"
 # Where the lab names its stand-in for systemctl (a VM has no such file: systemctl itself).
 SERVICE_MANAGER = "/etc/keystone-multiregion/service-manager"
 KEY_DIGESTS = f"{STATE_DIR}/key-digests.json"  # keystone-node: the keys are installed
+GALERA_DRAIN = f"{STATE_DIR}/galera-drain"  # galera-node's health check answers 503 meanwhile
 
 # The actions in the order they run (keystone_multiregion/push.py, ACTIONS).
 ORDER = ("none", "systemd:daemon-reload", "galera:settings", "galera:restart", "galera:users", "garbd:restart",
@@ -278,7 +279,19 @@ def install(f):
             fh.write(f["content"])
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, target)
+        try:
+            os.replace(tmp, target)
+        except OSError as exc:
+            if exc.errno != errno.EBUSY:
+                raise
+            # The file is a mount point (bind-mounted in place, as in a container or the lab):
+            # a rename cannot replace it, so the new content goes into the mounted file itself.
+            os.unlink(tmp)
+            fd = os.open(target, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(f["content"])
+                fh.flush()
+                os.fsync(fh.fileno())
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -343,6 +356,25 @@ def healthy(role, node_facts, health):
     return True
 
 
+def restart_galera(health, log):
+    """A planned restart of this member: drained first (its health check fails, the proxies
+    mark it down and move its sessions), restarted, back in the cluster, then undrained and
+    given the time the proxies need to mark it up again."""
+    marker = path(GALERA_DRAIN)
+    with open(marker, "w") as fh:
+        fh.write(f"{time.time()}\n")
+    os.chmod(marker, 0o644)
+    try:
+        log(f"node-agent: draining this Galera member for {health.get('galera_drain_s', 0)}s")
+        time.sleep(float(health.get("galera_drain_s", 0)))
+        systemctl("restart", "mariadb", timeout=3600)  # an SST/IST can take long
+        if not wait(lambda: galera_healthy(int(health["galera_cluster_size"])), 3600, interval=1.0):
+            raise Failed("MariaDB did not come back Synced in a cluster of the full size")
+    finally:
+        os.unlink(marker)
+    time.sleep(float(health.get("galera_undrain_s", 0)))
+
+
 def run_actions(actions, changed, health, previous, log):
     done = []
     for action in actions:
@@ -353,12 +385,12 @@ def run_actions(actions, changed, health, previous, log):
             live = galera_settings(files, health, previous)
             if live is None:
                 if "galera:restart" not in actions:
-                    systemctl("restart", "mariadb", timeout=3600)  # an SST/IST can take long
+                    restart_galera(health, log)
                     action = "galera:settings (restart)"
             else:
                 action = f"galera:settings ({live})"
         elif action == "galera:restart":
-            systemctl("restart", "mariadb", timeout=3600)
+            restart_galera(health, log)
         elif action == "galera:users":
             out = subprocess.run(["python3", "/usr/local/sbin/galera-node", "init-cluster"], capture_output=True,
                                  text=True, timeout=300)

@@ -24,8 +24,10 @@ from .roles.base import NODE_AGENT
 from .security import PORTS
 from .topology import ARBITRATOR, Topology
 
-# Where the agent records what it applied (the drift check compares against it).
-APPLIED = "/var/lib/keystone-multiregion/applied.json"
+# The agent's state directory on the node, and where it records what it applied (the drift
+# check compares against it).
+STATE_DIR = "/var/lib/keystone-multiregion"
+APPLIED = f"{STATE_DIR}/applied.json"
 
 # The actions, in the order the agent runs them (unit files before the services using them;
 # the database before the services in front of it).
@@ -54,8 +56,14 @@ def health_params(topo: Topology, rendered: RenderedNode) -> dict:
     Galera cluster size, the region's other nodes of the role, the ports."""
     node = rendered.node
     members = len(topo.nodes(role="galera")) + (1 if topo.arbitrator else 0)
-    from .roles.proxy import MONITOR_ADDRESS, MONITOR_PORT, MONITOR_URI
+    from .roles.proxy import GALERA_CHECK, MONITOR_ADDRESS, MONITOR_PORT, MONITOR_URI
+    check = GALERA_CHECK
     return {
+        # A planned Galera restart: the member's health check fails first (drain), long enough
+        # for every proxy to mark it down and move its sessions; after the restart, long
+        # enough for them to mark it up again before the next member is touched.
+        "galera_drain_s": check["inter_s"] * (check["fall"] + 1),
+        "galera_undrain_s": check["inter_s"] * (check["rise"] + 1),
         "galera_cluster_size": members,
         "haproxy_monitor": f"http://{MONITOR_ADDRESS}:{MONITOR_PORT}{MONITOR_URI}",
         "peers": [n.address for n in topo.nodes(node.region, node.role) if n.name != node.name],

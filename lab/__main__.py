@@ -101,7 +101,7 @@ def _deployment(args: argparse.Namespace):
 
     from . import Lab
     from .deployment import LabDeployment
-    return LabDeployment(Lab(args.labdir, args.prefix), load_topology_file(args.topology))
+    return LabDeployment(Lab(args.labdir, args.prefix), load_topology_file(args.topology), args.topology)
 
 
 def _print_checks(checks) -> int:
@@ -159,6 +159,9 @@ def _drill(args: argparse.Namespace) -> int:
         from .keystone_drills import KeystoneDrills
         print("keystone drills:")
         results += KeystoneDrills(dep).run_all(galera, log=lambda line: print("  " + line, flush=True))
+        from .change_drills import ChangeDrills
+        print("change drills (pushes to running nodes, under load):")
+        results += ChangeDrills(dep).run_all(log=lambda line: print("  " + line, flush=True))
     failed = [r for r in results if not r.ok]
     print(f"drills: {len(results) - len(failed)} passed, {len(failed)} failed")
     if args.report:

@@ -15,6 +15,7 @@ lab/layers/, in that order.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import shutil
 import sys
@@ -23,17 +24,17 @@ from pathlib import Path
 
 import yaml
 
-from keystone_multiregion import pki
+from keystone_multiregion import pki, push
 from keystone_multiregion.render import RenderedNode, render_node, write_rendered
 from keystone_multiregion.roles.galera import GALERA_NODE_TOOL
 from keystone_multiregion.secrets import SecretsError, require_secrets
 from keystone_multiregion.security import PORTS
 from keystone_multiregion.topology import Node, Topology
 
-from . import Lab, argv_secrets, firewall, layers, packages
+from . import Lab, argv_secrets, firewall, layers, packages, service
 from .checks import Check
 from .net import HostSpec
-from .ssh import OPS_HOST, ops_address
+from .ssh import OPS_HOST, SSHD_PACKAGES, client_key, ops_address, ssh, start_sshd
 from .util import LabError
 
 LAB_TOPOLOGY = Path(__file__).resolve().parent / "topology.yaml"
@@ -51,9 +52,10 @@ except urllib.error.HTTPError as exc:
 class LabDeployment:
     GALERA_TOOL = GALERA_TOOL
 
-    def __init__(self, lab: Lab, topo: Topology):
+    def __init__(self, lab: Lab, topo: Topology, topology_path: str | Path = LAB_TOPOLOGY):
         self.lab = lab
         self.topo = topo
+        self.topology_path = str(topology_path)  # the lab's systemctl stand-in loads it (lab/service.py)
 
     # -- paths and secrets ----------------------------------------------------------------
     @property
@@ -101,7 +103,7 @@ class LabDeployment:
             packages.ensure_lab_base(self.lab.prefix)
             roles = {n.role for n in self.topo.nodes()}
             packages.ensure_packages(sorted({p for layer in layers.ORDER if set(layer.ROLES) & roles
-                                             for p in layer.PACKAGES}))
+                                             for p in layer.PACKAGES} | set(SSHD_PACKAGES)))
         # A new lab starts from empty data directories: a previous lab's grastate.dat would
         # (rightly) stop galera-node from starting a new cluster.
         for leftover in (Path(self.lab.labdir) / "hosts", self.render_dir):
@@ -129,11 +131,66 @@ class LabDeployment:
             d["probes"]["layers"] = [layer.__name__.rsplit(".", 1)[-1] for layer in self.started]
         # Every process the lab starts is watched for a secret in its command line.
         with argv_secrets.Watch(argv_secrets.lab_secrets(self)) as watch:
+            # sshd on every node with the host key its cloud-init installs: the stack pushes
+            # every node's files over SSH from the admin network (node-agent), as the lab does.
+            client_key(self)
+            for node in self.topo.nodes():
+                if only is None or node.role in only:
+                    start_sshd(self, node.name)
             for layer in self.started:
                 layer.start(self, [n for n in self.topo.nodes() if n.role in layer.ROLES], log)
+            # As the stack does once a node exists: its files pushed (no change on a new node),
+            # one node of a role after the other, each push ending once the node is healthy.
+            self.push_all(log, only)
         with self.lab.state.update() as d:
             d["probes"]["argv_secrets"] = {"findings": watch.findings, "samples": watch.samples}
         log(f"up in {time.monotonic() - t0:.1f}s")
+
+    def push_all(self, log=print, only: tuple[str, ...] | None = None) -> None:
+        for node in self.topo.nodes():
+            if only is not None and node.role not in only:
+                continue
+            t = time.monotonic()
+            out = self.push_files(node.name)
+            if out.returncode != 0:
+                raise LabError(f"the push to {node.name} failed (exit {out.returncode}): {out.stderr.strip()[-500:]}")
+            report = json.loads(out.stdout.strip().splitlines()[-1])
+            log(f"{node.name}: files pushed over SSH, {len(report['digests'])} as rendered, changed "
+                f"{len(report['changed'])}, healthy ({time.monotonic() - t:.1f}s)")
+
+    def drift_checks(self) -> list[Check]:
+        """Each node's own drift check (node-agent check, as its timer runs it)."""
+        out = []
+        for node in self.topo.nodes():
+            if not self.lab.procs.is_alive(node.name, "sshd"):
+                continue
+            cp = self.lab.procs.run(node.name, ["python3", push.NODE_AGENT, "check"], check=False, timeout=30)
+            out.append(Check(f"{node.name} files as pushed", cp.returncode == 0,
+                             (cp.stdout.strip() or cp.stderr.strip())[-200:]))
+        return out
+
+    def restart_service(self, name: str, unit: str) -> None:
+        """What `systemctl restart UNIT` does on a VM, for the lab's process (lab/service.py)."""
+        node = self.topo.node(name)
+        if unit == "memcached":
+            self.lab.procs.stop(name, "memcached", timeout=10)
+            layers.memcached.start(self, [node], log=lambda *_: None)
+        elif unit == "mariadb":
+            self.lab.procs.stop(name, "mariadb", timeout=120)  # SIGTERM: a clean shutdown, then IST
+            self.start_galera(name)
+        elif unit == "garb":
+            self.lab.procs.stop(name, "garbd", timeout=30)
+            layers.galera.start_arbitrator(self, name)
+        else:
+            raise LabError(f"the lab cannot restart {unit}")
+
+    def push_files(self, name: str, data: dict | None = None, source: str = OPS_HOST):
+        """The stack's push of one node's files (components/push.py): node-agent apply over SSH
+        from the admin network with the host key pinned, the payload (push.payload of the node's
+        rendered files unless given) on stdin. Returns the CompletedProcess."""
+        if data is None:
+            data = push.payload(self.topo, render_node(self.topo, name, self.secrets()))
+        return ssh(self, name, push.apply_command(), input=push.encode(data), source=source, timeout=1900)
 
     def running(self, role: str) -> bool:
         """Whether the layer of `role` was started in this lab."""
@@ -189,8 +246,13 @@ class LabDeployment:
     def _install_node(self, r: RenderedNode) -> None:
         node = r.node
         node_dir = self.render_dir / node.region / node.name / "files"
-        # Each rendered file appears at its VM path, for this node's processes only.
-        self.lab.procs.set_binds(node.name, {f.path: str(node_dir / f.path.lstrip("/")) for f in r.files})
+        # Each rendered file appears at its VM path, for this node's processes only; and the
+        # lab's stand-in for systemctl, which node-agent calls for reloads and restarts.
+        _, manager = service.shim(self, node.name)
+        self.lab.procs.set_binds(node.name, {**{f.path: str(node_dir / f.path.lstrip("/")) for f in r.files},
+                                             service.VM_PATH: manager})
+        # Each node's own state directory (node-agent records what it applied there).
+        self.lab.procs.make_root(node.name, [push.STATE_DIR])
         firewall.apply(self.lab.net, self.topo, node)
         for layer in layers.ORDER:
             if node.role in layer.ROLES:
@@ -233,6 +295,7 @@ class LabDeployment:
         for layer in layers.ORDER:
             if any(self.running(role) for role in layer.ROLES):
                 out += layer.checks(self)
+        out += self.drift_checks()
         out.append(self.argv_secrets_check())
         return out
 

@@ -35,16 +35,17 @@ class DrillCannotRun(Exception):
 
 
 # Requests to an HTTPS endpoint from inside a namespace: each on a new connection, TLS
-# verified against a CA file for a host name (SNI). One JSON object per attempt.
+# verified against a CA file for a host name (SNI). One JSON object per attempt. Bounded by
+# a duration and a count; ends early once `stop_file` exists.
 _HTTPS_LOOP = r"""
-import json, socket, ssl, sys, time
+import json, os, socket, ssl, sys, time
 cfg = json.loads(sys.stdin.readline())  # on stdin: it may carry a password
 ctx = ssl.create_default_context(cafile=cfg["ca"])
 body = json.dumps(cfg["body"]).encode() if cfg.get("body") is not None else b""
 end = time.monotonic() + cfg["duration"]
 out = []
 for _ in range(cfg["max"]):
-    if time.monotonic() >= end:
+    if time.monotonic() >= end or (cfg.get("stop_file") and os.path.exists(cfg["stop_file"])):
         break
     t0 = time.monotonic()
     rec = {"t0": t0}
@@ -83,12 +84,12 @@ print(json.dumps(out))
 # Statements through the database frontend from inside a namespace: each a new client
 # connection (`mariadb -e`), bounded by a timeout. One JSON object per attempt.
 _DB_LOOP = r"""
-import json, subprocess, sys, time
+import json, os, subprocess, sys, time
 cfg = json.loads(sys.stdin.readline())  # on stdin: it may carry a password
 end = time.monotonic() + cfg["duration"]
 out = []
 for _ in range(cfg["max"]):
-    if time.monotonic() >= end:
+    if time.monotonic() >= end or (cfg.get("stop_file") and os.path.exists(cfg["stop_file"])):
         break
     t0 = time.monotonic()
     rec = {"t0": t0}
@@ -181,11 +182,11 @@ class ProxyDrills:
 
     def https_probe(self, vip, duration: float, path: str = "/v3", interval: float = 0.05, method: str = "GET",
                     headers: dict | None = None, body=None, timeout: float = 3.0, client: str | None = None,
-                    want_header: str | None = None) -> Probe:
+                    want_header: str | None = None, stop_file: str | None = None) -> Probe:
         cfg = {"address": vip.address, "port": PORTS["https"], "hostname": self.hostname,
                "ca": layer.public_ca_file(self.dep), "path": path, "method": method, "headers": headers or {},
                "body": body, "duration": duration, "interval": interval, "timeout": timeout,
-               "max": int(duration / max(interval, 0.01)) + 10, "want_header": want_header}
+               "max": int(duration / max(interval, 0.01)) + 10, "want_header": want_header, "stop_file": stop_file}
         return Probe(self.dep, client or self.client, _HTTPS_LOOP, cfg)
 
     def _answered(self, r: dict) -> bool:

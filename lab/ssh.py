@@ -1,4 +1,5 @@
-"""The key push over SSH, as a region stack does it (components/keys.py), in the lab.
+"""The pushes over SSH, as a region stack does them (components/keys.py, components/push.py),
+in the lab: every node runs sshd; the key push and node-agent's file push come from the ops host.
 
 Pulumi runs where it can reach the nodes' SSH port, which the security groups open only to
 admin_cidr; in the lab that place is the `ops` host, a namespace in admin_cidr. Each
@@ -80,7 +81,10 @@ def _port_open(dep, name: str) -> bool:
 
 
 def start_sshd(dep, name: str) -> None:
-    """sshd on the node's address with the host key from the node's rendered cloud-init."""
+    """sshd on the node's address with the host key from the node's rendered cloud-init
+    (once: a running sshd is left as it is)."""
+    if dep.lab.procs.is_alive(name, "sshd"):
+        return
     node = dep.topo.node(name)
     doc = yaml.safe_load((dep.render_dir / node.region / node.name / "user-data").read_text())
     host_key = doc["ssh_keys"]

@@ -586,3 +586,35 @@ def test_health_server_runs_as_its_own_user_not_root(monkeypatch):
     monkeypatch.setattr(pwd, "getpwnam", lambda name: pwd.struct_passwd((name, "x", 1000, 1000, "", "/", "/bin/false")))
     gn.drop_privileges("galera-health")
     assert seen == [("groups", []), ("gid", 1000), ("uid", 1000)]
+
+
+def test_a_drained_member_fails_its_health_check(monkeypatch, tmp_path):
+    """node-agent drains a member before a planned restart: while the marker exists the
+    check answers 503 (the proxies move its sessions), a healthy answer again once it is gone."""
+    import threading
+    import urllib.error
+    import urllib.request
+    gn = _galera_node()
+    marker = tmp_path / "galera-drain"
+    monkeypatch.setattr(gn, "DRAIN_MARKER", str(marker))
+    status = {"wsrep_local_state_comment": "Synced", "wsrep_cluster_status": "Primary", "wsrep_ready": "ON"}
+    server = gn.HealthServer(("127.0.0.1", 0), gn.HealthCache(lambda: status, clock=lambda: 5.0))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/"
+
+    def code():
+        try:
+            return urllib.request.urlopen(url, timeout=10).status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+    try:
+        before = code()
+        marker.write_text("1\n")
+        during = code()
+        marker.unlink()
+        after = code()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (before, during, after) == (200, 503, 200)

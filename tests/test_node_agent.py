@@ -29,6 +29,8 @@ name=$(basename "$0")
 input=$(cat 2>/dev/null || true)
 printf '%s %s <<%s>>\\n' "$name" "$*" "$(echo "$input" | tr '\\n' ' ')" >> "$FAKE_LOG"
 if [ "$name" = mariadb ] && echo "$input" | grep -q "SHOW GLOBAL STATUS"; then cat "$FAKE_WSREP"; fi
+if [ "$name" = systemctl ] && [ "$1" = restart ] && [ -e "$NODE_AGENT_ROOT/var/lib/keystone-multiregion/galera-drain" ]; then
+  echo "drained while restarting $2" >> "$FAKE_LOG"; fi
 if [ "$name" = haproxy ] && grep -q BROKEN "$4" 2>/dev/null; then echo "[ALERT] parsing: BROKEN" >&2; exit 1; fi
 if [ "$name" = mariadbd ] && grep -q "^bogus" "${1#--defaults-file=}" 2>/dev/null; then
   echo "[ERROR] mariadbd: unknown variable 'bogus=1'" >&2; exit 7; fi
@@ -213,10 +215,15 @@ def test_a_restart_setting_is_refused_while_a_member_is_away_and_rolled_when_who
         in out.stderr
     assert galera.file(GALERA_CONF).read_text() == text
     galera.wsrep.write_text(WHOLE.format(size=size))
-    out = galera.apply(galera.payload(**{GALERA_CONF: changed}))
+    data = galera.payload(**{GALERA_CONF: changed})
+    data["health"].update(galera_drain_s=0.1, galera_undrain_s=0)  # the proxies' check times, shortened
+    out = galera.apply(data)
     assert out.returncode == 0, out.stderr
     assert _last_json(out)["actions"] == ["galera:settings (restart)"]
-    assert any(c.startswith("systemctl restart mariadb") for c in galera.calls())
+    calls = galera.calls()
+    assert any(c.startswith("systemctl restart mariadb") for c in calls)
+    assert "drained while restarting mariadb" in calls  # the proxies had moved its sessions first
+    assert not galera.file("/var/lib/keystone-multiregion/galera-drain").exists()
 
 
 def test_a_galera_setting_mariadb_rejects_is_refused(galera):

@@ -101,6 +101,12 @@ def galera_servers(topo: Topology, region: str) -> list[dict]:
             for i, n in enumerate(nodes)]
 
 
+# How the proxies check the Galera nodes (port 9200): a node whose check fails `fall` times
+# `inter_s` apart is marked down (its sessions cut), `rise` passes bring it back. node-agent
+# drains a member for that long before a planned restart (keystone_multiregion/push.py).
+GALERA_CHECK = {"inter_s": 2, "fall": 2, "rise": 3}
+
+
 # Headers Keystone trusts for the client's address, scheme, host and path prefix
 # (oslo.middleware's HTTPProxyToWSGI): never taken from a client, set by HAProxy alone.
 CLIENT_FORWARDING_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host",
@@ -134,6 +140,7 @@ def _context(topo: Topology, node: Node, needed: dict) -> dict:
         "monitor_address": MONITOR_ADDRESS, "monitor_port": MONITOR_PORT, "monitor_uri": MONITOR_URI,
         "forwarded_header": FORWARDED_HEADER,
         "client_forwarding_headers": CLIENT_FORWARDING_HEADERS,
+        "galera_check": GALERA_CHECK,
         "healthcheck_uri": HEALTHCHECK_URI,
         "interface": VRRP_INTERFACE,
         "instances": instances,

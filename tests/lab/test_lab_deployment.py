@@ -18,8 +18,10 @@ def test_every_check_passes(deployment):
     # /healthcheck on 3 nodes, the keys identical on all of them, the Keystone DB user's TLS,
     # and each node's own drift check (keystone-node key-check)
     from lab.layers import proxy
-    # ... plus the Galera health servers' user (one per region) and the command-line secret watch
-    assert len(checks) == 3 + 3 * 2 + 3 * 3 + len(proxy.checks(deployment)) + 3 + 1 + 1 + 3 + 3 + 1
+    # ... plus the Galera health servers' user (one per region), every node's drift check of its
+    # pushed files (node-agent check) and the command-line secret watch
+    assert len(checks) == 3 + 3 * 2 + 3 * 3 + len(proxy.checks(deployment)) + 3 + 1 + 1 + 3 + 3 + \
+        len(deployment.topo.nodes()) + 1
     assert [c.line() for c in checks if not c.ok] == []
 
 

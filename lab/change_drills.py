@@ -1,0 +1,261 @@
+"""Drills D1-D6: changing the running lab the way `pulumi up` changes a deployment.
+
+Every change goes through the stack's own command line: node-agent apply over SSH from the
+ops host in admin_cidr, the node's host key pinned, the payload (keystone_multiregion/push.py)
+on stdin (LabDeployment.push_files), one node of a role after the other, each push ending
+only when its node is healthy again. Each drill runs under continuous load (Load: token
+validations through every region's public VIPs, writes through every region's database
+frontend) and fails on a failed validation, a failed or lost acknowledged write, or a
+refusal it did not expect, never on a duration: durations are reported.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from pathlib import Path
+
+from keystone_multiregion import push
+from keystone_multiregion.render import render_node
+from keystone_multiregion.roles.galera import GALERA_CONF
+from keystone_multiregion.roles.proxy import HAPROXY_CFG
+
+from .drills import DrillResult
+from .layers import proxy as proxy_layer
+from .proxy_drills import _DB_LOOP, Probe, ProxyDrills
+from .util import LabError
+
+LOAD_LIMIT_S = 900  # no drill's load runs longer (every loop is bounded in count and time too)
+
+
+class Load:
+    """Continuous load for the length of a drill: in every region, a client validating a token
+    through the region's public VIP and a client writing through its database frontend (each
+    write acknowledged with its id). Stopped by a file the loops watch; bounded regardless."""
+
+    def __init__(self, dep, validate_interval: float = 0.2, write_interval: float = 0.3):
+        self.dep = dep
+        self.stop_file = Path(dep.lab.labdir) / f"load-stop-{uuid.uuid4().hex[:8]}"
+        self.probes: dict[str, dict[str, Probe]] = {}
+        regions = [r.name for r in dep.topo.regions if dep.topo.vips(r.name)]
+        cnf = proxy_layer.ensure_check_user(dep)
+        first_galera = dep.topo.nodes(role="galera")[0].name
+        dep.sql(first_galera, f"CREATE DATABASE IF NOT EXISTS {proxy_layer.DRILL_DB}; CREATE TABLE IF NOT EXISTS "
+                              f"{proxy_layer.DRILL_DB}.ticks (id BIGINT AUTO_INCREMENT PRIMARY KEY, node VARCHAR(64) "
+                              "NOT NULL, at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)) ENGINE=InnoDB")
+        for region in regions:
+            drills = ProxyDrills(dep, region)
+            vip = drills.vips("public")[0]
+            token = drills._admin_token(vip)
+            validate = drills.https_probe(vip, duration=LOAD_LIMIT_S, interval=validate_interval,
+                                          path="/v3/auth/tokens", headers={"X-Auth-Token": token,
+                                                                            "X-Subject-Token": token}, timeout=10,
+                                          stop_file=str(self.stop_file))
+            internal = drills.vips("internal")[0]
+            write_cfg = {"cnf": cnf, "address": internal.address, "duration": LOAD_LIMIT_S, "timeout": 10.0,
+                         "interval": write_interval, "max": int(LOAD_LIMIT_S / write_interval) + 10,
+                         "stop_file": str(self.stop_file),
+                         "statement": f"INSERT INTO {proxy_layer.DRILL_DB}.ticks (node) VALUES (@@wsrep_node_name); "
+                                      "SELECT LAST_INSERT_ID()"}
+            self.probes[region] = {"validate": validate, "write": Probe(dep, drills.client, _DB_LOOP, write_cfg)}
+        self.t0 = time.monotonic()
+
+    def finish(self) -> dict:
+        """Stop the clients and say what they saw: validations and writes, failed ones, and
+        acknowledged writes missing from the database (lost)."""
+        self.stop_file.write_text("stop\n")
+        try:
+            out = {"load_s": round(time.monotonic() - self.t0, 1), "validations": 0, "failed_validations": 0,
+                   "writes": 0, "failed_writes": 0, "lost_writes": 0, "errors": [], "per_region": {}}
+            acked: list[int] = []
+            for region, probes in self.probes.items():
+                checks = probes["validate"].results()
+                writes = probes["write"].results()
+                bad = [r for r in checks if r.get("status") != 200]
+                failed = [r for r in writes if not r.get("ok")]
+                ids = [int(r["out"].split()[0]) for r in writes if r.get("ok") and r.get("out", "").split()[:1]
+                       and r["out"].split()[0].isdigit()]
+                acked += ids
+                out["validations"] += len(checks)
+                out["failed_validations"] += len(bad)
+                out["writes"] += len(writes)
+                out["failed_writes"] += len(failed)
+                out["errors"] += sorted({r.get("error") or f"HTTP {r.get('status')}" for r in bad + failed})[:3]
+                out["per_region"][region] = {"validations": len(checks), "failed_validations": len(bad),
+                                             "writes": len(writes), "failed_writes": len(failed)}
+            if acked:
+                galera = self.dep.topo.nodes(role="galera")[0].name
+                found = set()
+                for i in range(0, len(acked), 500):
+                    chunk = acked[i:i + 500]
+                    rows = self.dep.sql(galera, f"SELECT id FROM {proxy_layer.DRILL_DB}.ticks WHERE id IN "
+                                                f"({','.join(map(str, chunk))})").stdout.split()
+                    found |= {int(x) for x in rows}
+                out["lost_writes"] = len(set(acked) - found)
+            out["acknowledged_writes"] = len(acked)
+            return out
+        finally:
+            for probes in self.probes.values():
+                for probe in probes.values():
+                    probe.stop()
+            self.stop_file.unlink(missing_ok=True)
+
+
+def provider_option(text: str, key: str, value: str) -> str:
+    """galera.cnf with one Galera provider option set (added or replaced): a setting MariaDB
+    reads only when the member starts."""
+    def edit(match):
+        options = [o for o in match.group(2).split(";") if o and not o.startswith(f"{key}=")]
+        return f'{match.group(1)}"{";".join(options + [f"{key}={value}"])}"'
+    new, count = re.subn(r'^(wsrep_provider_options\s*=\s*)"([^"]*)"', edit, text, flags=re.M)
+    if count != 1:
+        raise LabError("galera.cnf has no single wsrep_provider_options line to change")
+    return new
+
+
+def _report(out) -> dict:
+    try:
+        return json.loads(out.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return {"stdout": out.stdout.strip()[-300:]}
+
+
+class ChangeDrills:
+    def __init__(self, dep):
+        self.dep = dep
+        self.topo = dep.topo
+        self.serving = [r.name for r in self.topo.regions if self.topo.vips(r.name)]
+
+    def payload(self, name: str, **changes) -> dict:
+        """The node's push as the stack renders it, with some files' content changed by a
+        function (old content -> new content)."""
+        data = push.payload(self.topo, render_node(self.topo, name, self.dep.secrets()))
+        for f in data["files"]:
+            if f["path"] in changes:
+                f["content"] = changes[f["path"]](f["content"])
+        return data
+
+    def _roll(self, nodes, change, problems, measured, expect_actions=None) -> None:
+        """Push to each node in turn (as the chained files-<node> commands do): the next one
+        only after the previous push has ended, healthy."""
+        for name in nodes:
+            t = time.monotonic()
+            out = self.dep.push_files(name, self.payload(name, **change))
+            report = _report(out)
+            measured.setdefault("pushes", {})[name] = {"exit": out.returncode, "s": round(time.monotonic() - t, 1),
+                                                       "actions": report.get("actions"),
+                                                       "healthy_after_s": report.get("healthy_after_s")}
+            if out.returncode != 0:
+                problems.append(f"the push to {name} failed (exit {out.returncode}): "
+                                f"{out.stderr.strip().splitlines()[-1:] or report}")
+                return
+            if expect_actions is not None and not any(a.startswith(expect_actions) for a in report.get("actions", [])):
+                problems.append(f"{name}: expected {expect_actions}, the agent did {report.get('actions')}")
+
+    def _under_load(self, title: str, body) -> DrillResult:
+        problems: list[str] = []
+        measured: dict = {}
+        load = Load(self.dep)
+        time.sleep(1.0)  # the clients are running before the change
+        t = time.monotonic()
+        try:
+            body(problems, measured)
+        finally:
+            measured["change_s"] = round(time.monotonic() - t, 1)
+            time.sleep(1.0)
+            seen = load.finish()
+        measured["load"] = seen
+        if seen["failed_validations"]:
+            problems.append(f"{seen['failed_validations']} of {seen['validations']} validations failed: {seen['errors']}")
+        if seen["failed_writes"]:
+            problems.append(f"{seen['failed_writes']} of {seen['writes']} writes failed: {seen['errors']}")
+        if seen["lost_writes"]:
+            problems.append(f"{seen['lost_writes']} acknowledged writes are missing from the database")
+        return DrillResult(title, not problems, measured, problems)
+
+    # -- D1 -------------------------------------------------------------------------------------
+    def drill_haproxy_push(self) -> DrillResult:
+        """D1: a haproxy.cfg change pushed to both proxies of the first region, one after the
+        other: checked with haproxy -c, HAProxy reloaded (never restarted)."""
+        region = self.serving[0]
+        proxies = [n.name for n in self.topo.nodes(region, "proxy")]
+        marker = f"d1-{uuid.uuid4().hex[:6]}"
+
+        def change(text: str) -> str:
+            # a real setting, harmless: how long HAProxy waits for a client's request headers
+            return text.replace("timeout http-request 10s", "timeout http-request 12s") + f"# {marker}\n"
+
+        def body(problems, measured):
+            measured["region"] = region
+            self._roll(proxies, {HAPROXY_CFG: change}, problems, measured, expect_actions="haproxy:reload")
+            for name in proxies:
+                cfg = self.dep.lab.procs.run(name, ["cat", HAPROXY_CFG]).stdout
+                if marker not in cfg:
+                    problems.append(f"{name}'s haproxy.cfg is not the pushed one")
+        result = self._under_load(f"D1. a haproxy.cfg change pushed to both proxies of {region}", body)
+        self._restore([n for n in proxies])
+        return result
+
+    # -- D2 -------------------------------------------------------------------------------------
+    def drill_galera_restart_setting(self) -> DrillResult:
+        """D2: a Galera setting MariaDB takes only at start (a provider option), rolled over
+        every Galera node, one after the other: the agent checks the cluster is whole, restarts
+        the member, and answers once it is Synced in a cluster of the full size again."""
+        nodes = [n.name for n in self.topo.nodes(role="galera")]
+
+        def change(text: str) -> str:
+            return provider_option(text, "evs.inactive_check_period", "PT0.9S")
+
+        def body(problems, measured):
+            self._roll(nodes, {GALERA_CONF: change}, problems, measured, expect_actions="galera:settings (restart)")
+        result = self._under_load("D2. a Galera setting that needs a restart, rolled over every Galera node", body)
+        self._restore(nodes)
+        return result
+
+    # -- D6 -------------------------------------------------------------------------------------
+    def drill_quorum_refusal(self) -> DrillResult:
+        """D6: with one Galera member down, a push that would restart another is refused with
+        one line and changes nothing (file, process); the member comes back afterwards."""
+        nodes = [n.name for n in self.topo.nodes(role="galera")]
+        down, target = nodes[-1], nodes[0]
+        problems: list[str] = []
+        measured: dict = {"down": down, "target": target}
+        before_cfg = self.dep.lab.procs.run(target, ["cat", GALERA_CONF]).stdout
+        before_pid = self.dep.lab.procs.pid(target, "mariadb")
+        self.dep.lab.procs.stop(down, "mariadb", timeout=120)
+        try:
+            data = self.payload(target, **{GALERA_CONF: lambda t: provider_option(
+                t, "evs.inactive_check_period", "PT0.8S")})
+            out = self.dep.push_files(target, data)
+            measured["exit"] = out.returncode
+            measured["said"] = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else None
+            if out.returncode != 2 or "refusing to restart MariaDB: the cluster is not whole" not in out.stderr:
+                problems.append(f"the push was not refused as it should be: exit {out.returncode}, {measured['said']}")
+            after_cfg = self.dep.lab.procs.run(target, ["cat", GALERA_CONF]).stdout
+            measured["file_unchanged"] = after_cfg == before_cfg
+            measured["process_unchanged"] = self.dep.lab.procs.pid(target, "mariadb") == before_pid
+            if not measured["file_unchanged"] or not measured["process_unchanged"]:
+                problems.append("the refused push changed the node")
+        finally:
+            t = time.monotonic()
+            self.dep.start_galera(down)
+            measured["member_back_s"] = round(time.monotonic() - t, 1)
+        return DrillResult("D6. a push that would cost quorum is refused, nothing changed", not problems, measured,
+                           problems)
+
+    def _restore(self, nodes) -> None:
+        """Back to the rendered files (the lab stays as it was for later drills)."""
+        for name in nodes:
+            out = self.dep.push_files(name)
+            if out.returncode != 0:
+                raise LabError(f"restoring {name}'s files failed: {out.stderr.strip()[-300:]}")
+
+    def run_all(self, log=print) -> list[DrillResult]:
+        results = []
+        for drill in (self.drill_haproxy_push, self.drill_galera_restart_setting, self.drill_quorum_refusal):
+            result = drill()
+            log(result.line())
+            results.append(result)
+        return results

@@ -1,0 +1,50 @@
+"""Changing the running lab as `pulumi up` changes a deployment (drills D1-D6): every push
+through node-agent over SSH, one node after the other, under continuous load."""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.lab
+
+
+@pytest.fixture(scope="module")
+def changes(deployment):
+    from lab.change_drills import ChangeDrills
+    return ChangeDrills(deployment)
+
+
+def _run(drill):
+    result = drill()
+    print(result.line())
+    assert result.ok, result.line()
+    return result.measured
+
+
+def _no_harm(m):
+    load = m["load"]
+    assert load["validations"] > 0 and load["writes"] > 0
+    assert (load["failed_validations"], load["failed_writes"], load["lost_writes"]) == (0, 0, 0)
+
+
+def test_every_node_holds_its_pushed_files(deployment):
+    checks = deployment.drift_checks()
+    assert len(checks) == len(deployment.topo.nodes())
+    assert [c.line() for c in checks if not c.ok] == []
+
+
+def test_d1_haproxy_change_pushed_to_both_proxies_under_load(changes):
+    m = _run(changes.drill_haproxy_push)
+    _no_harm(m)
+    assert [p["actions"] for p in m["pushes"].values()] == [["haproxy:reload"], ["haproxy:reload"]]
+
+
+def test_d2_galera_restart_setting_rolled_over_every_node_under_load(changes):
+    m = _run(changes.drill_galera_restart_setting)
+    _no_harm(m)
+    assert all(p["actions"] == ["galera:settings (restart)"] for p in m["pushes"].values())
+
+
+def test_d6_push_that_would_cost_quorum_is_refused(changes):
+    m = _run(changes.drill_quorum_refusal)
+    assert m["exit"] == 2 and m["file_unchanged"] and m["process_unchanged"]
