@@ -31,6 +31,7 @@ only. Reads the node's facts from /etc/keystone-multiregion/node.json.
 import argparse
 import base64
 import binascii
+import errno
 import fcntl
 import hashlib
 import json
@@ -195,15 +196,71 @@ def cmd_bootstrap(args):
                 print(f"keystone-node: {exc}", file=sys.stderr)
                 return 1
             time.sleep(3)
+    done = bootstrap_marker()
+    if done:
+        # A rebuilt node (or a second run) never touches the admin account: bootstrap would
+        # re-enable admin and reset its password.
+        forget_admin_password()
+        print(json.dumps({"node": node["name"], "db_sync_s": synced, "bootstrap": "done before", **done}))
+        return 0
     with open(ADMIN_PASSWORD_FILE) as fh:
         password = fh.read().strip()
+    if not password:
+        print(f"keystone-node: {ADMIN_PASSWORD_FILE} is empty and the database holds no bootstrap marker: "
+              "restore the file from the shared stack's keystone_admin_password and run again", file=sys.stderr)
+        return 1
     t = time.monotonic()
     # The password travels in the environment, never on a command line.
     _manage("bootstrap", "--bootstrap-username", "admin", "--bootstrap-project-name", "admin",
             "--bootstrap-role-name", "admin", "--bootstrap-region-id", node["region"],
             env={"OS_BOOTSTRAP_PASSWORD": password})
+    record_bootstrap(node)
+    forget_admin_password()
     print(json.dumps({"node": node["name"], "db_sync_s": synced, "bootstrap_s": round(time.monotonic() - t, 1)}))
     return 0
+
+
+# The deployment's bootstrap is recorded in its database (replicated everywhere), never on a
+# VM: whichever node runs `bootstrap` later, on a rebuilt VM or by hand, finds it and skips.
+BOOTSTRAP_TABLE = "keystone_multiregion_bootstrap"
+
+
+def bootstrap_marker(connect=None):
+    """The recorded bootstrap ({"at", "by", "deployment"}), or None."""
+    conn = (connect or db_connect)()
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"CREATE TABLE IF NOT EXISTS {BOOTSTRAP_TABLE} (deployment VARCHAR(64) NOT NULL PRIMARY KEY, "
+                        "at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP, node VARCHAR(64) NOT NULL) ENGINE=InnoDB")
+            cur.execute(f"SELECT deployment, at, node FROM {BOOTSTRAP_TABLE}")
+            row = cur.fetchone()
+            return {"deployment": row[0], "at": str(row[1]), "by": row[2]} if row else None
+    finally:
+        conn.close()
+
+
+def record_bootstrap(node, connect=None):
+    conn = (connect or db_connect)()
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"INSERT IGNORE INTO {BOOTSTRAP_TABLE} (deployment, node) VALUES (%s, %s)",
+                        (node.get("deployment", ""), node["name"]))
+    finally:
+        conn.close()
+
+
+def forget_admin_password():
+    """The bootstrap password file is not left on the node once the deployment has an admin."""
+    try:
+        os.unlink(ADMIN_PASSWORD_FILE)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        if exc.errno != errno.EBUSY:
+            raise
+        # bind-mounted in place (the lab): emptied instead
+        with open(ADMIN_PASSWORD_FILE, "w"):
+            pass
 
 
 def cmd_wait_ready(args):
@@ -366,10 +423,10 @@ def _hashes(key):
     return {hashlib.sha1(k.encode()).hexdigest() for k in (key, key + "\n")}
 
 
-def credential_hashes_in_use():
-    """{key_hash: number of credentials} in Keystone's database, through keystone.conf's
-    own connection: TLS or nothing (keystone_dbtls), the server checked against the Galera CA.
-    Needs Keystone's PyMySQL (python3-pymysql)."""
+def db_connect():
+    """Keystone's database through keystone.conf's own connection: TLS or nothing
+    (keystone_dbtls), the server checked against the Galera CA. Needs Keystone's PyMySQL
+    (python3-pymysql)."""
     import configparser
     import urllib.parse
 
@@ -388,9 +445,14 @@ def credential_hashes_in_use():
     ssl = None
     if "ssl_ca" in query:
         ssl = {"ca": query["ssl_ca"], "check_hostname": query.get("ssl_check_hostname", "true").lower() != "false"}
-    conn = keystone_dbtls.connect(host=url.hostname, port=url.port or 3306, user=urllib.parse.unquote(url.username),
+    return keystone_dbtls.connect(host=url.hostname, port=url.port or 3306, user=urllib.parse.unquote(url.username),
                                   password=urllib.parse.unquote(url.password or ""),
-                                  database=url.path.lstrip("/"), ssl=ssl, connect_timeout=10)
+                                  database=url.path.lstrip("/"), ssl=ssl, connect_timeout=10, autocommit=True)
+
+
+def credential_hashes_in_use():
+    """{key_hash: number of credentials} in Keystone's database."""
+    conn = db_connect()
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT key_hash, COUNT(*) FROM credential GROUP BY key_hash")

@@ -82,7 +82,7 @@ def payload(topo: Topology, rendered: RenderedNode) -> dict:
         "node": rendered.node.name,
         "role": rendered.node.role,
         "files": [{"path": f.path, "content": f.content, "mode": f.permissions,
-                   "on_change": actions.get(f.path, "none")} for f in rendered.files],
+                   "on_change": actions.get(f.path, "none")} for f in rendered.files if not f.first_boot_only],
         "health": health_params(topo, rendered),
     }
 

@@ -54,7 +54,15 @@ class KeystoneDrills:
     def validate(self, region: str, auth: str, subject: str) -> dict:
         return self.ks(region, "validate", self.url(region), auth, subject)
 
-    def call(self, region: str, method: str, auth: str, path: str, body: dict | None = None) -> dict:
+    def call(self, region: str, method: str, auth: str, path: str, body: dict | None = None,
+             secret: bool = False) -> dict:
+        """A Keystone API call; a body that carries a secret goes on stdin, never in argv."""
+        if secret:
+            proxy = self.topo.nodes(region, "proxy")[0].name
+            out = self.dep.lab.net.exec(proxy, [sys.executable, CLIENT, "call", method, self.url(region), auth, path,
+                                                "@stdin"], timeout=90, check=False, input=json.dumps(body) + "\n")
+            lines = out.stdout.strip().splitlines()
+            return json.loads(lines[-1]) if lines else {"status": None, "error": out.stderr.strip()[-500:]}
         args = [method, self.url(region), auth, path] + ([json.dumps(body)] if body is not None else [])
         return self.ks(region, "call", *args)
 

@@ -107,7 +107,10 @@ def main(argv: list[str]) -> int:
         out = validate(*args)
     elif cmd == "call":
         method, url, auth, path = args[:4]
-        out = call(method, url, auth, path, json.loads(args[4]) if len(args) > 4 else None)
+        body = args[4] if len(args) > 4 else None
+        if body == "@stdin":  # a body carrying a secret (a password change) comes on stdin
+            body = sys.stdin.readline()
+        out = call(method, url, auth, path, json.loads(body) if body is not None else None)
     elif cmd == "totp":
         out = {"code": totp(args[0], float(args[2]) if len(args) > 2 else None)}
     else:

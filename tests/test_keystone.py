@@ -295,3 +295,72 @@ def test_keystone_node_uses_the_shipped_paths_of_the_tls_driver(topo, secrets):
     text = (AGENTS / "keystone-node.py").read_text()
     assert f'KEYSTONE_MANAGE = "{KEYSTONE_MANAGE}"' in text and f'DBTLS_MODULE = "{DBTLS_MODULE}"' in text
     assert '["keystone-manage"' not in text and "pymysql.connect(" not in text
+
+
+# -- bootstrap once per deployment ------------------------------------------------------------
+class _FakeDB:
+    """Stands in for Keystone's database connection: a bootstrap table, as MariaDB would hold it."""
+
+    def __init__(self, rows=()):
+        self.rows, self.statements = list(rows), []
+
+    def __call__(self):
+        return self
+
+    def cursor(self):
+        db = self
+
+        class Cursor:
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                return False
+
+            def execute(self, sql, args=()):
+                db.statements.append(sql)
+                if sql.startswith("INSERT IGNORE") and not db.rows:
+                    db.rows.append((args[0], "2026-12-03 00:00:00", args[1]))
+
+            def fetchone(self):
+                return db.rows[0] if db.rows else None
+        return Cursor()
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize("recorded", [False, True])
+def test_bootstrap_runs_once_per_deployment_and_the_password_file_goes(tmp_path, monkeypatch, recorded):
+    """The first bootstrap records itself in the database; a rebuilt node (or any later run)
+    finds the record and never calls keystone-manage bootstrap (it would re-enable admin and
+    reset its password). Either way the password file does not stay on the node."""
+    tool = _tool()
+    db = _FakeDB([("keystone", "2026-01-01 00:00:00", "keystone-region-a-1")] if recorded else [])
+    monkeypatch.setattr(tool, "db_connect", db)
+    password_file = tmp_path / "bootstrap-admin-password"
+    password_file.write_text("s3cret\n")
+    pushed = tmp_path / "key-digests.json"
+    pushed.write_text("{}")
+    monkeypatch.setattr(tool, "ADMIN_PASSWORD_FILE", str(password_file))
+    monkeypatch.setattr(tool, "PUSHED", str(pushed))
+    monkeypatch.setattr(tool, "facts", lambda: {"name": "keystone-region-a-1", "region": "region-a",
+                                                "deployment": "keystone", "keystone_bootstrap": True})
+    calls = []
+    monkeypatch.setattr(tool, "_manage", lambda *argv, **kw: calls.append((argv, kw.get("env"))))
+    assert tool.cmd_bootstrap(types.SimpleNamespace(timeout=5)) == 0
+    commands = [argv[0] for argv, _ in calls]
+    if recorded:
+        assert commands == ["db_sync"]  # never bootstrap again
+    else:
+        assert commands == ["db_sync", "bootstrap"]
+        assert calls[1][1] == {"OS_BOOTSTRAP_PASSWORD": "s3cret"}  # in the environment, never argv
+        assert db.rows and db.rows[0][2] == "keystone-region-a-1"
+    assert not password_file.exists()
+
+
+def test_the_bootstrap_password_is_written_at_first_boot_only_never_pushed(topo, secrets):
+    from keystone_multiregion import push
+    rendered = render_node(topo, "keystone-region-a-1", secrets)
+    assert ADMIN_PASSWORD_FILE in {f.path for f in rendered.files}  # cloud-init, first boot
+    assert ADMIN_PASSWORD_FILE not in {f["path"] for f in push.payload(topo, rendered)["files"]}

@@ -18,6 +18,9 @@ class File:
     content: str
     permissions: str = "0644"
     owner: str = "root:root"
+    # Written by cloud-init at first boot only, never pushed later (the bootstrap password,
+    # which the node removes once the deployment has its admin).
+    first_boot_only: bool = False
 
 
 def _nothing(*_args) -> dict:

@@ -67,7 +67,8 @@ def _secret_files(topo: Topology, node: Node, needed: dict) -> list[File]:
     # The key repositories are not here: the region stack pushes them (install_keys_argv).
     files = [File(DB_CA_FILE, needed["ca_cert"])]
     if is_bootstrap(topo, node):
-        files.append(File(ADMIN_PASSWORD_FILE, needed["keystone_admin_password"] + "\n", permissions="0600"))
+        files.append(File(ADMIN_PASSWORD_FILE, needed["keystone_admin_password"] + "\n", permissions="0600",
+                          first_boot_only=True))
     return files
 
 

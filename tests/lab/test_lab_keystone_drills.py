@@ -92,3 +92,40 @@ def test_k10_authorization_changes_reach_every_region_within_the_bound(kdrills, 
     for change in ("role removed", "user disabled", "project disabled"):
         for region in ("lab-b", "lab-c"):
             assert m[change][region]["old_permission_worked_for_s"] <= bound + 5, (change, region)
+
+
+def test_bootstrap_once_a_rebuilt_node_never_resets_admin(kdrills, deployment):
+    """The bootstrap node's password file is gone after the first bootstrap (the lab empties
+    its bind-mounted file); the database holds the marker; and a bootstrap run again with the
+    password file back (as a rebuilt node's cloud-init writes it) leaves a changed admin
+    password alone."""
+    import os
+    from keystone_multiregion.roles.keystone import ADMIN_PASSWORD_FILE, KEYSTONE_NODE_TOOL
+    node = deployment.topo.nodes(deployment.topo.bootstrap_region, "keystone")[0].name
+    region = deployment.topo.bootstrap_region
+    procs = deployment.lab.procs
+    host_file = procs.host_path(node, ADMIN_PASSWORD_FILE)
+    assert open(host_file).read() == ""  # removed after the first bootstrap
+    original = kdrills.password
+    admin = kdrills.admin_token(region)
+    me = kdrills.call(region, "GET", admin, "/v3/users?name=admin")["body"]["users"][0]["id"]
+    changed = "changed-" + os.urandom(6).hex()
+    out = kdrills.call(region, "POST", admin, f"/v3/users/{me}/password",
+                       {"user": {"original_password": original, "password": changed}}, secret=True)
+    assert out["status"] == 204, out
+    try:
+        with open(host_file, "w") as fh:  # a rebuilt node: cloud-init writes the file again
+            fh.write(original + "\n")
+        again = procs.run(node, ["python3", KEYSTONE_NODE_TOOL, "bootstrap", "--timeout", "120"], timeout=180)
+        print(again.stdout.strip())
+        assert '"bootstrap": "done before"' in again.stdout
+        assert open(host_file).read() == ""
+        url = kdrills.url(region)
+        assert kdrills.ks(region, "token", url, "admin", changed, "admin")["status"] == 201
+        assert kdrills.ks(region, "token", url, "admin", original, "admin")["status"] == 401  # not reset
+    finally:
+        token = kdrills.ks(region, "token", kdrills.url(region), "admin", changed, "admin").get("token")
+        if token:
+            kdrills.call(region, "POST", token, f"/v3/users/{me}/password",
+                         {"user": {"original_password": changed, "password": original}}, secret=True)
+    assert kdrills.ks(region, "token", kdrills.url(region), "admin", original, "admin")["status"] == 201
