@@ -54,7 +54,14 @@ REMOTE_COMMAND = "command:remote:Command"
 
 # The metadata key components/nodes.py puts on every VM, and the roles it writes there.
 ROLE_KEY = "keystone-multiregion-role"
+REGION_KEY = "keystone-multiregion-region"
 CONTROL_PLANE_ROLES = ("proxy", "galera", "keystone", "memcached", "arbitrator")
+# Roles whose VMs hold state (components/nodes.py STATEFUL_ROLES; tests/test_policy.py
+# checks the two are the same): never rebuilt because their cloud-init changed.
+STATEFUL_ROLES = ("galera", "arbitrator")
+# The push of a node's files (components/push.py names it files-<node>); a node may have
+# other remote commands tied to the same VM (the Keystone key push, keys-<node>).
+FILES_PUSH_PREFIX = "files-"
 
 # Ports that only peers may reach (tests/test_policy.py checks them against
 # keystone_multiregion.security.PORTS and the proxy's monitor port, so the tables cannot
@@ -624,6 +631,129 @@ def check_galera_volumes_protected(view: StackView, report: ReportViolation) -> 
                    "(components/nodes.py).", vol.urn)
 
 
+# --- one node of a role at a time ----------------------------------------------------------------
+
+def _natural(name: str) -> list:
+    """Sort key putting node-10 after node-9."""
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
+
+
+class _Waits:
+    """What a resource waits for before the engine touches it: every resource it depends on
+    (`dependencies`, which hold explicit `depends_on` and the property dependencies),
+    transitively. The engine registers a resource only once those are done, so a resource
+    that reaches another through this graph is never created, replaced, updated or pushed
+    while that other one is."""
+
+    def __init__(self, resources: Iterable[PolicyResource]):
+        self.deps: dict[str, set[str]] = {}
+        for r in resources:
+            deps = {d.urn for d in r.dependencies or []}
+            for values in (r.property_dependencies or {}).values():
+                deps.update(d.urn for d in values)
+            self.deps[r.urn] = deps
+        self._closure: dict[str, set[str]] = {}
+
+    def all(self, urn: str) -> set[str]:
+        if urn not in self._closure:
+            seen: set[str] = set()
+            todo = list(self.deps.get(urn, ()))
+            while todo:
+                u = todo.pop()
+                if u not in seen:
+                    seen.add(u)
+                    todo.extend(self._closure.get(u, self.deps.get(u, ())))
+            self._closure[urn] = seen
+        return self._closure[urn]
+
+    def on(self, r: PolicyResource, other: PolicyResource) -> bool:
+        return other.urn in self.all(r.urn)
+
+
+def _files_pushes(view: StackView) -> tuple[dict[str, list[PolicyResource]], bool]:
+    """Each instance's files push ({instance urn: [commands]}): the `files-` command whose
+    `triggers` hold the instance's id (by id after `pulumi up`, by property dependency in a
+    preview, where the id is unknown). True when some push's instance could not be told."""
+    pushes: dict[str, list[PolicyResource]] = {}
+    unknown = False
+    for cmd in view.of_type(REMOTE_COMMAND):
+        if not cmd.name.startswith(FILES_PUSH_PREFIX):
+            continue
+        triggers = view.get(cmd).get("triggers")
+        values = [UNKNOWN] if triggers is UNKNOWN else [t for t in _list(triggers) if t]
+        instances, unresolved = view.refs(cmd, "triggers", values, INSTANCE)
+        unknown = unknown or (not instances and any(v is UNKNOWN for v in unresolved))
+        for inst in instances:
+            pushes.setdefault(inst.urn, []).append(cmd)
+    return pushes, unknown
+
+
+def check_one_node_at_a_time(view: StackView, report: ReportViolation) -> None:
+    """Two nodes of one role in a region are never replaced or pushed at the same time, and a
+    stateful node (Galera, arbitrator) never takes a user_data change."""
+    waits = _Waits(view.resources)
+    pushes, pushes_unknown = _files_pushes(view)
+    groups: dict[tuple, list[PolicyResource]] = {}
+    for inst in view.of_type(INSTANCE):
+        metadata = view.get(inst).get("metadata")
+        if metadata is UNKNOWN:
+            raise _needs(inst.name, "metadata")
+        role, region = (metadata or {}).get(ROLE_KEY), (metadata or {}).get(REGION_KEY)
+        if not isinstance(role, str):
+            continue  # not a node of the deployment's roles
+        groups.setdefault((region, role), []).append(inst)
+        if role in STATEFUL_ROLES and "userData" not in (inst.opts.ignore_changes or []):
+            report(f"{role} node '{inst.name}' does not ignore changes to its user_data, so any change to its "
+                   "rendered files (a peer added, a setting, a renewed certificate) would replace the VM and "
+                   "cost a full state transfer. Fix: ignore_changes=[\"user_data\", \"image_id\", "
+                   "\"block_devices\"] on the instance (components/nodes.py, STATEFUL_ROLES); its files "
+                   "reach it by the push (files-<node>).", inst.urn)
+
+    for (region, role), nodes in sorted(groups.items(), key=lambda g: (str(g[0][0]), g[0][1])):
+        if len(nodes) < 2:
+            continue
+        where = f" of {region}" if isinstance(region, str) else ""
+        nodes.sort(key=lambda i: _natural(i.name))
+        chained = []
+        for inst in nodes:
+            found = pushes.get(inst.urn, [])
+            if len(found) == 1:
+                chained.append((inst, found[0]))
+            elif not found and pushes_unknown:
+                raise _needs(inst.name, "files push triggers")
+            elif not found:
+                report(f"{role} node '{inst.name}'{where} has no files push tied to it (a "
+                       f"'{FILES_PUSH_PREFIX}<node>' command whose triggers hold the instance's id), so nothing "
+                       "runs its changes after its VM and nothing orders them against its peers. Fix: "
+                       "file_push(..., instance_id=instance.id) for every node (components/nodes.py, "
+                       "components/push.py).", inst.urn)
+            else:
+                report(f"{role} node '{inst.name}'{where} has {len(found)} files pushes "
+                       f"({', '.join(repr(c.name) for c in found)}); they would push to it at the same time. "
+                       "Fix: one files-<node> command per node (components/push.py).", inst.urn)
+        # Every pair must be ordered: the later node's VM and push wait for the earlier
+        # node's push, which itself waits for the earlier node's VM.
+        for i, (a, a_push) in enumerate(chained):
+            for b, b_push in chained[i + 1:]:
+                if _ordered(waits, (a, a_push), (b, b_push)) or _ordered(waits, (b, b_push), (a, a_push)):
+                    continue
+                missing = [f"'{x.name}' does not wait for '{a_push.name}'" for x in (b, b_push)
+                           if not waits.on(x, a_push)]
+                if not waits.on(a_push, a):
+                    missing.append(f"'{a_push.name}' does not wait for '{a.name}'")
+                report(f"{role} nodes '{a.name}' and '{b.name}'{where} could be replaced or pushed at the same "
+                       f"time: {'; '.join(missing)}, and neither node waits for the other's push. Fix: within "
+                       "a role, node n's instance and its files push must depend on node n-1's files push "
+                       "(components/nodes.py NodeGroup: depends_on=waits on both).", b.urn)
+
+
+def _ordered(waits: _Waits, first: tuple, then: tuple) -> bool:
+    """Whether `then` (an instance and its push) starts only after `first` is done: its VM
+    and its push wait for first's push, which waits for first's VM."""
+    (a, a_push), (b, b_push) = first, then
+    return waits.on(a_push, a) and waits.on(b, a_push) and waits.on(b_push, a_push)
+
+
 # --- the admin CIDR and the trusted networks, from the topology -----------------------------------
 
 def _topology(path: Path):
@@ -728,6 +858,11 @@ def make_policies(admin_cidr: Optional[str], trusted_cidrs: Optional[list[str]] 
             "galera-security-group-not-public",
             "No Galera node's security group is shared with the public-facing proxies.",
             check_galera_groups_not_public),
+        _stack_policy(
+            "one-node-at-a-time",
+            "Two nodes of one role in a region are never replaced or pushed at the same time (each node's "
+            "VM and files push wait for the previous node's push), and a Galera or arbitrator VM ignores "
+            "changes to its user_data.", check_one_node_at_a_time),
         _resource_policy(
             "remote-command-pins-host-key",
             "A remote command (the key push to Keystone nodes) pins the host key of the node it connects to.",

@@ -30,9 +30,10 @@ STACKS = sorted(stack_files(ROOT))
 RULE = policies.SECGROUP_RULE
 MANDATORY = ["no-service-port-open-to-world", "ssh-only-from-admin-cidr", "catalog-endpoint-unversioned-https",
              "control-plane-anti-affinity", "galera-volume-protected", "galera-security-group-not-public",
-             "remote-command-pins-host-key"]
+             "one-node-at-a-time", "remote-command-pins-host-key"]
 ADVISORY = ["world-open-only-https", "user-data-size", "bastion-pins-host-key"]
-STACK_POLICIES = {"control-plane-anti-affinity", "galera-volume-protected", "galera-security-group-not-public"}
+STACK_POLICIES = {"control-plane-anti-affinity", "galera-volume-protected", "galera-security-group-not-public",
+                  "one-node-at-a-time"}
 
 
 @pytest.fixture(scope="module")
@@ -322,7 +323,9 @@ def instance(name, role, hints, *, deps=None, **extra):
               "metadata": {policies.ROLE_KEY: role} if role else {}, **extra}
     if hints is not None:
         inputs["schedulerHints"] = [{"group": g} for g in hints]
-    return res(policies.INSTANCE, f"instance-{name}", inputs, deps=deps)
+    node = res(policies.INSTANCE, f"instance-{name}", inputs, deps=deps)
+    node.ignore_changes = ["userData"]  # as every VM of the program
+    return node
 
 
 def test_anti_affinity_passes(pack):
@@ -331,7 +334,8 @@ def test_anti_affinity_passes(pack):
     # Preview of a new stack: the group's id is unknown; the property dependency names it.
     by_dependency = instance("keystone-t-2", "keystone", [UNKNOWN], deps={"schedulerHints": [group.urn]})
     bastion = instance("bastion-t-1", "bastion", None)  # explicitly not a control-plane role
-    assert pack.analyze_stack([group, by_id, by_dependency, bastion]) == []
+    # (Two Keystone nodes without files pushes: the one-node-at-a-time policy's business.)
+    assert only(pack.analyze_stack([group, by_id, by_dependency, bastion]), "control-plane-anti-affinity") == []
 
 
 @pytest.mark.parametrize("hints, group_policy, expected", [
@@ -571,3 +575,101 @@ def test_bastion_without_host_key_is_advisory(pack):
     assert only(diags, "remote-command-pins-host-key") == []
     d = assert_violation(diags, "bastion-pins-host-key", "keys-keystone-t-1", level="advisory")
     assert "sshBastionHostKey" in d.message
+
+
+# --- one node of a role at a time (stack policy) ---------------------------------------------------
+
+def test_stateful_roles_match_the_program():
+    from components.nodes import STATEFUL_ROLES
+    assert policies.STATEFUL_ROLES == STATEFUL_ROLES
+
+
+def _without_dependency(on):
+    """A change dropping the resource's dependency on `on` (as if depends_on left it out)."""
+    def change(r):
+        r.dependencies = [d for d in r.dependencies if not d.endswith(f"::{on}")]
+    return change
+
+
+def _one_node_diags(pack, runs, changes, preview):
+    """The mandatory violations of region-a with `changes` ({resource name: change})."""
+    registered = runs["region-a"].resources
+    for target, change in changes.items():
+        assert any(r.name == target for r in registered), f"no resource {target} in region-a"
+        registered = _mutate(registered, target, change)
+    resources = stack_requests("region-a", registered, preview=preview)
+    return [d for d in pack.analyze_all(resources) if d.level == "mandatory"]
+
+
+@pytest.mark.parametrize("preview", [False, True], ids=["after-up", "preview-new-stack"])
+def test_proxy_pushes_not_chained_are_refused(pack, runs, preview):
+    """The second proxy's push and VM no longer wait for the first proxy's push: both proxies
+    could be pushed (or replaced) together, and the region's VIPs lose both holders."""
+    mandatory = _one_node_diags(pack, runs, {
+        "files-proxy-region-a-2": _without_dependency("files-proxy-region-a-1"),
+        "instance-proxy-region-a-2": _without_dependency("files-proxy-region-a-1")}, preview)
+    assert {d.policy for d in mandatory} == {"one-node-at-a-time"}, "\n".join(map(str, mandatory))
+    [d] = mandatory
+    assert ("proxy nodes 'instance-proxy-region-a-1' and 'instance-proxy-region-a-2' of region-a could be "
+            "replaced or pushed at the same time") in d.message, d.message
+    assert "'files-proxy-region-a-2' does not wait for 'files-proxy-region-a-1'" in d.message
+    assert "'instance-proxy-region-a-2' does not wait for 'files-proxy-region-a-1'" in d.message
+    assert "Fix:" in d.message and d.urn.endswith("::instance-proxy-region-a-2")
+
+
+@pytest.mark.parametrize("preview", [False, True], ids=["after-up", "preview-new-stack"])
+def test_instance_not_waiting_for_previous_push_is_refused(pack, runs, preview):
+    """Keystone node 2's VM no longer waits for node 1's push: it could be replaced while node
+    1 restarts. Node 3 still waits for node 2's push, so only the pair (1, 2) is reported."""
+    mandatory = _one_node_diags(pack, runs, {
+        "instance-keystone-region-a-2": _without_dependency("files-keystone-region-a-1")}, preview)
+    assert {d.policy for d in mandatory} == {"one-node-at-a-time"}, "\n".join(map(str, mandatory))
+    [d] = mandatory
+    assert "keystone nodes 'instance-keystone-region-a-1' and 'instance-keystone-region-a-2'" in d.message
+    assert "'instance-keystone-region-a-2' does not wait for 'files-keystone-region-a-1'" in d.message
+    assert "'files-keystone-region-a-2' does not wait" not in d.message
+
+
+@pytest.mark.parametrize("preview", [False, True], ids=["after-up", "preview-new-stack"])
+def test_push_waiting_through_its_own_vm_is_chained(pack, runs, preview):
+    """Without its direct dependency, node 2's push still waits for node 1's: it waits for
+    node 2's VM (its triggers), which waits for node 1's push. The engine orders them."""
+    mandatory = _one_node_diags(pack, runs, {
+        "files-memcached-region-a-2": _without_dependency("files-memcached-region-a-1")}, preview)
+    assert mandatory == []
+
+
+@pytest.mark.parametrize("preview", [False, True], ids=["after-up", "preview-new-stack"])
+def test_push_not_tied_to_its_vm_is_refused(pack, runs, preview):
+    """A push whose triggers no longer hold its VM's id: it would not run for a new VM, and
+    nothing makes it wait for that VM, so the chain is broken."""
+    def untie(r):
+        r.inputs.pop("triggers")
+        r.dependencies = [d for d in r.dependencies if not d.endswith("::instance-galera-region-a-3")]
+    mandatory = _one_node_diags(pack, runs, {"files-galera-region-a-3": untie}, preview)
+    assert {d.policy for d in mandatory} == {"one-node-at-a-time"}, "\n".join(map(str, mandatory))
+    [d] = mandatory
+    assert "galera node 'instance-galera-region-a-3' of region-a has no files push tied to it" in d.message
+
+
+@pytest.mark.parametrize("preview", [False, True], ids=["after-up", "preview-new-stack"])
+def test_galera_node_taking_user_data_changes_is_refused(pack, runs, preview):
+    """The engine passes each resource's ignoreChanges to the analyzer: a Galera VM that
+    would be rebuilt for a changed file (its image and volume still ignored) is refused."""
+    def keep_user_data(r):
+        r.ignore_changes = [p for p in r.ignore_changes if p != "userData"]
+    mandatory = _one_node_diags(pack, runs, {"instance-galera-region-a-2": keep_user_data}, preview)
+    assert {d.policy for d in mandatory} == {"one-node-at-a-time"}, "\n".join(map(str, mandatory))
+    [d] = mandatory
+    assert "galera node 'instance-galera-region-a-2' does not ignore changes to its user_data" in d.message
+    assert "Fix:" in d.message and d.urn.endswith("::instance-galera-region-a-2")
+
+
+def test_arbitrator_taking_user_data_changes_is_refused(pack):
+    """Synthetic: the example topology has no arbitrator."""
+    node = res(policies.INSTANCE, "instance-garbd-t-1",
+               {"name": "garbd-t-1", "metadata": {policies.ROLE_KEY: "arbitrator", policies.REGION_KEY: "t"}})
+    d = assert_violation(pack.analyze_stack([node]), "one-node-at-a-time", "instance-garbd-t-1")
+    assert "arbitrator node 'instance-garbd-t-1' does not ignore changes to its user_data" in d.message
+    node.ignore_changes = ["userData"]
+    assert only(pack.analyze_stack([node]), "one-node-at-a-time") == []

@@ -248,8 +248,10 @@ def stack_requests(stack: str, registered: list, preview: bool = False) -> list[
     URNs are built the engine's way (a child's type chain is its parent's plus its own; the
     root stack is left out). The harness's mocks give every resource the id `<name>-id`, so
     a property whose value is another resource's id depends on that resource: that is how
-    `dependencies` and `propertyDependencies` are rebuilt here (the SDK sends them from the
-    Outputs a property was built from, which in this program are exactly those ids).
+    `propertyDependencies` are rebuilt here (the SDK sends them from the Outputs a property
+    was built from, which in this program are exactly those ids). `dependencies` are those
+    plus what the SDK registered (explicit `depends_on` included), as the engine keeps them
+    in the resource's state.
     Outputs are the inputs plus the id, as after `pulumi up`. With `preview=True`, the
     stack is new: every id is unknown, in the outputs and wherever an input uses one.
     """
@@ -299,7 +301,8 @@ def stack_requests(stack: str, registered: list, preview: bool = False) -> list[
             parent=urns[(parent.type, parent.name)] if parent is not None else "",
             protect=r.protect, ignore_changes=list(r.ignore_changes),
             delete_before_replace=r.delete_before_replace, secret_keys=set(r.secret_inputs),
-            dependencies=sorted({u for v in prop_deps.values() for u in v}),
+            dependencies=sorted({u for v in prop_deps.values() for u in v}
+                                | {urns[d] for d in map(key_of_urn, r.dependencies) if d in urns}),
             property_dependencies=prop_deps)
     for r in registered:
         if r.provider:
