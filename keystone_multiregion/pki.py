@@ -80,6 +80,9 @@ def generate_secrets(topo) -> dict:
     values: dict = {name: _random.token_hex(max(4, length // 2))[:length] for name, (length, _) in SECRETS.items()}
     ca_cert, ca_key = make_ca(topo.name)
     values[CA_CERT] = ca_cert
+    # The lab renews node certificates with it (drill D5); the stacks keep theirs in the
+    # shared stack's state, never among the secrets they hand to nodes.
+    values["lab_galera_ca_key"] = ca_key
     values["tls"] = {}
     for node in topo.nodes():
         if node.role in TLS_ROLES:

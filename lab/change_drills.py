@@ -214,6 +214,45 @@ class ChangeDrills:
         self._restore(nodes)
         return result
 
+    # -- D5 -------------------------------------------------------------------------------------
+    def drill_certificate_renewal(self) -> DrillResult:
+        """D5: a Galera node's certificate renewed (a new one from the same CA, as pulumi-tls
+        re-issues it in its renewal window) and pushed: the agent installs it and restarts
+        the member, drained first; the server then presents the new certificate."""
+        from keystone_multiregion import pki
+        from keystone_multiregion.secrets import CA_CERT
+        node = self.topo.nodes(self.serving[0], "galera")[0]
+        secrets = self.dep.secrets()
+        if not secrets.get("lab_galera_ca_key"):
+            return DrillResult("D5. a node certificate renewed and pushed", False, {},
+                               ["the lab's secrets hold no lab_galera_ca_key (an older lab directory): "
+                                "`./run lab down` and `./run lab up` make new ones"])
+
+        def served_not_before() -> str:
+            return self.dep.sql(node.name, "SHOW GLOBAL STATUS LIKE 'Ssl_server_not_before'").stdout.split("\t")[-1].strip()
+
+        def body(problems, measured):
+            measured["node"] = node.name
+            measured["before"] = served_not_before()
+            time.sleep(1.1)  # a certificate's not-before has a one-second resolution
+            cert, key = pki.issue(secrets[CA_CERT], secrets["lab_galera_ca_key"], node.name, node.address)
+            renewed = {**secrets, "tls": {**secrets["tls"], node.name: {"cert": cert, "key": key}}}
+            t = time.monotonic()
+            out = self.dep.push_files(node.name, push.payload(self.topo, render_node(self.topo, node.name, renewed)))
+            report = _report(out)
+            measured["push"] = {"exit": out.returncode, "s": round(time.monotonic() - t, 1),
+                                "actions": report.get("actions")}
+            if out.returncode != 0:
+                problems.append(f"the push failed (exit {out.returncode}): {out.stderr.strip()[-300:]}")
+                return
+            self.dep.save_secrets(renewed)  # the stack's state holds the renewed certificate now
+            measured["after"] = served_not_before()
+            if measured["after"] == measured["before"] or not measured["after"]:
+                problems.append(f"{node.name} still presents the old certificate ({measured['after']})")
+            if report.get("actions") != ["galera:restart"]:
+                problems.append(f"expected a drained restart, the agent did {report.get('actions')}")
+        return self._under_load(f"D5. {node.name}'s certificate renewed and pushed", body)
+
     # -- D6 -------------------------------------------------------------------------------------
     def drill_quorum_refusal(self) -> DrillResult:
         """D6: with one Galera member down, a push that would restart another is refused with
@@ -254,7 +293,8 @@ class ChangeDrills:
 
     def run_all(self, log=print) -> list[DrillResult]:
         results = []
-        for drill in (self.drill_haproxy_push, self.drill_galera_restart_setting, self.drill_quorum_refusal):
+        for drill in (self.drill_haproxy_push, self.drill_galera_restart_setting, self.drill_certificate_renewal,
+                      self.drill_quorum_refusal):
             result = drill()
             log(result.line())
             results.append(result)

@@ -88,6 +88,13 @@ class LabDeployment:
             yaml.safe_dump(values, fh)
         return values
 
+    def save_secrets(self, values: dict) -> None:
+        """The lab's secrets after a change a stack would make (a renewed certificate)."""
+        path = Path(self.lab.labdir) / "secrets.yaml"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            yaml.safe_dump(values, fh)
+
     def host_spec(self, node: Node) -> HostSpec:
         prefix = ipaddress.ip_network(self.topo.region(node.region).cidr).prefixlen
         return HostSpec(node.name, node.region, f"{node.address}/{prefix}")

@@ -48,3 +48,9 @@ def test_d2_galera_restart_setting_rolled_over_every_node_under_load(changes):
 def test_d6_push_that_would_cost_quorum_is_refused(changes):
     m = _run(changes.drill_quorum_refusal)
     assert m["exit"] == 2 and m["file_unchanged"] and m["process_unchanged"]
+
+
+def test_d5_node_certificate_renewed_and_pushed_under_load(changes):
+    m = _run(changes.drill_certificate_renewal)
+    _no_harm(m)
+    assert m["push"]["actions"] == ["galera:restart"] and m["after"] != m["before"]
