@@ -4,10 +4,13 @@
     python -m keystone_multiregion render --stack region-a [--out build/render] [--secrets FILE]
     python -m keystone_multiregion render --all [--out build/render]
     python -m keystone_multiregion recover-plan REPORT.json [REPORT.json ...] [--accept-missing]
+    python -m keystone_multiregion gate --region R --url https://HOST [--address IP ...] [--ca FILE]
+        [--samples N] [--wait SECONDS]
 
 The render needs neither a cloud nor the Pulumi CLI. Without --secrets, secrets are
 written as visible placeholders (<secret:NAME>), so the output is safe to diff in a pull
-request; the local lab passes a secrets file of its own.
+request; the local lab passes a secrets file of its own. The gate (gate.py) needs
+neither the topology nor Pulumi: it asks a region's public endpoint who answers.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pathlib import Path
 
 import yaml
 
+from . import gate
 from .recovery import RecoveryError, check_reports, most_advanced
 from .render import render_region, write_rendered
 from .secrets import SecretsError, placeholder_secrets
@@ -48,8 +52,28 @@ def main(argv: list[str] | None = None) -> int:
     plan.add_argument("reports", nargs="+", help="files with the JSON `galera-node recover-report` printed")
     plan.add_argument("--accept-missing", action="store_true",
                       help="plan without the reports of some nodes (their data is lost for good)")
+    check = sub.add_parser("gate", help="rollout gate: fail unless the region's endpoint answers from the region itself")
+    check.add_argument("--region", required=True, help="the region the stack deploys (its `region` output)")
+    check.add_argument("--url", required=True, help="the region's public endpoint, e.g. https://identity.region-a.example.com")
+    check.add_argument("--address", action="append", default=[],
+                       help="connect to this address (a public VIP) instead of the URL's host; repeat for every VIP")
+    check.add_argument("--ca", help="CA bundle that verifies the endpoint (default: the system's)")
+    check.add_argument("--samples", type=int, default=5, help="requests per path and address (default 5)")
+    check.add_argument("--timeout", type=float, default=10.0, help="seconds per request (default 10)")
+    check.add_argument("--wait", type=float, default=0.0,
+                       help="repeat a failed round until this many seconds have passed (default 0: one round)")
+    check.add_argument("--interval", type=float, default=15.0, help="seconds between rounds (default 15)")
     args = parser.parse_args(argv)
 
+    if args.command == "gate":
+        try:
+            ok, line = gate.run(args.region, args.url, args.address, args.ca, args.samples, timeout=args.timeout,
+                                wait=args.wait, interval=args.interval, log=lambda s: print(s, flush=True))
+        except gate.GateError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(line if ok else f"error: {line}; the rollout stops here", file=sys.stdout if ok else sys.stderr)
+        return 0 if ok else 1
     try:
         topo = load_topology_file(args.topology)
         if args.command == "recover-plan":

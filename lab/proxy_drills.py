@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 
+from keystone_multiregion.roles.proxy import REGION_HEADER
 from keystone_multiregion.security import PORTS, security_rules
 from keystone_multiregion.topology import duration_seconds
 
@@ -506,8 +507,10 @@ class ProxyDrills:
         vip = self.vips("public")[0]
         token = self._admin_token(vip)
         before = {p: {n: st["stot"] for n, st in states[p]["keystone"].items()} for p in self.proxies}
+        # Each answer's X-Keystone-Region: which region served it, as the rollout gate sees it.
         probe = self.https_probe(vip, duration=kill_after + observe, interval=interval, path="/v3/auth/tokens",
-                                 headers={"X-Auth-Token": token, "X-Subject-Token": token}, timeout=10)
+                                 headers={"X-Auth-Token": token, "X-Subject-Token": token}, timeout=10,
+                                 want_header=REGION_HEADER)
         records: list[dict] = []
         killed = {}
         time.sleep(kill_after)
@@ -544,6 +547,12 @@ class ProxyDrills:
         served = {p: {n: after_states[p].get("keystone", {}).get(n, {}).get("stot", 0) - before[p][n]
                       for n in before[p]} for p in self.proxies}
         by_backup = {n: c for p in self.proxies for n, c in served[p].items() if c and n.startswith("vip-")}
+        # Who answered the validations sent after the kill, by the proxies' header.
+        by_region: dict[str, int] = {}
+        for r in records:
+            if r["t0"] >= t_kill and ok(r):
+                name = r.get("header") or "(no header)"
+                by_region[name] = by_region.get(name, 0) + 1
         problems = []
         if seen["failed"]:
             problems.append(f"{seen['failed']} validations failed after the kill: {seen['errors']}")
@@ -551,12 +560,15 @@ class ProxyDrills:
             problems.append("no validation succeeded after the kill")
         if not by_backup:
             problems.append("no request went to another region's endpoint")
+        if not set(by_region) & set(self.others):
+            problems.append(f"no validation after the kill was named ({REGION_HEADER}) after another region: "
+                            f"{by_region}")
         if not local_back:
             problems.append("the region's Keystone nodes did not come back UP on its proxies")
         measured = {"killed": sorted(running), "validations": len(records),
                     "after_kill": seen["attempts_after_fault"], "failed": seen["failed"],
                     "first_success_s": seen["first_success_s"], "gap_s": seen["gap_s"],
-                    "served_by_backups": by_backup, "errors": seen["errors"],
+                    "served_by_backups": by_backup, "answered_by_region": by_region, "errors": seen["errors"],
                     "max_latency_ms": round(max(((r["t1"] - r["t0"]) * 1000 for r in records if r["t0"] >= t_kill),
                                                 default=0), 1)}
         return DrillResult(f"c. every Keystone node of {self.region} dies: {', '.join(self.others)} answer",

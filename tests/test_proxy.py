@@ -25,9 +25,9 @@ import pytest
 from helpers import example, five_regions
 from keystone_multiregion import pki
 from keystone_multiregion.render import render_node
-from keystone_multiregion.roles.proxy import (FORWARDED_HEADER, HAPROXY_CFG, KEEPALIVED_CONF, PEER_CA,
-                                              PROXY, PUBLIC_PEM, STATS_SOCKET, SYSTEM_CA_BUNDLE,
-                                              galera_servers, ring_after)
+from keystone_multiregion.roles.proxy import (FORWARDED_HEADER, HAPROXY_CFG, KEEPALIVED_CONF, NODE_HEADER,
+                                              PEER_CA, PROXY, PUBLIC_PEM, REGION_HEADER, STATS_SOCKET,
+                                              SYSTEM_CA_BUNDLE, galera_servers, keystone_backups, ring_after)
 from keystone_multiregion.security import PORTS, remote_prefixes, security_rules
 from keystone_multiregion.topology import load_topology
 
@@ -505,3 +505,95 @@ def test_keystone_frontends_drop_the_clients_forwarding_headers(case):
             setters = [i for i, line in enumerate(lines) if line.startswith("http-request set-header X-Forwarded-Proto")]
             dels = [i for i, line in enumerate(lines) if line.startswith("http-request del-header")]
             assert setters and max(dels) < min(setters)  # deleted before HAProxy sets its own
+
+
+# -- who answered: the response headers the rollout gate reads ----------------------------
+
+def _match(fetch: str, flags: list[str], server: str, headers: dict[str, str]) -> bool:
+    """One HAProxy sample fetch with its match, as the response rules here use them."""
+    if fetch == "srv_name":
+        assert flags[0] == "-m" and flags[1] == "str", flags
+        return server in flags[2:]
+    m = re.fullmatch(r"res\.hdr\(([^)]+)\)", fetch)
+    assert m and flags == ["-m", "found"], (fetch, flags)
+    return m.group(1).lower() in headers
+
+
+def _condition(words: list[str], acls: dict, server: str, headers: dict[str, str]) -> bool:
+    """`if` terms ANDed: named ACLs and anonymous `{ ... }` ones, each maybe negated."""
+    result, i = True, 0
+    while i < len(words):
+        negate = words[i].startswith("!")
+        word = words[i][1:] if negate else words[i]
+        if word == "{":
+            end = words.index("}", i)
+            fetch, *flags = words[i + 1:end]
+            value = _match(fetch, flags, server, headers)
+            i = end + 1
+        else:
+            fetch, flags = acls[word]
+            value = _match(fetch, flags, server, headers)
+            i += 1
+        result = result and (value != negate)
+    return result
+
+
+def answered(section: list[str], server: str, headers: dict[str, str]) -> dict[str, str]:
+    """The response headers the client gets when `server` of this backend answered with
+    `headers`: the backend's acl and http-response set-header lines applied in order."""
+    acls, out = {}, {k.lower(): v for k, v in headers.items()}
+    for line in section:
+        words = line.split()
+        if words[0] == "acl":
+            acls[words[1]] = (words[2], words[3:])
+        elif words[0] == "http-response":
+            assert words[1] == "set-header", line
+            name, value, rest = words[2], words[3], words[4:]
+            assert not rest or rest[0] == "if", line
+            if not rest or _condition(rest[1:], acls, server, out):
+                out[name.lower()] = server if value == "%[srv_name]" else value
+    return out
+
+
+def test_every_answer_names_the_region_and_node_that_served_it(case):
+    """A local Keystone node's answer is named after this region and the node, whatever the
+    node sent; an answer through another region's endpoint (a backup) keeps the names that
+    region's proxy set, and one without names is named after the backup server and ITS
+    region: never this region for an answer it did not serve."""
+    _, topo, secrets = case
+    for proxy in topo.nodes(role="proxy"):
+        cfg = parse_haproxy(_files(render_node(topo, proxy.name, secrets))[HAPROXY_CFG].content)
+        region = proxy.region
+        forged = {REGION_HEADER: "elsewhere", NODE_HEADER: "nobody"}
+        for backend in ("backend keystone", "backend keystone_local"):
+            for srv in (s for s in servers(cfg[backend]) if not s["backup"]):
+                for sent in ({}, forged):
+                    got = answered(cfg[backend], srv["name"], sent)
+                    assert (got[REGION_HEADER.lower()], got[NODE_HEADER.lower()]) == (region, srv["name"]), \
+                        (proxy.name, backend, srv["name"], sent)
+        backups = [s for s in servers(cfg["backend keystone"]) if s["backup"]]
+        assert len(backups) == sum(len(topo.vips(r, "public")) for r in ring_after(topo, region))
+        behind = {b["name"]: b["region"] for b in keystone_backups(topo, region)}
+        for srv in backups:
+            other = behind[srv["name"]]
+            assert other != region
+            names = {REGION_HEADER: other, NODE_HEADER: f"keystone-{other}-2"}
+            got = answered(cfg["backend keystone"], srv["name"], names)
+            assert (got[REGION_HEADER.lower()], got[NODE_HEADER.lower()]) == (other, f"keystone-{other}-2"), \
+                (proxy.name, srv["name"])
+            got = answered(cfg["backend keystone"], srv["name"], {})
+            assert (got[REGION_HEADER.lower()], got[NODE_HEADER.lower()]) == (other, srv["name"]), \
+                (proxy.name, srv["name"])
+
+
+def test_the_answer_simulation_can_fail(topo, secrets):
+    """The simulation above reads the rules it is given: a backend that names its own
+    region unconditionally claims the backups' answers, and the check sees it."""
+    cfg = parse_haproxy(_files(render_node(topo, "proxy-region-a-1", secrets))[HAPROXY_CFG].content)
+    careless = [line for line in cfg["backend keystone"] if not line.startswith("http-response")] + \
+        [f"http-response set-header {REGION_HEADER} region-a", f"http-response set-header {NODE_HEADER} %[srv_name]"]
+    backup = next(s for s in servers(careless) if s["backup"])
+    got = answered(careless, backup["name"], {REGION_HEADER: "region-b", NODE_HEADER: "keystone-region-b-1"})
+    assert got[REGION_HEADER.lower()] == "region-a"
+    assert answered(careless, backup["name"], {}) == {REGION_HEADER.lower(): "region-a",
+                                                      NODE_HEADER.lower(): backup["name"]}

@@ -4,6 +4,7 @@ with actionlint when it is installed, and the render-diff steps run for real."""
 import importlib.util
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -145,7 +146,17 @@ def test_expected_rollout_follows_the_topology():
     assert expected_rollout(load_topology(data)) == ["shared", "region-b", "region-a", "region-c"]
 
 
-def test_each_rollout_step_is_gated_by_a_health_check():
+def _gate_command(script: str) -> list[str]:
+    """The words of the `python -m keystone_multiregion gate` command line in a step's script."""
+    joined = script.replace("\\\n", " ")
+    [line] = [line for line in joined.splitlines() if "-m keystone_multiregion gate" in line]
+    return shlex.split(line[line.index("venv/bin/python"):].split(";")[0].split(" 2>")[0])
+
+
+def test_each_rollout_step_is_gated_by_the_region_serving_by_itself(capsys):
+    """After `pulumi up`, the gate (keystone_multiregion/gate.py) asks every public VIP of
+    the stack's region and fails unless the region itself answered: a plain health check
+    passes a region whose Keystone nodes are dead, since its proxies fail over."""
     wf = load("rollout-stack.yml")
     assert "workflow_call" in wf["on"]
     [job] = wf["jobs"].values()
@@ -154,10 +165,24 @@ def test_each_rollout_step_is_gated_by_a_health_check():
     assert up["with"]["command"] == "up" and up["with"]["policyPacks"] == "policy"
     assert up["with"]["stack-name"].endswith("${{ inputs.stack }}")
     after = steps[steps.index(up) + 1:]
-    assert after and "health" in after[0]["name"].lower()
+    assert after and "gate" in after[0]["name"].lower()
     check = after[0]["run"]
-    assert "pulumi stack output --json" in check and "https://$host/healthcheck" in check
-    assert "exit 1" in check  # a region that does not answer fails the job
+    assert "pulumi stack output --json" in check
+    assert 'region="$(jq -r \'.region // empty\' <<<"$outputs")"' in check
+    words = _gate_command(check)
+    assert words[:4] == ["venv/bin/python", "-m", "keystone_multiregion", "gate"]
+    opts = {w: words[i + 1] for i, w in enumerate(words) if w.startswith("--")}
+    assert opts["--region"] == "$region" and opts["--url"] == "https://$host"
+    assert "${addresses[@]}" in words and 'addresses+=(--address "$ip")' in check  # every public VIP
+    assert int(opts["--samples"]) > 1 and 0 < float(opts["--wait"]) <= 3600
+    # The gate's own command line knows every option the workflow passes.
+    from keystone_multiregion.__main__ import main
+    with pytest.raises(SystemExit) as exc:
+        main(["gate", "--help"])
+    assert exc.value.code == 0
+    usage = capsys.readouterr().out
+    assert {"--address"} | set(opts) <= set(re.findall(r"--[a-z]+", usage)), usage
+    assert "exit 1" in check  # a region that does not serve by itself fails the job
     for step in steps:
         assert "continue-on-error" not in step and "if" not in step
 

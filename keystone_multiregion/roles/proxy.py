@@ -8,7 +8,11 @@ HAProxy (/etc/haproxy/haproxy.cfg) serves, on the region's VRRP addresses only:
   public VIPs, over the regions' private interconnect, TLS verified against the peer CA
   with the region's host name as SNI and expected name). A request that already came
   from another region's proxy is served by the local Keystone nodes only, so a request
-  never travels in a loop when every region's Keystone is down.
+  never travels in a loop when every region's Keystone is down. Every answer names who
+  served it (``X-Keystone-Region``, ``X-Keystone-Node``): the proxy whose backend chose a
+  local Keystone node sets them, and an answer through another region's endpoint keeps
+  what that region's proxy set, so the rollout gate (gate.py) sees whether a region
+  serves by itself or through its backups.
 - ``keystone_internal``: plain HTTP on the internal VIP, port 5000 (the internal and admin
   endpoints), the same servers. Plain HTTP never crosses the WAN: the security groups admit
   5000 from the region's own network only (security.py), and the backup servers are the
@@ -57,6 +61,11 @@ BACKUP_PRIORITY = 100
 # A request forwarded to another region carries this header; that region then serves it
 # from its own Keystone nodes only (no second hop, no loop).
 FORWARDED_HEADER = "X-Keystone-Multiregion-Forwarded"
+# Who answered a Keystone request: the region and the server, set by the proxy whose
+# backend chose a local Keystone node (an answer through another region's endpoint keeps
+# the names that region's proxy set). The rollout gate reads them (keystone_multiregion/gate.py).
+REGION_HEADER = "X-Keystone-Region"
+NODE_HEADER = "X-Keystone-Node"
 HEALTHCHECK_URI = "/healthcheck"
 
 
@@ -89,6 +98,17 @@ def keystone_backups(topo: Topology, region: str) -> list[dict]:
         host = topo.region(other).public_hostname
         for vip in topo.vips(other, "public"):
             out.append({"name": vip.name, "address": vip.address, "hostname": host, "region": other})
+    return out
+
+
+def backups_by_region(backups: list[dict]) -> list[dict]:
+    """The backup servers grouped by the region behind them, in ring order:
+    [{"region": "region-b", "servers": ["vip-region-b-public-1", ...]}, ...]."""
+    out: list[dict] = []
+    for b in backups:
+        if not out or out[-1]["region"] != b["region"]:
+            out.append({"region": b["region"], "servers": []})
+        out[-1]["servers"].append(b["name"])
     return out
 
 
@@ -132,6 +152,7 @@ def _context(topo: Topology, node: Node, needed: dict) -> dict:
         "ports": PORTS,
         "keystone_nodes": topo.nodes(node.region, "keystone"),
         "keystone_backups": keystone_backups(topo, node.region),
+        "keystone_backup_regions": backups_by_region(keystone_backups(topo, node.region)),
         "galera_servers": galera_servers(topo, node.region),
         "local_galera": topo.nodes(node.region, "galera"),
         "public_pem": PUBLIC_PEM,
@@ -139,6 +160,7 @@ def _context(topo: Topology, node: Node, needed: dict) -> dict:
         "stats_socket": STATS_SOCKET,
         "monitor_address": MONITOR_ADDRESS, "monitor_port": MONITOR_PORT, "monitor_uri": MONITOR_URI,
         "forwarded_header": FORWARDED_HEADER,
+        "region_header": REGION_HEADER, "node_header": NODE_HEADER,
         "client_forwarding_headers": CLIENT_FORWARDING_HEADERS,
         "galera_check": GALERA_CHECK,
         "healthcheck_uri": HEALTHCHECK_URI,

@@ -9,7 +9,9 @@ the node's bind-mounted directory) and /run/keepalived (pid files: several keepa
 instances on one machine need their own). The checks measure what the design promises:
 each VIP held by exactly its master, the database frontend answering the local Keystone
 node (and refusing others, by the security group), TLS with the region's certificate on
-every public VIP, Keystone's internal endpoint on the internal VIP.
+every public VIP, Keystone's internal endpoint on the internal VIP, and the rollout gate
+(keystone_multiregion/gate.py, the command the deploy workflow runs) seeing each region's
+public VIPs answered by the region itself.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+import keystone_multiregion
 from keystone_multiregion.roles.proxy import HAPROXY_CFG, KEEPALIVED_CONF, STATS_SOCKET
 from keystone_multiregion.security import PORTS
 
@@ -141,6 +144,19 @@ def tls_get(dep, client: str, address: str, hostname: str, path: str = "/", time
         return json.loads(out.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
         return {"ok": False, "error": (out.stderr.strip() or f"rc {out.returncode}")[-300:]}
+
+
+def rollout_gate(dep, client: str, region: str, vip, samples: int = 3, timeout: float = 5.0):
+    """The deploy workflow's rollout gate (`python -m keystone_multiregion gate`), run from
+    `client`'s namespace against one public VIP: (return code, its last line)."""
+    project = Path(keystone_multiregion.__file__).resolve().parent.parent
+    argv = ["env", f"PYTHONPATH={project}", sys.executable, "-m", "keystone_multiregion", "gate",
+            "--region", region, "--url", f"https://{dep.topo.region(region).public_hostname}",
+            "--address", vip.address, "--ca", public_ca_file(dep), "--samples", str(samples),
+            "--timeout", str(timeout)]
+    out = dep.lab.net.exec(client, argv, timeout=2 * samples * timeout + 15, check=False)
+    lines = (out.stdout + out.stderr).strip().splitlines()
+    return out.returncode, (lines[-1] if lines else f"rc {out.returncode}, no output")
 
 
 def haproxy_command(dep, proxy: str, command: str, timeout: float = 2.0) -> str | None:
@@ -347,6 +363,12 @@ def checks(dep) -> list[Check]:
                 out.append(Check(f"{vip.name} serves HTTPS for {topo.region(region).public_hostname}", bool(ok),
                                  f"{got.get('tls')}, certificate verified, GET /v3: HTTP {got.get('status')} "
                                  f"in {got.get('ms')} ms" if got.get("ok") else got.get("error", "no answer")))
+                # The rollout gate: every answer HTTP 200 and named (X-Keystone-Region) after
+                # this region. Without Keystone running the gate must refuse (rc 1), not crash.
+                rc, line = rollout_gate(dep, keystones[0].name, region, vip)
+                out.append(Check(f"{vip.name}: the rollout gate sees {region} serving by itself"
+                                 if want_ok else f"{vip.name}: the rollout gate refuses {region} (Keystone not running)",
+                                 rc == (0 if want_ok else 1), line))
             code = dep.http_status(keystones[0].name, f"http://{internal.address}:{PORTS['keystone']}/v3")
             ok = code == 200 if want_ok else code is not None
             out.append(Check(f"internal endpoint {internal.address}:{PORTS['keystone']} answers {keystones[0].name}",

@@ -34,10 +34,15 @@ def test_proxy_checks_pass(deployment):
     topo = deployment.topo
     serving = [r.name for r in topo.regions if topo.vips(r.name)]
     # sysctl per proxy, holder per VIP, writer per proxy, and per region: the database
-    # frontend answers / refuses, HTTPS per public VIP, the internal endpoint answers its own
-    # region and refuses another region's node (plain HTTP stays in its region).
+    # frontend answers / refuses, HTTPS and the rollout gate per public VIP, the internal
+    # endpoint answers its own region and refuses another region's node (plain HTTP stays in
+    # its region).
     assert len(checks) == 2 * len(topo.nodes(role="proxy")) + sum(len(topo.vips(r)) for r in serving) + \
-        sum(2 + len(topo.vips(r, "public")) + 2 for r in serving)
+        sum(2 + 2 * len(topo.vips(r, "public")) + 2 for r in serving)
+    gates = [c for c in checks if "the rollout gate sees" in c.name]
+    assert len(gates) == sum(len(topo.vips(r, "public")) for r in serving)
+    for region in serving:  # the gate's own line: every answer from the region itself
+        assert any(c.detail.startswith(f"{region} serves by itself: ") for c in gates), [c.line() for c in gates]
     assert [c.line() for c in checks if not c.ok] == []
 
 
@@ -153,6 +158,8 @@ def test_b2_cut_off_region_reads_locally_and_refuses_writes(drills):
 def test_c_keystone_requests_fail_over_to_other_regions(drills):
     m = _run(drills.drill_keystone_failover).measured
     assert m["failed"] == 0 and m["first_success_s"] is not None and m["served_by_backups"]
+    # The proxies named the region that answered: another one (X-Keystone-Region).
+    assert set(m["answered_by_region"]) & set(drills.others), m["answered_by_region"]
 
 
 def test_keystone_logs_the_real_client_not_a_forged_forwarding_header(drills, deployment):
