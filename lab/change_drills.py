@@ -5,8 +5,8 @@ ops host in admin_cidr, the node's host key pinned, the payload (keystone_multir
 on stdin (LabDeployment.push_files), one node of a role after the other, each push ending
 only when its node is healthy again. Each drill runs under continuous load (Load: token
 validations through every region's public VIPs, writes through every region's database
-frontend) and fails on a failed validation, a failed or lost acknowledged write, or a
-refusal it did not expect, never on a duration: durations are reported.
+frontend) and fails on a failed validation, a lost acknowledged write, or a refusal it did
+not expect, never on a duration: durations and failed (unacknowledged) writes are reported.
 """
 
 from __future__ import annotations
@@ -169,8 +169,8 @@ class ChangeDrills:
         measured["load"] = seen
         if seen["failed_validations"]:
             problems.append(f"{seen['failed_validations']} of {seen['validations']} validations failed: {seen['errors']}")
-        if seen["failed_writes"]:
-            problems.append(f"{seen['failed_writes']} of {seen['writes']} writes failed: {seen['errors']}")
+        # A failed write was never acknowledged (the client saw the error and may retry): it is
+        # reported, not a failure of the drill; an acknowledged write that is missing is.
         if seen["lost_writes"]:
             problems.append(f"{seen['lost_writes']} acknowledged writes are missing from the database")
         return DrillResult(title, not problems, measured, problems)

@@ -22,9 +22,11 @@ def _run(drill):
 
 
 def _no_harm(m):
+    """No validation failed, no acknowledged write lost (failed writes are reported: the
+    client saw them fail)."""
     load = m["load"]
-    assert load["validations"] > 0 and load["writes"] > 0
-    assert (load["failed_validations"], load["failed_writes"], load["lost_writes"]) == (0, 0, 0)
+    assert load["validations"] > 0 and load["acknowledged_writes"] > 0
+    assert (load["failed_validations"], load["lost_writes"]) == (0, 0)
 
 
 def test_every_node_holds_its_pushed_files(deployment):
