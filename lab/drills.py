@@ -394,6 +394,7 @@ class GaleraDrills:
         from .layers import galera as layer
         boot = self.node[self.topo.bootstrap_region]
         problems: list[str] = []
+        self.setup()  # its tables, when G9 runs on its own
         ident, _ = self.write(self.regions[0], "last write before the volume went missing")
         self._all_down()
         before = self._grastates()
