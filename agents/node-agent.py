@@ -299,18 +299,26 @@ def install(f):
 
 
 # -- actions --------------------------------------------------------------------------------
-def galera_settings(changed_files, health, previous):
-    """Changed settings: live with SET GLOBAL when every one of them allows it, else a
-    guarded restart. Returns what was done."""
+def galera_delta(changed_files, previous):
+    """({setting: new value} changed or added, [settings removed]) across the changed files."""
     old, new = {}, {}
     for f in changed_files:
         old.update(parse_cnf(previous.get(f["path"]) or ""))
         new.update(parse_cnf(f["content"]))
-    delta = {k: v for k, v in new.items() if old.get(k) != v}
-    removed = [k for k in old if k not in new]
+    return {k: v for k, v in new.items() if old.get(k) != v}, [k for k in old if k not in new]
+
+
+def needs_restart(delta, removed):
+    return bool(removed) or not set(delta) <= GALERA_LIVE
+
+
+def galera_settings(changed_files, previous):
+    """Changed settings: live with SET GLOBAL when every one of them allows it (returns what
+    was set), else None: a (guarded, drained) restart is needed."""
+    delta, removed = galera_delta(changed_files, previous)
     if not delta and not removed:
         return "no setting changed"
-    if not removed and set(delta) <= GALERA_LIVE:
+    if not needs_restart(delta, removed):
         for key, value in sorted(delta.items()):
             sql(f"SET GLOBAL {key} = {value if value.replace('.', '').isdigit() else repr(value)}")
         return f"live: {', '.join(f'{k}={v}' for k, v in sorted(delta.items()))}"
@@ -382,7 +390,7 @@ def run_actions(actions, changed, health, previous, log):
         if action == "systemd:daemon-reload":
             systemctl("daemon-reload")
         elif action == "galera:settings":
-            live = galera_settings(files, health, previous)
+            live = galera_settings(files, previous)
             if live is None:
                 if "galera:restart" not in actions:
                     restart_galera(health, log)
@@ -422,12 +430,7 @@ def guard(actions, changed, health, previous):
         guard_galera_restart(health)
     if "galera:settings" in actions:
         files = [f for f in changed if f.get("on_change") == "galera:settings"]
-        old, new = {}, {}
-        for f in files:
-            old.update(parse_cnf(previous.get(f["path"]) or ""))
-            new.update(parse_cnf(f["content"]))
-        delta = {k for k, v in new.items() if old.get(k) != v} | {k for k in old if k not in new}
-        if delta - GALERA_LIVE:
+        if needs_restart(*galera_delta(files, previous)):
             guard_galera_restart(health)
     if "memcached:restart" in actions:
         guard_memcached_restart(health)

@@ -22,7 +22,7 @@ from .render import RenderedNode
 from .roles import LAYERS
 from .roles.base import NODE_AGENT
 from .security import PORTS
-from .topology import ARBITRATOR, Topology
+from .topology import Topology
 
 # The agent's state directory on the node, and where it records what it applied (the drift
 # check compares against it).
@@ -110,5 +110,3 @@ def apply_command() -> str:
     """apply_argv as the SSH command line (the login user has passwordless sudo)."""
     return "sudo " + shlex.join(apply_argv())
 
-
-STATEFUL = ("galera", ARBITRATOR)
