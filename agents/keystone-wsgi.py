@@ -23,13 +23,21 @@ _keystone = initialize_public_application()
 # MariaDB Galera's answer on a node outside the Primary component.
 _NOT_PRIMARY = ("WSREP has not yet prepared node for application use", "(1047,")
 
-_BODY = json.dumps({"error": {
-    "code": 503,
-    "title": "Service Unavailable",
-    "message": "This region's database is cut off from the majority of the cluster: it serves reads "
-               "(token validation, look-ups) but refuses changes until it rejoins. Retry later, or make "
-               "the change through another region's endpoint.",
-}}).encode()
+# The database connection dropped under a request (a member restarted or its sessions moved
+# to another member by the proxies): the next attempt gets a fresh connection. A 503 lets
+# HAProxy retry an idempotent request (token validation) on another server at once.
+_DISCONNECTED = ("(2006,", "(2013,", "(2026,", "MySQL server has gone away", "Lost connection to MySQL server")
+
+
+def _body(message):
+    return json.dumps({"error": {"code": 503, "title": "Service Unavailable", "message": message}}).encode()
+
+
+_BODY = _body("This region's database is cut off from the majority of the cluster: it serves reads "
+              "(token validation, look-ups) but refuses changes until it rejoins. Retry later, or make "
+              "the change through another region's endpoint.")
+_BODY_DISCONNECTED = _body("The database connection was lost while answering (a database node restarted or "
+                           "moved its sessions); retry the request.")
 
 
 def application(environ, start_response):
@@ -43,12 +51,16 @@ def application(environ, start_response):
 
     try:
         body = b"".join(_keystone(environ, capture))
-    except Exception as exc:  # noqa: BLE001 (re-raised unless it is the partition case)
-        if not any(marker in str(exc) for marker in _NOT_PRIMARY):
+    except Exception as exc:  # noqa: BLE001 (re-raised unless the database refused or dropped it)
+        if any(marker in str(exc) for marker in _NOT_PRIMARY):
+            body, retry_after = _BODY, "30"
+        elif any(marker in str(exc) for marker in _DISCONNECTED):
+            body, retry_after = _BODY_DISCONNECTED, "1"
+        else:
             raise
         start_response("503 Service Unavailable",
-                       [("Content-Type", "application/json"), ("Content-Length", str(len(_BODY))),
-                        ("Retry-After", "30")])
-        return [_BODY]
+                       [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+                        ("Retry-After", retry_after)])
+        return [body]
     start_response(*started)
     return [body]

@@ -171,6 +171,22 @@ def test_wsgi_wrapper_turns_a_refused_write_into_a_clear_503():
     assert "cut off from the majority" in json.loads(body)["error"]["message"]
 
 
+@pytest.mark.parametrize("error", [
+    "(pymysql.err.OperationalError) (2013, 'Lost connection to MySQL server during query')",
+    "(pymysql.err.OperationalError) (2026, 'TLS/SSL error: unexpected eof while reading')",
+    "(pymysql.err.OperationalError) (2006, 'MySQL server has gone away')"])
+def test_wsgi_wrapper_turns_a_dropped_database_connection_into_a_retryable_503(error):
+    """A member restarted or its sessions moved (node-agent's drained restart, the proxies
+    taking sessions back from a backup): 503, which HAProxy retries for a validation (a GET)
+    on another server, instead of Keystone's 500."""
+    def dropped(environ, start_response):
+        raise RuntimeError(error)
+
+    seen, body = _call(_wsgi_module(dropped))
+    assert seen["status"] == "503 Service Unavailable" and ("Retry-After", "1") in seen["headers"]
+    assert "connection was lost" in json.loads(body)["error"]["message"]
+
+
 def test_wsgi_wrapper_passes_everything_else_through():
     def ok(environ, start_response):
         start_response("201 Created", [("X-Subject-Token", "t")])
