@@ -41,10 +41,7 @@ class Load:
         self.probes: dict[str, dict[str, Probe]] = {}
         regions = [r.name for r in dep.topo.regions if dep.topo.vips(r.name)]
         cnf = proxy_layer.ensure_check_user(dep)
-        first_galera = dep.topo.nodes(role="galera")[0].name
-        dep.sql(first_galera, f"CREATE DATABASE IF NOT EXISTS {proxy_layer.DRILL_DB}; CREATE TABLE IF NOT EXISTS "
-                              f"{proxy_layer.DRILL_DB}.ticks (id BIGINT AUTO_INCREMENT PRIMARY KEY, node VARCHAR(64) "
-                              "NOT NULL, at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)) ENGINE=InnoDB")
+        proxy_layer.ensure_drill_table(dep, dep.topo.nodes(role="galera")[0].name)
         for region in regions:
             drills = ProxyDrills(dep, region)
             vip = drills.vips("public")[0]

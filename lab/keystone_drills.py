@@ -34,10 +34,11 @@ class KeystoneDrills:
     def url(self, region: str) -> str:
         return f"http://{self.topo.nodes(region, 'keystone')[0].address}:{PORTS['keystone']}"
 
-    def ks(self, region: str, *args: str) -> dict:
+    def ks(self, region: str, *args: str, secret: str | None = None) -> dict:
+        """ksclient.py in the region's first proxy; `secret` (an argument given as "@stdin")
+        travels on stdin, never in argv."""
         proxy = self.topo.nodes(region, "proxy")[0].name
-        secret = None
-        if args and args[0] == "token" and len(args) > 3 and args[3] != "-":
+        if args and args[0] == "token" and len(args) > 3 and args[3] not in ("-", "@stdin"):
             # The password on stdin: a command line is visible to every user (`ps`).
             secret, args = args[3], (*args[:3], "@stdin", *args[4:])
         out = self.dep.lab.net.exec(proxy, [sys.executable, CLIENT, *args], timeout=90, check=False,
@@ -58,11 +59,7 @@ class KeystoneDrills:
              secret: bool = False) -> dict:
         """A Keystone API call; a body that carries a secret goes on stdin, never in argv."""
         if secret:
-            proxy = self.topo.nodes(region, "proxy")[0].name
-            out = self.dep.lab.net.exec(proxy, [sys.executable, CLIENT, "call", method, self.url(region), auth, path,
-                                                "@stdin"], timeout=90, check=False, input=json.dumps(body) + "\n")
-            lines = out.stdout.strip().splitlines()
-            return json.loads(lines[-1]) if lines else {"status": None, "error": out.stderr.strip()[-500:]}
+            return self.ks(region, "call", method, self.url(region), auth, path, "@stdin", secret=json.dumps(body))
         args = [method, self.url(region), auth, path] + ([json.dumps(body)] if body is not None else [])
         return self.ks(region, "call", *args)
 

@@ -317,9 +317,7 @@ class ProxyDrills:
                     f"(security groups lack: {'; '.join(missing[:4])}): no node could take over")
             raise LabError(f"no backup database server is UP on {self.region}'s proxies: {states}")
         cnf = layer.ensure_check_user(dep)
-        dep.sql(writer, f"CREATE DATABASE IF NOT EXISTS {layer.DRILL_DB}; CREATE TABLE IF NOT EXISTS "
-                        f"{layer.DRILL_DB}.ticks (id BIGINT AUTO_INCREMENT PRIMARY KEY, node VARCHAR(64) NOT NULL, "
-                        "at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)) ENGINE=InnoDB", check=True)
+        layer.ensure_drill_table(dep, writer)
         statement = (f"INSERT INTO {layer.DRILL_DB}.ticks (node) VALUES (@@wsrep_node_name); "
                      "SELECT LAST_INSERT_ID(), @@wsrep_node_name")
         cfg = {"cnf": cnf, "address": vip.address, "statement": statement, "duration": max_seconds,
@@ -398,9 +396,7 @@ class ProxyDrills:
         if not layer.db_query(dep, self.client, vip.address, "SELECT 1")[0]:
             raise DrillCannotRun(f"the database frontend of {self.region} does not answer")
         cnf = layer.ensure_check_user(dep)
-        dep.sql(writer, f"CREATE DATABASE IF NOT EXISTS {layer.DRILL_DB}; CREATE TABLE IF NOT EXISTS "
-                        f"{layer.DRILL_DB}.ticks (id BIGINT AUTO_INCREMENT PRIMARY KEY, node VARCHAR(64) NOT NULL, "
-                        "at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)) ENGINE=InnoDB", check=True)
+        layer.ensure_drill_table(dep, writer)
         status = ("(SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS "
                   "WHERE VARIABLE_NAME='wsrep_cluster_status')")
         cfg = {"cnf": cnf, "address": vip.address, "duration": 1 + hold, "interval": interval, "timeout": 5.0,

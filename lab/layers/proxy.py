@@ -94,6 +94,13 @@ def check_cnf(dep) -> str:
     return str(Path(dep.lab.labdir) / "proxy-check.cnf")
 
 
+def ensure_drill_table(dep, node: str) -> None:
+    """The drills' write table (one acknowledged id per write), created through `node`."""
+    dep.sql(node, f"CREATE DATABASE IF NOT EXISTS {DRILL_DB}; CREATE TABLE IF NOT EXISTS "
+                  f"{DRILL_DB}.ticks (id BIGINT AUTO_INCREMENT PRIMARY KEY, node VARCHAR(64) NOT NULL, "
+                  "at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)) ENGINE=InnoDB", check=True)
+
+
 def ensure_check_user(dep, refresh: bool = False) -> str:
     """The check user on the cluster and its option file; created when the file is missing
     (or with refresh, as at every lab start: a new lab directory may hold an old file)."""
