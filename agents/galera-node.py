@@ -405,6 +405,11 @@ def cmd_init_cluster(args):
             mysql(f"CREATE DATABASE IF NOT EXISTS `{db}`")
         for user in spec.get("users", []):
             password = _quote(user["password"])
+            # Hosts no longer listed (a region removed from the topology) lose their account.
+            for (host,) in mysql(f"SELECT Host FROM mysql.user WHERE User = {_quote(user['name'])}"):
+                if host not in user["hosts"]:
+                    mysql(f"DROP USER IF EXISTS {_quote(user['name'])}@{_quote(host)}")
+                    created.append(f"dropped {user['name']}@{host}")
             # Users whose connections may cross the WAN get in only over TLS.
             require = " REQUIRE SSL" if user.get("require_ssl") else ""
             for host in user["hosts"]:

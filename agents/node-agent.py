@@ -55,6 +55,11 @@ ORDER = ("none", "systemd:daemon-reload", "galera:settings", "galera:restart", "
 GALERA_LIVE = {"max_connections", "wsrep_slave_threads", "wsrep_applier_threads", "wsrep_sync_wait",
                "wsrep_dirty_reads", "innodb_buffer_pool_size", "max_allowed_packet", "wait_timeout",
                "wsrep_retry_autocommit", "innodb_flush_log_at_trx_commit", "wsrep_certify_nonPK"}
+# Read only when the server starts, and harmless to leave until then: the peer list (a
+# running member learns its peers from the group; a region added or removed changes it).
+GALERA_AT_START = {"wsrep_cluster_address"}
+# Provider options Galera takes at run time (SET GLOBAL wsrep_provider_options).
+GALERA_PROVIDER_LIVE = {"pc.weight"}
 GALERA_SECTIONS = ("mysqld", "galera", "mariadb", "server", "mariadbd")
 
 
@@ -308,21 +313,68 @@ def galera_delta(changed_files, previous):
     return {k: v for k, v in new.items() if old.get(k) != v}, [k for k in old if k not in new]
 
 
-def needs_restart(delta, removed):
-    return bool(removed) or not set(delta) <= GALERA_LIVE
+def provider_options(value):
+    """{option: value} of a wsrep_provider_options string."""
+    out = {}
+    for item in value.strip().strip('"').split(";"):
+        if "=" in item:
+            k, v = item.split("=", 1)
+            out[k.strip()] = v.strip()
+    return out
+
+
+def live_provider_options(old, new):
+    """{option: value} to set live when the provider options differ only in options Galera
+    takes at run time (the node's vote, pc.weight), else None (a restart is needed)."""
+    before, after = provider_options(old or ""), provider_options(new or "")
+    changed = {k for k in set(before) | set(after) if before.get(k) != after.get(k)}
+    if changed <= GALERA_PROVIDER_LIVE and all(k in after for k in changed):
+        return {k: after[k] for k in sorted(changed)}
+    return None
+
+
+def _old_settings(changed_files, previous):
+    old = {}
+    for f in changed_files:
+        old.update(parse_cnf(previous.get(f["path"]) or ""))
+    return old
+
+
+def needs_restart(delta, removed, old=None):
+    if removed:
+        return True
+    for key in delta:
+        if key in GALERA_LIVE or key in GALERA_AT_START:
+            continue
+        if key == "wsrep_provider_options" and \
+                live_provider_options((old or {}).get(key), delta[key]) is not None:
+            continue
+        return True
+    return False
 
 
 def galera_settings(changed_files, previous):
     """Changed settings: live with SET GLOBAL when every one of them allows it (returns what
-    was set), else None: a (guarded, drained) restart is needed."""
+    was set), else None: a (guarded, drained) restart is needed. The peer list is read at the
+    next start only: the running member learns its peers from the group."""
     delta, removed = galera_delta(changed_files, previous)
     if not delta and not removed:
         return "no setting changed"
-    if not needs_restart(delta, removed):
-        for key, value in sorted(delta.items()):
+    old = _old_settings(changed_files, previous)
+    if needs_restart(delta, removed, old):
+        return None
+    done = []
+    for key, value in sorted(delta.items()):
+        if key in GALERA_AT_START:
+            done.append(f"{key} at the next start")
+        elif key == "wsrep_provider_options":
+            for option, v in live_provider_options(old.get(key), value).items():
+                sql(f"SET GLOBAL wsrep_provider_options = '{option}={v}'")
+                done.append(f"{option}={v}")
+        else:
             sql(f"SET GLOBAL {key} = {value if value.replace('.', '').isdigit() else repr(value)}")
-        return f"live: {', '.join(f'{k}={v}' for k, v in sorted(delta.items()))}"
-    return None  # needs a restart
+            done.append(f"{key}={value}")
+    return f"live: {', '.join(done)}"
 
 
 def wait(predicate, timeout, interval=1.0):
@@ -362,6 +414,16 @@ def healthy(role, node_facts, health):
     if role == "arbitrator":
         return systemctl("is-active", "garb", check=False).returncode == 0
     return True
+
+
+def settle_size(health):
+    """The cluster size a Galera member must be back in after a push: the topology's, or the
+    size before the push when that was smaller. While a region is being added, the topology
+    already names members that do not exist yet (its stack runs after this one, see
+    changes.py): the push must not cost a member, and cannot wait for those."""
+    expected = int(health["galera_cluster_size"])
+    before = int(galera_status().get("wsrep_cluster_size") or 0)
+    return min(expected, before) if before else expected
 
 
 def restart_galera(health, log):
@@ -430,7 +492,7 @@ def guard(actions, changed, health, previous):
         guard_galera_restart(health)
     if "galera:settings" in actions:
         files = [f for f in changed if f.get("on_change") == "galera:settings"]
-        if needs_restart(*galera_delta(files, previous)):
+        if needs_restart(*galera_delta(files, previous), _old_settings(files, previous)):
             guard_galera_restart(health)
     if "memcached:restart" in actions:
         guard_memcached_restart(health)
@@ -465,16 +527,19 @@ def cmd_apply(args, stdin=None, log=lambda line: print(line, file=sys.stderr)):
         actions = actions_of(changed)
         previous = {f["path"]: (read_bytes(f["path"]) or b"").decode(errors="replace") for f in changed}
         check_files(changed)
-        guard(actions, changed, data.get("health") or {}, previous)
+        health = dict(data.get("health") or {})
+        guard(actions, changed, health, previous)
+        role = data.get("role")
+        if role == "galera":
+            health["galera_cluster_size"] = settle_size(health)
         for f in changed:
             install(f)
         try:
-            done = run_actions(actions, changed, data.get("health") or {}, previous, log)
+            done = run_actions(actions, changed, health, previous, log)
         except (Failed, subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
             raise Failed(f"{data['node']}: files installed, but {exc}") from None
-        role = data.get("role")
         t = time.monotonic()
-        if not wait(lambda: healthy(role, node_facts, data.get("health") or {}), args.timeout):
+        if not wait(lambda: healthy(role, node_facts, health), args.timeout):
             raise Failed(f"{data['node']}: not healthy {args.timeout:g}s after the push ({role}); "
                          "check the node before pushing the next one")
         applied = record(data)
@@ -512,6 +577,31 @@ def cmd_health(args):
     return 0 if ok else 1
 
 
+def cmd_leave(args):
+    """The node leaves the Galera cluster for good (its region or the node is removed from the
+    topology; the stack runs this before it deletes the VM): a clean shutdown, so the others
+    recompute their quorum without its vote instead of waiting for it to come back."""
+    node_facts = facts() or {}
+    role = node_facts.get("role")
+    if role == "galera":
+        status = galera_status()
+        if status and int(status.get("wsrep_cluster_size") or 0) <= 1 and not args.last:
+            raise Refused("this node is the cluster's last member: leaving would end the cluster "
+                          "(--last if that is meant)")
+        systemctl("stop", "galera-health", check=False)
+        systemctl("stop", "mariadb", timeout=3600)
+        systemctl("disable", "mariadb", check=False)
+        left = f"left the cluster (it had {status.get('wsrep_cluster_size', '?')} members)"
+    elif role == "arbitrator":
+        systemctl("stop", "garb", timeout=600)
+        systemctl("disable", "garb", check=False)
+        left = "the arbitrator left the cluster"
+    else:
+        left = f"nothing to leave ({role} node)"
+    print(json.dumps({"node": node_facts.get("name"), "left": left}))
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="node-agent", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -521,9 +611,12 @@ def main(argv=None):
     health = sub.add_parser("health")
     health.add_argument("--timeout", type=float, default=60)
     health.add_argument("--params", help="JSON health parameters (as in a payload)")
+    leave = sub.add_parser("leave", help="leave the Galera cluster for good, before the VM is deleted")
+    leave.add_argument("--last", action="store_true", help="even as the cluster's last member")
     args = parser.parse_args(argv)
     try:
-        return {"apply": cmd_apply, "check": cmd_check, "health": cmd_health}[args.command](args)
+        return {"apply": cmd_apply, "check": cmd_check, "health": cmd_health,
+                "leave": cmd_leave}[args.command](args)
     except Refused as exc:
         print(f"node-agent: refused, nothing changed: {exc}", file=sys.stderr)
         return 2

@@ -6,9 +6,11 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 import pulumi
+import pulumi_command as command
 import pulumi_openstack as openstack
 import pulumi_tls as tls
 
+from keystone_multiregion import push
 from keystone_multiregion.render import render_node
 
 from .certificates import signed_certificate
@@ -94,6 +96,7 @@ class NodeGroup(pulumi.ComponentResource):
         # One node at a time: node n's VM (when it is created or replaced) and its push wait
         # for node n-1's push, which ends only once node n-1 is healthy again (node-agent).
         previous_push: pulumi.Resource | None = None
+        previous_leave: pulumi.Resource | None = None
         for node in nodes:
             port = openstack.networking.Port(
                 f"port-{node.name}", name=f"{topo.name}-{node.name}",
@@ -175,5 +178,15 @@ class NodeGroup(pulumi.ComponentResource):
                     topo, node.name, connection, node_secrets, instance.id,
                     pulumi.ResourceOptions(parent=self, depends_on=before_files + waits))
                 self.pushes[node.name] = previous_push = files_cmd
+                if role in push.LEAVE_ROLES:
+                    # Runs only when the node leaves the stack (its region or the node removed
+                    # from the topology; not when its VM is replaced: the address stays): the
+                    # member leaves the cluster cleanly before its VM is deleted, one member
+                    # after the other (each waits for the one after it).
+                    leave = command.remote.Command(
+                        f"leave-{node.name}", connection=connection, delete=push.leave_command(),
+                        opts=pulumi.ResourceOptions(parent=self, depends_on=[files_cmd] + (
+                            [previous_leave] if previous_leave is not None else [])))
+                    previous_leave = leave
         self.server_group_id = server_group.id
         self.register_outputs({"addresses": self.addresses, "server_group_id": server_group.id})

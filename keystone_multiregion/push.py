@@ -55,7 +55,7 @@ def health_params(topo: Topology, rendered: RenderedNode) -> dict:
     """What the agent checks after a change, from the topology (one source): the expected
     Galera cluster size, the region's other nodes of the role, the ports."""
     node = rendered.node
-    members = len(topo.nodes(role="galera")) + (1 if topo.arbitrator else 0)
+    members = len(topo.galera_members)
     from .roles.proxy import GALERA_CHECK, MONITOR_ADDRESS, MONITOR_PORT, MONITOR_URI
     check = GALERA_CHECK
     return {
@@ -110,3 +110,17 @@ def apply_command() -> str:
     """apply_argv as the SSH command line (the login user has passwordless sudo)."""
     return "sudo " + shlex.join(apply_argv())
 
+
+
+# The members of the Galera cluster leave it for good before their VM is deleted (a node or a
+# region removed from the topology): a clean shutdown, one member after the other.
+LEAVE_ROLES = ("galera", "arbitrator")
+
+
+def leave_argv() -> list[str]:
+    return ["python3", NODE_AGENT, "leave"]
+
+
+def leave_command() -> str:
+    """What the stack runs over SSH when it deletes a Galera member (components/nodes.py)."""
+    return "sudo " + shlex.join(leave_argv())

@@ -88,6 +88,10 @@ class RoleIn(_Schema):
     flavor: str | None = _fix("name the Nova flavor for this role, e.g. flavor: m1.small", None, min_length=1)
     vcpus: int | None = _fix("give the flavor's number of vCPUs (1 or more)", None, ge=1)
     volume_gb: int | None = _fix("give the size in GB of each Galera node's data volume (1 or more)", None, ge=1)
+    # Galera only: each node's vote (pc.weight). A region added to a running cluster with one
+    # node of weight 2 keeps the number of votes odd at every step (changes.py).
+    weight: int | None = _fix("give each Galera node's vote (pc.weight) as a whole number from 1 to 255, "
+                              "e.g. weight: 2", None, ge=1, le=255)
 
 
 def _role_field(role: str) -> Any:
@@ -240,6 +244,7 @@ class RoleSpec:
     flavor: str
     vcpus: int
     volume_gb: int = 0
+    weight: int = 1
 
 
 @dataclass(frozen=True)
@@ -254,6 +259,8 @@ class Node:
     flavor: str
     vcpus: int
     volume_gb: int = 0
+    # Galera's vote (pc.weight) for a Galera node, 1 for the arbitrator; 0 for other roles.
+    weight: int = 0
 
 
 @dataclass(frozen=True)
@@ -408,8 +415,17 @@ class Topology:
         return tuple(v for v in out if kind is None or v.kind == kind)
 
     @property
+    def galera_members(self) -> tuple[Node, ...]:
+        """Every member of the Galera cluster: the data nodes and the arbitrator."""
+        return tuple(n for n in self._nodes if n.role in ("galera", ARBITRATOR))
+
+    @property
     def galera_voters(self) -> int:
-        return len(self.nodes(role="galera")) + (1 if self.arbitrator else 0)
+        """The votes of the cluster: the sum of its members' weights (pc.weight)."""
+        return sum(n.weight for n in self.galera_members)
+
+    def votes_of(self, region: str) -> int:
+        return sum(n.weight for n in self.galera_members if n.region == region)
 
     def dhcp_pool(self, region: str) -> tuple[str, str]:
         net = self.region(region).network
@@ -536,8 +552,12 @@ def _role_spec(role: str, spec: Mapping[str, Any], where: str) -> RoleSpec:
     if spec["count"] < minimum:
         raise TopologyError(f"{where}.count", f"{spec['count']} is below the minimum of {minimum}",
                             f"set it to {minimum} or more ({why})")
+    if role != "galera" and "weight" in spec:
+        raise TopologyError(f"{where}.weight", f"a {role} node has no vote",
+                            "remove weight: it is the vote of a Galera node (roles.galera.weight)")
     return RoleSpec(role=role, count=spec["count"], flavor=spec["flavor"], vcpus=spec["vcpus"],
-                    volume_gb=spec["volume_gb"] if role == "galera" else 0)
+                    volume_gb=spec["volume_gb"] if role == "galera" else 0,
+                    weight=spec.get("weight", 1) if role == "galera" else 0)
 
 
 def load_topology(data: Mapping[str, Any]) -> Topology:
@@ -739,34 +759,54 @@ def _compute_nodes(regions: Iterable[Region], arbitrator: Arbitrator | None,
             for n in range(1, spec.count + 1):
                 nodes.append(Node(name=f"{role}-{r.name}-{n}", role=role, region=r.name, number=n,
                                   address=_host(net, base + n - 1), flavor=spec.flavor, vcpus=spec.vcpus,
-                                  volume_gb=spec.volume_gb))
+                                  volume_gb=spec.volume_gb, weight=spec.weight))
         if arbitrator and arbitrator.region == r.name:
             base = first_offset + ADDRESS_BLOCKS.index(ARBITRATOR) * block_size
             nodes.append(Node(name=f"{ARBITRATOR}-{r.name}-1", role=ARBITRATOR, region=r.name, number=1,
-                              address=_host(net, base), flavor=arbitrator.flavor, vcpus=arbitrator.vcpus))
+                              address=_host(net, base), flavor=arbitrator.flavor, vcpus=arbitrator.vcpus,
+                              weight=1))
     return tuple(nodes)
 
 
 def _check_quorum(topo: Topology) -> None:
+    problem = quorum_problem({n.name: (n.region, n.weight) for n in topo.galera_members})
+    if problem is None:
+        return
+    kind, region, held, voters = problem
     data_nodes = len(topo.nodes(role="galera"))
-    voters = topo.galera_voters
-    if voters % 2 == 0:
+    weighted = any(n.weight != 1 for n in topo.galera_members)
+    if kind == "even":
         what = f"{data_nodes} Galera nodes" + (" + 1 arbitrator" if topo.arbitrator else "")
         fix = ("remove the arbitrator or change a region's galera count by one"
                if topo.arbitrator else
                "add an arbitrator (arbitrator.region) or change a region's galera count by one")
+        if weighted:
+            fix += ", or a region's galera weight"
         raise TopologyError("regions[*].roles.galera.count",
-                            f"{what} make {voters} voters, an even number: a split into two halves "
-                            "leaves no Primary component", fix)
-    for i, r in enumerate(topo.regions):
-        held = len(topo.nodes(r.name, "galera")) + len(topo.nodes(r.name, ARBITRATOR))
-        if held * 2 >= voters:
-            raise TopologyError(f"regions[{i}].roles.galera.count",
-                                f"region {r.name} holds {held} of {voters} Galera voters: losing it would "
-                                "leave the others without quorum",
-                                "add Galera nodes in other regions, or an arbitrator in another region")
+                            f"{what} make {voters} {'votes' if weighted else 'voters'}, an even number: a split "
+                            "into two halves leaves no Primary component", fix)
+    i = [r.name for r in topo.regions].index(region)
+    raise TopologyError(f"regions[{i}].roles.galera.count",
+                        f"region {region} holds {held} of {voters} Galera {'votes' if weighted else 'voters'}: "
+                        "losing it would leave the others without quorum",
+                        "add Galera nodes in other regions, or an arbitrator in another region"
+                        + (", or lower its galera weight" if weighted else ""))
 
 
+def quorum_problem(members: Mapping[str, tuple[str, int]]) -> tuple[str, str | None, int, int] | None:
+    """What is wrong with a cluster of {member: (region, weight)}, or None: ("even", None, 0,
+    votes) for an even number of votes, ("half", region, held, votes) for a region holding
+    half of them or more. Used for the topology and for every step of a change (changes.py)."""
+    voters = sum(w for _, w in members.values())
+    if voters % 2 == 0:
+        return ("even", None, 0, voters)
+    held: dict[str, int] = {}
+    for region, weight in members.values():
+        held[region] = held.get(region, 0) + weight
+    for region, votes in held.items():
+        if votes * 2 >= voters:
+            return ("half", region, votes, voters)
+    return None
 
 
 def _check_quotas(topo: Topology) -> None:

@@ -120,7 +120,7 @@ class GaleraDrills:
 
     def synced_everywhere(self, size: int | None = None) -> bool:
         """Every data node Synced and Primary, in a cluster of `size` (default: every voter)."""
-        size = self.topo.galera_voters if size is None else size
+        size = len(self.topo.galera_members) if size is None else size
         for region in self.regions:
             s = self.status(region)
             if not (s.get("healthy") and s.get("wsrep_cluster_size") == str(size)):
@@ -134,7 +134,7 @@ class GaleraDrills:
 
     # -- drills -----------------------------------------------------------------------------
     def drill_cluster_forms(self) -> DrillResult:
-        size = self.topo.galera_voters
+        size = len(self.topo.galera_members)
         statuses = {r: self.status(r) for r in self.regions}
         problems = [f"{r}: {s}" for r, s in statuses.items()
                     if not (s.get("healthy") and s.get("wsrep_cluster_size") == str(size))]
@@ -171,8 +171,7 @@ class GaleraDrills:
         measured["non_primary_after_s"] = round(time.monotonic() - t, 1) if went else None
         if not went:
             problems.append(f"{region} did not leave the Primary component within {timeout}s")
-        remaining = self.topo.galera_voters - len(self.topo.nodes(region, "galera")) - \
-            len(self.topo.nodes(region, "arbitrator"))
+        remaining = len([n for n in self.topo.galera_members if n.region != region])
         majority = self.wait(lambda: all(self.status(r).get("wsrep_cluster_status") == "Primary"
                                          and self.status(r).get("wsrep_cluster_size") == str(remaining)
                                          for r in others), timeout)
@@ -227,7 +226,7 @@ class GaleraDrills:
         self.dep.lab.procs.kill(name, "mariadb")
         gone = self.wait(lambda: not self.dep.lab.procs.is_alive(name, "mariadb"), 15, 0.2)
         others = [r for r in self.regions if r != region]
-        self.wait(lambda: all(self.status(r).get("wsrep_cluster_size") == str(self.topo.galera_voters - 1)
+        self.wait(lambda: all(self.status(r).get("wsrep_cluster_size") == str(len(self.topo.galera_members) - 1)
                               for r in others), 60)
         written = [self.write(r, f"while {region} was down")[0] for r in others]
         offsets = self.log_offsets()

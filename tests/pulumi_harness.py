@@ -97,7 +97,7 @@ class _Mocks(pulumi.runtime.Mocks):
             if args.name in self.drifted:
                 digests[sorted(digests)[0]] = "drifted"
             state["stdout"] = json.dumps({"node": data["node"], "changed": [], "actions": [], "digests": digests})
-        elif args.typ == "command:remote:Command":
+        elif args.typ == "command:remote:Command" and args.name.startswith("keys-"):
             # The node as keystone-node install-keys leaves it: holding what was pushed, and
             # printing its digests (a node in `drifted` reports other keys).
             repos = json.loads(_unwrap_secrets(state["stdin"]))

@@ -49,6 +49,8 @@ def provider_options(topo: Topology, node: Node) -> list[str]:
     ]
     if node.role == "galera":
         options.append(f"gcache.size={g.gcache_mb}M")
+        # The node's vote. node-agent changes it live (SET GLOBAL), one node at a time.
+        options.append(f"pc.weight={node.weight}")
     options += [f"socket.ssl_key={TLS_PATHS['key']}", f"socket.ssl_cert={TLS_PATHS['cert']}",
                 f"socket.ssl_ca={TLS_PATHS['ca']}"]
     return options

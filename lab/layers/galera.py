@@ -98,7 +98,7 @@ def start(dep, nodes, log) -> None:
 
 def checks(dep) -> list[Check]:
     out = []
-    size = str(dep.topo.galera_voters)
+    size = str(len(dep.topo.galera_members))
     for node in dep.topo.nodes(role="galera"):
         st = dep.galera_status(node.name)
         out.append(Check(f"{node.name} in the cluster",
