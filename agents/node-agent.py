@@ -462,7 +462,7 @@ def run_actions(actions, changed, health, previous, log):
         elif action == "galera:restart":
             restart_galera(health, log)
         elif action == "galera:users":
-            out = subprocess.run(["python3", "/usr/local/sbin/galera-node", "init-cluster"], capture_output=True,
+            out = subprocess.run(["python3", path("/usr/local/sbin/galera-node"), "init-cluster"], capture_output=True,
                                  text=True, timeout=300)
             if out.returncode != 0:
                 raise Failed(f"galera-node init-cluster failed: {out.stderr.strip()[-300:]}")

@@ -3,6 +3,7 @@
     python -m keystone_multiregion validate [--topology topology.yaml]
     python -m keystone_multiregion render --stack region-a [--out build/render] [--secrets FILE]
     python -m keystone_multiregion render --all [--out build/render]
+    python -m keystone_multiregion plan (--from OLD.yaml | --from-git REV) [--topology NEW.yaml]
     python -m keystone_multiregion recover-plan REPORT.json [REPORT.json ...] [--accept-missing]
     python -m keystone_multiregion gate --region R --url https://HOST [--address IP ...] [--ca FILE]
         [--samples N] [--wait SECONDS]
@@ -18,18 +19,19 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 import yaml
 
-from . import gate
+from . import changes, gate
 from .recovery import RecoveryError, check_reports, most_advanced
 from .render import render_region, write_rendered
 from .secrets import SecretsError, placeholder_secrets
 from .security import project_usage
 from .stacks import region_stacks, stack_config
-from .topology import TopologyError, load_topology_file
+from .topology import TopologyError, load_topology, load_topology_file
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
@@ -48,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     which.add_argument("--all", action="store_true", help="every region of the topology")
     render.add_argument("--out", default="build/render", help="output directory (replaced per region)")
     render.add_argument("--secrets", help="YAML map of secret name -> value (default: placeholders)")
+    change = sub.add_parser("plan", help="the order of a change to a running deployment, every step checked")
+    source = change.add_mutually_exclusive_group(required=True)
+    source.add_argument("--from", dest="old", help="the topology file the deployment runs now")
+    source.add_argument("--from-git", dest="old_rev", help="the topology file at this git revision (e.g. HEAD~1)")
     plan = sub.add_parser("recover-plan", help="full-outage recovery: the node to bootstrap from")
     plan.add_argument("reports", nargs="+", help="files with the JSON `galera-node recover-report` printed")
     plan.add_argument("--accept-missing", action="store_true",
@@ -76,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if ok else 1
     try:
         topo = load_topology_file(args.topology)
+        if args.command == "plan":
+            return _plan(args, topo)
         if args.command == "recover-plan":
             reports = [json.loads(Path(p).read_text().strip().splitlines()[-1]) for p in args.reports]
             boot = topo.nodes(topo.bootstrap_region, "galera")[0].name
@@ -127,6 +135,33 @@ def main(argv: list[str] | None = None) -> int:
     except (TopologyError, SecretsError, RecoveryError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def _plan(args, new) -> int:
+    if args.old_rev:
+        path = Path(args.topology).resolve()
+        top = subprocess.run(["git", "-C", str(path.parent), "rev-parse", "--show-toplevel"], capture_output=True,
+                             text=True, check=True).stdout.strip()
+        shown = subprocess.run(["git", "-C", top, "show", f"{args.old_rev}:{path.relative_to(top)}"],
+                               capture_output=True, text=True)
+        if shown.returncode != 0:
+            raise ValueError(f"--from-git {args.old_rev}: {shown.stderr.strip()}")
+        data = yaml.safe_load(shown.stdout)
+        try:
+            old = load_topology(data)
+        except TopologyError as exc:
+            raise ValueError(f"the topology at {args.old_rev} is not valid: {exc}") from None
+    else:
+        old = load_topology_file(args.old)
+    steps = changes.plan(old, new)
+    stack_of = {region: stack for stack, region in region_stacks(Path(args.project_dir)).items()}
+    if not steps:
+        print("no stack to change")
+    for line in changes.describe(steps, stack_of):
+        print(line)
+    print(f"every step keeps an odd number of Galera votes and no region holding half of them; "
+          f"stacks: {', '.join(stack_of.get(s.stack, s.stack) for s in steps)}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -75,7 +75,7 @@ def generate_secrets(topo) -> dict:
     development CA, returned as `public_ca_cert` so clients can trust them."""
     import secrets as _random
 
-    from .secrets import CA_CERT, PUSH_ROLES, SECRETS, TLS_ROLES
+    from .secrets import CA_CERT, SECRETS
 
     values: dict = {name: _random.token_hex(max(4, length // 2))[:length] for name, (length, _) in SECRETS.items()}
     ca_cert, ca_key = make_ca(topo.name)
@@ -83,12 +83,7 @@ def generate_secrets(topo) -> dict:
     # The lab renews node certificates with it (drill D5); the stacks keep theirs in the
     # shared stack's state, never among the secrets they hand to nodes.
     values["lab_galera_ca_key"] = ca_key
-    values["tls"] = {}
-    for node in topo.nodes():
-        if node.role in TLS_ROLES:
-            cert, key = issue(ca_cert, ca_key, node.name, node.address)
-            values["tls"][node.name] = {"cert": cert, "key": key}
-    values["ssh_host_keys"] = {node.name: ssh_host_key() for node in topo.nodes() if node.role in PUSH_ROLES}
+    values["tls"], values["ssh_host_keys"] = {}, {}
     import base64
     import os
     for repo in ("fernet_keys", "credential_keys"):
@@ -96,10 +91,31 @@ def generate_secrets(topo) -> dict:
         values[repo] = {str(i): base64.urlsafe_b64encode(os.urandom(32)).decode() for i in range(2)}
     public_ca, public_ca_key = make_ca(f"{topo.name} public (development)")
     values["public_ca_cert"] = public_ca
+    values["lab_public_ca_key"] = public_ca_key  # the lab issues a region added later its certificate
     values["public_tls"] = {}
+    return extend_secrets(topo, values)
+
+
+def extend_secrets(topo, values: dict) -> dict:
+    """`values` with what nodes and regions of `topo` it does not cover yet added (a region
+    added to a running lab): node certificates from the same CA, SSH host keys, the public
+    endpoint's certificate. Nothing already there changes."""
+    from .secrets import CA_CERT, PUSH_ROLES, TLS_ROLES
+    out = {**values, "tls": dict(values.get("tls") or {}), "ssh_host_keys": dict(values.get("ssh_host_keys") or {}),
+           "public_tls": dict(values.get("public_tls") or {})}
+    for node in topo.nodes():
+        if node.role in TLS_ROLES and node.name not in out["tls"]:
+            if not out.get("lab_galera_ca_key"):
+                raise ValueError("the secrets hold no lab_galera_ca_key to sign a new node's certificate")
+            cert, key = issue(out[CA_CERT], out["lab_galera_ca_key"], node.name, node.address)
+            out["tls"][node.name] = {"cert": cert, "key": key}
+        if node.role in PUSH_ROLES and node.name not in out["ssh_host_keys"]:
+            out["ssh_host_keys"][node.name] = ssh_host_key()
     for region in topo.regions:
         vips = [v.address for v in topo.vips(region.name)]
-        if vips:
-            cert, key = issue(public_ca, public_ca_key, region.public_hostname, vips)
-            values["public_tls"][region.name] = {"cert": cert, "key": key}
-    return values
+        if vips and region.name not in out["public_tls"]:
+            if not out.get("lab_public_ca_key"):
+                raise ValueError("the secrets hold no lab_public_ca_key to sign a new region's certificate")
+            cert, key = issue(out["public_ca_cert"], out["lab_public_ca_key"], region.public_hostname, vips)
+            out["public_tls"][region.name] = {"cert": cert, "key": key}
+    return out

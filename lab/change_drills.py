@@ -22,11 +22,17 @@ from keystone_multiregion.render import render_node
 from keystone_multiregion.roles.galera import GALERA_CONF
 from keystone_multiregion.roles.proxy import HAPROXY_CFG
 
+from keystone_multiregion.topology import load_topology_file
+
+from .deployment import LAB_TOPOLOGY
 from .drills import DrillResult
+from .keystone_drills import KeystoneDrills
 from .layers import proxy as proxy_layer
 from .proxy_drills import _DB_LOOP, Probe, ProxyDrills
 from .util import LabError
 
+# The lab with a fourth region (D3 adds it, D4 removes it again).
+REGION_D_TOPOLOGY = Path(__file__).resolve().parent / "topology-region-d.yaml"
 LOAD_LIMIT_S = 900  # no drill's load runs longer (every loop is bounded in count and time too)
 
 
@@ -35,11 +41,13 @@ class Load:
     through the region's public VIP and a client writing through its database frontend (each
     write acknowledged with its id). Stopped by a file the loops watch; bounded regardless."""
 
-    def __init__(self, dep, validate_interval: float = 0.2, write_interval: float = 0.3):
+    def __init__(self, dep, validate_interval: float = 0.2, write_interval: float = 0.3,
+                 regions: list[str] | None = None):
         self.dep = dep
         self.stop_file = Path(dep.lab.labdir) / f"load-stop-{uuid.uuid4().hex[:8]}"
         self.probes: dict[str, dict[str, Probe]] = {}
-        regions = [r.name for r in dep.topo.regions if dep.topo.vips(r.name)]
+        if regions is None:
+            regions = [r.name for r in dep.topo.regions if dep.topo.vips(r.name)]
         cnf = proxy_layer.ensure_check_user(dep)
         proxy_layer.ensure_drill_table(dep, dep.topo.nodes(role="galera")[0].name)
         for region in regions:
@@ -151,10 +159,10 @@ class ChangeDrills:
             if expect_actions is not None and not any(a.startswith(expect_actions) for a in report.get("actions", [])):
                 problems.append(f"{name}: expected {expect_actions}, the agent did {report.get('actions')}")
 
-    def _under_load(self, title: str, body) -> DrillResult:
+    def _under_load(self, title: str, body, regions: list[str] | None = None) -> DrillResult:
         problems: list[str] = []
         measured: dict = {}
-        load = Load(self.dep)
+        load = Load(self.dep, regions=regions)
         time.sleep(1.0)  # the clients are running before the change
         t = time.monotonic()
         try:
@@ -281,6 +289,108 @@ class ChangeDrills:
         return DrillResult("D6. a push that would cost quorum is refused, nothing changed", not problems, measured,
                            problems)
 
+    # -- D3, D4 ---------------------------------------------------------------------------------
+    def drill_region_added(self, topology_path: str | Path = REGION_D_TOPOLOGY) -> DrillResult:
+        """D3: a fourth region (Galera, Keystone, memcached, two proxies) added to the running
+        lab in the documented order (LabDeployment.change_topology): the existing regions get
+        the new peers, backends, grants and rules by push, then the region is created and its
+        Galera node joins by SST. Then: the cluster has every member and vote, a token issued
+        in the new region validates in the first one and the other way round, and a user
+        created through the new region logs in everywhere."""
+        new = load_topology_file(topology_path)
+        before = {r.name for r in self.dep.topo.regions}
+        added = [r.name for r in new.regions if r.name not in before]
+        title = f"D3. a region added to the running lab ({', '.join(added) or 'none'})"
+        if len(added) != 1:
+            return DrillResult(title, False, {}, [f"{topology_path} adds {added}, not one region"])
+        region, first = added[0], self.serving[0]
+
+        def body(problems, measured):
+            measured["steps"] = self.dep.change_topology(new, topology_path, log=lambda *_: None)
+            problems += self._cluster_problems(new, measured)
+            ks = KeystoneDrills(self.dep)
+            for src, dst in ((region, first), (first, region)):
+                token = ks.admin_token(src)
+                seen = ks.validate(dst, ks.admin_token(dst), token)
+                measured[f"token_from_{src}_in_{dst}"] = seen.get("status")
+                if seen.get("status") != 200:
+                    problems.append(f"a token issued in {src} does not validate in {dst}: {seen}")
+            name, password = f"d3-{uuid.uuid4().hex[:8]}", f"d3-{uuid.uuid4().hex}"
+            admin = ks.admin_token(region)
+            project = ks.call(region, "POST", admin, "/v3/projects",
+                              {"project": {"name": name, "domain_id": "default"}})
+            user = ks.call(region, "POST", admin, "/v3/users",
+                           {"user": {"name": name, "password": password, "domain_id": "default"}}, secret=True)
+            roles = ks.call(region, "GET", admin, "/v3/roles?name=member")
+            try:
+                ids = (project["body"]["project"]["id"], user["body"]["user"]["id"],
+                       roles["body"]["roles"][0]["id"])
+            except (KeyError, IndexError, TypeError):
+                problems.append(f"creating a project and user through {region}: {project.get('status')}/"
+                                f"{user.get('status')}/{roles.get('status')}")
+                return
+            grant = ks.call(region, "PUT", admin, f"/v3/projects/{ids[0]}/users/{ids[1]}/roles/{ids[2]}")
+            if grant.get("status") != 204:
+                problems.append(f"granting member through {region}: {grant.get('status')}")
+            logins = {r: ks.ks(r, "token", ks.url(r), name, password, name).get("status") for r in ks.regions}
+            measured["user_from_new_region_logs_in"] = logins
+            if set(logins.values()) != {201}:
+                problems.append(f"the user created through {region} cannot log in everywhere: {logins}")
+        return self._under_load(title, body, regions=self.serving)
+
+    def drill_region_removed(self, topology_path: str | Path = LAB_TOPOLOGY) -> DrillResult:
+        """D4: the region D3 added removed again, in the documented order: its Galera member
+        leaves the cluster (the command the stack runs when it deletes the node), its nodes go,
+        then the other regions get the files without it by push (peers, backends, grants)."""
+        new = load_topology_file(topology_path)
+        keep = {r.name for r in new.regions}
+        removed = [r for r in self.dep.topo.regions if r.name not in keep]
+        title = f"D4. a region removed from the running lab ({', '.join(r.name for r in removed) or 'none'})"
+        if len(removed) != 1:
+            return DrillResult(title, False, {}, [f"{topology_path} removes {[r.name for r in removed]}, not one "
+                                                  "region (run D3 first)"])
+        gone = removed[0]
+        serving = [r.name for r in new.regions if new.vips(r.name)]
+
+        def body(problems, measured):
+            measured["steps"] = self.dep.change_topology(new, topology_path, log=lambda *_: None)
+            problems += self._cluster_problems(new, measured)
+            left = [h for h, v in self.dep.lab.net.hosts().items() if v["region"] == gone.name]
+            if left:
+                problems.append(f"{gone.name}'s hosts are still there: {left}")
+            prefix = str(gone.network.network_address).rsplit(".", 1)[0] + "."
+            galera = new.nodes(role="galera")[0].name
+            hosts = self.dep.sql(galera, "SELECT Host FROM mysql.user WHERE User = 'keystone'").stdout.split()
+            measured["keystone_db_hosts"] = hosts
+            if any(h.startswith(str(gone.network.network_address)) for h in hosts):
+                problems.append(f"the database still admits Keystone from {gone.cidr}: {hosts}")
+            for proxy in new.nodes(role="proxy"):
+                cfg = self.dep.lab.procs.run(proxy.name, ["cat", HAPROXY_CFG]).stdout
+                if prefix in cfg:
+                    problems.append(f"{proxy.name}'s haproxy.cfg still names {gone.name}'s addresses")
+            ks = KeystoneDrills(self.dep)
+            for r in ks.regions:
+                token = ks.admin_token(r)
+                if ks.validate(r, token, token).get("status") != 200:
+                    problems.append(f"{r} does not validate its own token after the removal")
+        return self._under_load(title, body, regions=serving)
+
+    def _cluster_problems(self, topo, measured) -> list[str]:
+        """Every data node Synced in a Primary component of every member, with every vote."""
+        problems = []
+        size = str(len(topo.galera_members))
+        for node in topo.nodes(role="galera"):
+            st = self.dep.galera_status(node.name)
+            if not (st.get("healthy") and st.get("wsrep_cluster_size") == size):
+                problems.append(f"{node.name}: {st.get('wsrep_local_state_comment')}/{st.get('wsrep_cluster_status')}, "
+                                f"{st.get('wsrep_cluster_size')} members (expected {size})")
+        first = topo.nodes(role="galera")[0].name
+        weight = self.dep.sql(first, "SHOW GLOBAL STATUS LIKE 'wsrep_cluster_weight'").stdout.split()
+        measured["cluster_votes"] = int(weight[-1]) if weight and weight[-1].isdigit() else None
+        if measured["cluster_votes"] != topo.galera_voters:
+            problems.append(f"the cluster counts {measured['cluster_votes']} votes, the topology {topo.galera_voters}")
+        return problems
+
     def _restore(self, nodes) -> None:
         """Back to the rendered files (the lab stays as it was for later drills)."""
         for name in nodes:
@@ -291,7 +401,7 @@ class ChangeDrills:
     def run_all(self, log=print) -> list[DrillResult]:
         results = []
         for drill in (self.drill_haproxy_push, self.drill_galera_restart_setting, self.drill_certificate_renewal,
-                      self.drill_quorum_refusal):
+                      self.drill_quorum_refusal, self.drill_region_added, self.drill_region_removed):
             result = drill()
             log(result.line())
             results.append(result)

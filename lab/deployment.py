@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from keystone_multiregion import pki, push
+from keystone_multiregion import changes, pki, push
 from keystone_multiregion.render import RenderedNode, render_node, write_rendered
 from keystone_multiregion.roles.galera import GALERA_NODE_TOOL
 from keystone_multiregion.secrets import SecretsError, require_secrets
@@ -153,9 +153,11 @@ class LabDeployment:
             d["probes"]["argv_secrets"] = {"findings": watch.findings, "samples": watch.samples}
         log(f"up in {time.monotonic() - t0:.1f}s")
 
-    def push_all(self, log=print, only: tuple[str, ...] | None = None) -> None:
+    def push_all(self, log=print, only: tuple[str, ...] | None = None, nodes: list[str] | None = None) -> None:
+        """Every node's files pushed (or the nodes of the roles in `only`, or the named ones),
+        one after the other, each push ending once its node is healthy."""
         for node in self.topo.nodes():
-            if only is not None and node.role not in only:
+            if (only is not None and node.role not in only) or (nodes is not None and node.name not in nodes):
                 continue
             t = time.monotonic()
             out = self.push_files(node.name)
@@ -164,6 +166,84 @@ class LabDeployment:
             report = json.loads(out.stdout.strip().splitlines()[-1])
             log(f"{node.name}: files pushed over SSH, {len(report['digests'])} as rendered, changed "
                 f"{len(report['changed'])}, healthy ({time.monotonic() - t:.1f}s)")
+
+    # -- a change of topology on the running lab ----------------------------------------------
+    def change_topology(self, new: Topology, path: str | Path, log=print) -> list[dict]:
+        """Take the running lab to another topology (regions added or removed) in the order a
+        deployment takes (keystone_multiregion/changes.py, checked step by step first): regions
+        leaving first, their Galera members leaving the cluster with the command the stack runs
+        when it deletes them; then every staying region's nodes get their new files by push (and
+        their security groups the new rules), one node after the other; then the regions joining
+        are created, started, and pushed to. Returns what each step did and how long it took."""
+        steps = changes.plan(self.topo, new)  # refuses an unsafe order before anything changes
+        old = self.topo
+        secrets = pki.extend_secrets(new, self.secrets())
+        self.save_secrets(secrets)
+        done = []
+        old_names = {r.name for r in old.regions}
+        for step in steps:
+            t = time.monotonic()
+            if step.operation == "pulumi destroy":
+                self._remove_region(step.stack, log)
+            else:
+                if self.topo is old:
+                    self._switch_topology(new, path)
+                if step.stack in old_names:
+                    for node in self.topo.nodes(step.stack):  # the region's security groups
+                        firewall.apply(self.lab.net, self.topo, node)
+                    self.push_all(log, nodes=[n.name for n in self.topo.nodes(step.stack)])
+                else:
+                    self._add_region(step.stack, secrets, log)
+            done.append({"step": f"{step.operation} {step.stack}", "members": list(step.members),
+                         "votes": step.votes, "s": round(time.monotonic() - t, 1)})
+            log(f"{step.operation} {step.stack}: done in {done[-1]['s']}s"
+                + (f" (Galera votes after each member: {step.votes})" if step.members else ""))
+        if self.topo is old:
+            self._switch_topology(new, path)
+        for region in old_names - {r.name for r in new.regions}:
+            self.lab.net.remove_region(region)
+        return done
+
+    def _switch_topology(self, new: Topology, path: str | Path) -> None:
+        self.topo = new
+        self.topology_path = str(path)
+        with self.lab.state.update() as d:
+            d["probes"]["topology_path"] = self.topology_path
+        for name in self.lab.net.hosts():
+            if name != OPS_HOST:
+                service.shim(self, name)  # the lab's systemctl loads this topology now
+
+    def _add_region(self, region: str, secrets: dict, log) -> None:
+        r = self.topo.region(region)
+        self.lab.net.add_region(region, r.cidr)
+        nodes = self.topo.nodes(region)
+        rendered = [render_node(self.topo, n.name, secrets) for n in nodes]
+        for rn in rendered:
+            write_rendered(rn, self.render_dir)
+            self.lab.net.add_host(self.host_spec(rn.node))
+        for rn in rendered:
+            self._install_node(rn)
+        for node in nodes:
+            start_sshd(self, node.name)
+        for layer in layers.ORDER:
+            mine = [n for n in nodes if n.role in layer.ROLES]
+            if mine and any(self.running(role) for role in layer.ROLES):
+                layer.start(self, mine, log)
+        self.push_all(log, nodes=[n.name for n in nodes])
+
+    def _remove_region(self, region: str, log) -> None:
+        """`pulumi destroy` of a region's stack: its Galera members leave the cluster (the
+        stack's leave-<node> command, over SSH), the last one first; then its VMs go."""
+        nodes = self.topo.nodes(region)
+        for node in sorted((n for n in nodes if n.role in push.LEAVE_ROLES), key=lambda n: -n.number):
+            out = ssh(self, node.name, push.leave_command(), timeout=600)
+            if out.returncode != 0:
+                raise LabError(f"{node.name} did not leave the cluster (exit {out.returncode}): "
+                               f"{out.stderr.strip()[-300:]}")
+            log(f"{node.name}: {out.stdout.strip().splitlines()[-1]}")
+        for node in nodes:
+            self.lab.procs.stop_all(node.name)
+            self.lab.net.remove_host(node.name)
 
     def drift_checks(self) -> list[Check]:
         """Each node's own drift check (node-agent check, as its timer runs it)."""

@@ -33,11 +33,13 @@ Every address the lab sends to is checked to be a lab address (or loopback).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import ipaddress
 import math
 import os
 import re
+import signal
 import sys
 import time
 from typing import Any, Iterable, Mapping, Sequence
@@ -251,6 +253,56 @@ class Network:
         run(["ip", "-n", ns, "link", "set", "eth0", "up"])
         for c in routes:
             run(["ip", "-n", ns, "route", "add", c, "dev", "eth0"])
+
+    def add_region(self, region: str, cidr: str) -> None:
+        """A region's network joins the running lab: every host gets its on-link route (as a
+        cloud's router would route the new subnet)."""
+        ipaddress.ip_network(cidr)
+        with self.state.update() as d:
+            d["probes"].setdefault("region_cidrs", {})[region] = cidr
+        for name, h in self.hosts().items():
+            if cidr in h.get("routes", []) or ipaddress.ip_network(cidr).overlaps(
+                    ipaddress.IPv4Interface(h["address"]).network):
+                continue
+            run(["ip", "-n", h["netns"], "route", "replace", cidr, "dev", "eth0"])
+            with self.state.update() as d:
+                d["hosts"][name]["routes"] = sorted(set(d["hosts"][name]["routes"]) | {cidr})
+
+    def remove_host(self, name: str) -> None:
+        """One host out of the running lab: whatever still runs in its namespace is killed,
+        the namespace (with its end of the veth pair) deleted, its records dropped."""
+        h = self.host(name)
+        ns = h["netns"]
+        for _ in range(3):
+            pids = [p for p in netns_pids(ns) if p != os.getpid()]
+            if not pids:
+                break
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.5)
+        if ns in list_netns():
+            run(["ip", "netns", "del", ns], timeout=20)
+        with self.state.update() as d:
+            d["hosts"].pop(name, None)
+            d["namespaces"].pop(ns, None)
+            d["interfaces"].pop(f"{ns}/eth0", None)
+            d["interfaces"].pop(f"{self.wan_ns}/{h['wan_if']}", None)
+
+    def remove_region(self, region: str) -> None:
+        """A region's network leaves the lab (its hosts removed first): the routes go."""
+        cidr = self.region_cidrs().get(region)
+        if cidr is None:
+            return
+        for name, h in self.hosts().items():
+            if h["region"] == region:
+                raise LabError(f"{name} is still in {region}: remove the region's hosts first")
+            if cidr in h.get("routes", []):
+                run(["ip", "-n", h["netns"], "route", "del", cidr, "dev", "eth0"], check=False)
+                with self.state.update() as d:
+                    d["hosts"][name]["routes"] = [c for c in d["hosts"][name]["routes"] if c != cidr]
+        with self.state.update() as d:
+            d["probes"].get("region_cidrs", {}).pop(region, None)
 
     # -- exec / sysctl --------------------------------------------------------------------
     def exec(self, host: str, argv: Sequence[str], *, timeout: float = 30.0,

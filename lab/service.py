@@ -10,6 +10,8 @@ Each verb does what the unit on a VM does:
     reload keepalived    SIGHUP (keepalived.service ExecReload)
     reload keystone-api  SIGHUP to uwsgi's master (our keystone-api.service ExecReload)
     restart memcached | mariadb | garb   stop, then start as the lab's layer does
+    stop UNIT            SIGTERM, then wait for the process to end (node-agent leave)
+    disable UNIT         nothing to do (the lab starts nothing at boot)
     is-active UNIT       exit 0 while the process runs
     daemon-reload        nothing to do
 
@@ -27,7 +29,9 @@ from pathlib import Path
 
 # unit -> the lab's process name for it
 PROCESSES = {"haproxy": "haproxy", "keepalived": "keepalived", "keystone-api": "keystone", "memcached": "memcached",
-             "mariadb": "mariadb", "garb": "garbd"}
+             "mariadb": "mariadb", "garb": "garbd", "galera-health": "health"}
+# How long a stop waits for the daemon to end (MariaDB's clean shutdown: it leaves the cluster).
+STOP_TIMEOUT_S = {"mariadb": 300}
 RELOAD_SIGNALS = {"haproxy": signal.SIGUSR2, "keepalived": signal.SIGHUP, "keystone-api": signal.SIGHUP}
 VM_PATH = "/etc/keystone-multiregion/service-manager"
 
@@ -78,6 +82,11 @@ def main(argv=None) -> int:
         return 0
     if args.verb == "restart":
         dep.restart_service(args.host, unit)
+        return 0
+    if args.verb == "stop":
+        procs.stop(args.host, name, timeout=STOP_TIMEOUT_S.get(unit, 30))
+        return 0
+    if args.verb == "disable":
         return 0
     print(f"systemctl (lab): unknown verb {args.verb!r}", file=sys.stderr)
     return 1

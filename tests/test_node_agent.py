@@ -18,7 +18,7 @@ import pytest
 
 from keystone_multiregion import push
 from keystone_multiregion.render import AGENTS, render_node
-from keystone_multiregion.roles.galera import GALERA_CONF
+from keystone_multiregion.roles.galera import GALERA_CONF, GALERA_NODE_TOOL
 from keystone_multiregion.roles.proxy import HAPROXY_CFG, KEEPALIVED_CONF
 
 AGENT = AGENTS / "node-agent.py"
@@ -39,6 +39,11 @@ exit 0
 
 WHOLE = "wsrep_cluster_size\t{size}\nwsrep_cluster_status\tPrimary\nwsrep_local_state_comment\tSynced\nwsrep_ready\tON\n"
 
+FAKE_GALERA_NODE = """import os, sys
+with open(os.environ["FAKE_LOG"], "a") as fh:
+    fh.write("galera-node " + " ".join(sys.argv[1:]) + "\\n")
+"""
+
 
 class Node:
     """A node's tree with its files as cloud-init left them, and the agent to run on it."""
@@ -58,6 +63,9 @@ class Node:
             os.chmod(bin_dir / tool, 0o755)
         self.log = tmp / "calls.log"
         self.log.write_text("")
+        tool = self.root / GALERA_NODE_TOOL.lstrip("/")
+        if tool.exists():  # the real one works on the machine's own /etc; this one records its call
+            tool.write_text(FAKE_GALERA_NODE)
         self.wsrep = tmp / "wsrep.txt"
         self.wsrep.write_text(WHOLE.format(size=push.payload(topo, self.rendered)["health"]["galera_cluster_size"]))
         self.env = {**os.environ, "NODE_AGENT_ROOT": str(self.root), "PATH": f"{bin_dir}:{os.environ['PATH']}",
@@ -70,6 +78,14 @@ class Node:
         for f in data["files"]:
             if f["path"] in changed:
                 f["content"] = changed[f["path"]]
+        return self.faked(data)
+
+    @staticmethod
+    def faked(data: dict) -> dict:
+        """The payload with galera-node replaced by the stand-in the tree holds."""
+        for f in data["files"]:
+            if f["path"] == GALERA_NODE_TOOL:
+                f["content"] = FAKE_GALERA_NODE
         return data
 
     def agent(self, *args: str, stdin: str = "") -> subprocess.CompletedProcess:
@@ -251,3 +267,57 @@ def test_memcached_is_not_restarted_while_no_other_memcached_answers(tmp_path, t
     assert out.returncode == 2 and "refusing to restart memcached: no other memcached node of the region answers" \
         in out.stderr
     assert node.file("/etc/memcached.conf").read_text() != "-m 256\n"
+
+
+def _with_region_d(topo_data: dict, weight: int = 2) -> dict:
+    topo_data["regions"].append({"name": "region-d", "index": 4, "cidr": "10.10.4.0/24", "external_network": "public",
+                                 "public_hostname": "identity.region-d.example.com",
+                                 "roles": {"galera": {"count": 1, "weight": weight}}})
+    return topo_data
+
+
+def test_a_region_added_reaches_a_running_member_without_a_restart(galera, secrets):
+    """The new peer list waits for the member's next start, the new region's database account
+    is created, and the push does not wait for the new region's member (not created yet)."""
+    from helpers import example
+    from keystone_multiregion import pki
+    from keystone_multiregion.topology import load_topology
+    from keystone_multiregion.roles.galera import DB_USERS
+    new = load_topology(_with_region_d(example()))
+    data = push.payload(new, render_node(new, galera.name, pki.extend_secrets(new, secrets)))
+    assert data["health"]["galera_cluster_size"] == 10  # the cluster has 9 members until region-d's joins
+    out = galera.apply(galera.faked(data))
+    assert out.returncode == 0, out.stderr
+    actions = _last_json(out)["actions"]
+    assert actions == ["galera:settings (live: wsrep_cluster_address at the next start)", "galera:users"]
+    assert "10.10.4.0/255.255.255.0" in galera.file(DB_USERS).read_text()
+    assert "galera-node init-cluster" in galera.calls()
+    assert not any(c.startswith("systemctl restart") for c in galera.calls())
+
+
+def test_a_vote_changed_is_set_live(galera):
+    text = galera.file(GALERA_CONF).read_text()
+    assert "pc.weight=1" in text
+    out = galera.apply(galera.payload(**{GALERA_CONF: text.replace("pc.weight=1", "pc.weight=3")}))
+    assert out.returncode == 0, out.stderr
+    assert _last_json(out)["actions"] == ["galera:settings (live: pc.weight=3)"]
+    assert any("SET GLOBAL wsrep_provider_options = 'pc.weight=3'" in c for c in galera.calls())
+    assert not any(c.startswith("systemctl restart") for c in galera.calls())
+
+
+def test_a_leaving_member_shuts_down_cleanly_unless_it_is_the_last(galera):
+    galera.wsrep.write_text(WHOLE.format(size=1))
+    out = galera.agent("leave")
+    assert out.returncode == 2 and "the cluster's last member" in out.stderr
+    assert not any(c.startswith("systemctl stop mariadb") for c in galera.calls())
+    galera.wsrep.write_text(WHOLE.format(size=9))
+    out = galera.agent("leave")
+    assert out.returncode == 0, out.stderr
+    assert "left the cluster (it had 9 members)" in _last_json(out)["left"]
+    assert any(c.startswith("systemctl stop mariadb") for c in galera.calls())
+
+
+def test_a_stateless_node_has_nothing_to_leave(proxy):
+    out = proxy.agent("leave")
+    assert out.returncode == 0 and "nothing to leave" in _last_json(out)["left"]
+    assert proxy.calls() == []
