@@ -3,7 +3,7 @@
     python -m keystone_multiregion validate [--topology topology.yaml]
     python -m keystone_multiregion render --stack region-a [--out build/render] [--secrets FILE]
     python -m keystone_multiregion render --all [--out build/render]
-    python -m keystone_multiregion plan (--from OLD.yaml | --from-git REV) [--topology NEW.yaml]
+    python -m keystone_multiregion [--topology NEW.yaml] plan (--from OLD.yaml | --from-git REV)
     python -m keystone_multiregion recover-plan REPORT.json [REPORT.json ...] [--accept-missing]
     python -m keystone_multiregion gate --region R --url https://HOST [--address IP ...] [--ca FILE]
         [--samples N] [--wait SECONDS]

@@ -138,3 +138,28 @@ def test_secrets_for_an_added_region_come_from_the_same_cas_and_keep_the_rest():
         from keystone_multiregion.secrets import CA_CERT
         ca = x509.load_pem_x509_certificate(before[CA_CERT].encode())
     new_cert.verify_directly_issued_by(ca)
+
+
+def test_plan_from_git_compares_with_the_topology_of_a_revision(tmp_path):
+    """What the deploy workflow runs on a push: the topology before (a git revision) against
+    the one checked out; an unknown revision is one line."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    topo = repo / "topology.yaml"
+    topo.write_text(yaml.safe_dump(with_region(example(), galera={"count": 1, "weight": 2})))
+    git = lambda *a: subprocess.run(["git", "-C", str(repo), *a], check=True, capture_output=True)  # noqa: E731
+    git("init", "-q")
+    git("-c", "user.email=t@example.com", "-c", "user.name=t", "commit", "-q", "--allow-empty", "-m", "empty")
+    git("add", "topology.yaml")
+    git("-c", "user.email=t@example.com", "-c", "user.name=t", "commit", "-q", "-m", "with region-d")
+    topo.write_text(yaml.safe_dump(example()))  # region-d removed in the work tree
+    run = lambda rev: subprocess.run([sys.executable, "-m", "keystone_multiregion", "--topology", str(topo),  # noqa: E731
+                                      "--project-dir", str(ROOT), "plan", "--from-git", rev],
+                                     capture_output=True, text=True, cwd=ROOT, timeout=60)
+    out = run("HEAD")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("1. pulumi destroy on stack region-d: region-d leaves")
+    assert "galera-region-d-1: 9 votes after it" in out.stdout
+    missing = run("HEAD~1")  # the topology did not exist yet
+    assert missing.returncode != 0 and missing.stdout == ""
+    assert len(missing.stderr.strip().splitlines()) == 1 and "--from-git HEAD~1" in missing.stderr

@@ -557,3 +557,26 @@ def test_a_node_that_applied_other_files_fails_the_update():
         run_program("region-c", {"region": "region-c"}, drifted=("files-proxy-region-c-2",))
     assert "proxy-region-c-2: after the push its files differ from what the stack pushed: " in str(info.value)
     assert "node-agent check" in str(info.value)
+
+
+def test_galera_members_leave_the_cluster_before_their_vm_goes_the_last_first(stack):
+    """leave-<node> does nothing on create or update; on delete (the node or its region gone
+    from the topology) it runs node-agent leave over the same pinned SSH. It depends on the
+    node's push and on the previous member's leave, so Pulumi, deleting dependents first,
+    takes the members out the last first and never two together. Stateless roles have none."""
+    from keystone_multiregion import push
+    region, run = stack
+    leaving = [n for n in TOPO.nodes(region) if n.role in ("galera", "arbitrator")]
+    assert leaving, region
+    for i, node in enumerate(leaving):
+        cmd = run.named(f"leave-{node.name}")
+        assert cmd.inputs["delete"] == push.leave_command()
+        assert not cmd.inputs.get("create") and not cmd.inputs.get("update")
+        assert cmd.inputs["connection"]["host"] == node.address
+        assert cmd.inputs["connection"]["hostKey"] == f"ssh-ed25519 mock-ssh-host-{node.name}"
+        deps = _deps(cmd)
+        assert f"files-{node.name}" in deps
+        before = {d for d in deps if d.startswith("leave-")}
+        assert before == ({f"leave-{leaving[i - 1].name}"} if i else set())
+    stateless = {n.name for n in TOPO.nodes(region) if n.role not in ("galera", "arbitrator")}
+    assert not [r for r in run.resources if r.name.startswith("leave-") and r.name[6:] in stateless]

@@ -3,6 +3,7 @@ with actionlint when it is installed, and the render-diff steps run for real."""
 
 import importlib.util
 import json
+import os
 import re
 import shlex
 import shutil
@@ -389,6 +390,42 @@ def test_render_diff_steps_for_real(tmp_path):
     assert "+++ head/region-a/memcached-region-a-1/files/etc/memcached.conf" in \
         (tmp_path / "build" / "render.diff").read_text()
 
+    # The rollout plan, for real: the base held a fourth region (weight 2), the head does not.
+    git = lambda *a: subprocess.run(["git", "-C", str(tmp_path), "-c", "user.email=t@example.com",  # noqa: E731
+                                     "-c", "user.name=t", *a], check=True, capture_output=True, text=True)
+    with_d = example()
+    with_d["regions"].append({"name": "region-d", "index": 4, "cidr": "10.10.4.0/24", "external_network": "public",
+                              "public_hostname": "identity.region-d.example.com",
+                              "roles": {"galera": {"count": 1, "weight": 2}}})
+    (tmp_path / "topology.yaml").write_text(yaml.safe_dump(with_d))
+    git("init", "-q")
+    git("add", "topology.yaml")
+    git("commit", "-q", "-m", "base")
+    base_sha = git("rev-parse", "HEAD").stdout.strip()
+    shutil.copy(ROOT / "topology.yaml", tmp_path / "topology.yaml")
+    [plan_step] = [s for s in job["steps"] if str(s.get("name", "")).startswith("The rollout order")]
+    assert plan_step["env"]["BASE_SHA"] == "${{ github.event.pull_request.base.sha }}"
+    env = {**os.environ, "BASE_SHA": base_sha, "PYTHONPATH": str(ROOT),
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}  # `python` is the project's
+    planned = subprocess.run(["bash", "-eo", "pipefail", "-c", plan_step["run"]], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=60)
+    assert planned.returncode == 0, planned.stderr
+    plan = (tmp_path / "build" / "rollout-plan.txt").read_text()
+    assert plan.startswith("1. pulumi destroy on stack region-d: region-d leaves"), plan
+    # An unsafe change fails the check: the base had one region-d member of weight 1 too many.
+    with_d["regions"][-1]["roles"]["galera"]["count"] = 2
+    with_d["regions"][-1]["roles"]["galera"]["weight"] = 1
+    unsafe = tmp_path / "unsafe"
+    unsafe.mkdir()
+    (unsafe / "topology.yaml").write_text(yaml.safe_dump(example()))
+    for args in (["init", "-q"], ["add", "topology.yaml"], ["-c", "user.email=t@example.com", "-c", "user.name=t",
+                                                            "commit", "-q", "-m", "base"]):
+        subprocess.run(["git", "-C", str(unsafe), *args], check=True, capture_output=True)
+    (unsafe / "topology.yaml").write_text(yaml.safe_dump(with_d))
+    refused = subprocess.run(["bash", "-eo", "pipefail", "-c", plan_step["run"]], cwd=unsafe,
+                             env={**env, "BASE_SHA": "HEAD"}, capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0 and "step 4 (pulumi up region-d): after galera-region-d-1 joining" in refused.stderr, refused.stderr
+
     node = shutil.which("node")
     if node is None:
         return
@@ -418,3 +455,4 @@ const context = { serverUrl: 'https://github.example', runId: 7, repo: { owner: 
     for n in memcached:
         assert re.search(rf"^- `{TOPO.node(n).region}/{n}`: .*`files/etc/memcached.conf`", body, re.M), body
     assert "````diff\n" in body and "+++ head/region-a/memcached-region-a-1/files/etc/memcached.conf" in body
+    assert "### Rollout order" in body and "1. pulumi destroy on stack region-d" in body
