@@ -340,6 +340,28 @@ def _old_settings(changed_files, previous):
     return old
 
 
+GARB_DEFAULTS = "/etc/default/garb"
+
+
+def parse_shell_vars(text):
+    """{NAME: value} of a shell variables file such as /etc/default/garb."""
+    out = {}
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, _, value = line.partition("=")
+            out[key.strip()] = value.strip().strip('"')
+    return out
+
+
+def garbd_peers_only(changed_files, previous):
+    """True when the only change for garbd is its peer list (GALERA_NODES in /etc/default/garb)."""
+    if [f["path"] for f in changed_files] != [GARB_DEFAULTS] or not previous.get(GARB_DEFAULTS):
+        return False
+    old, new = parse_shell_vars(previous[GARB_DEFAULTS]), parse_shell_vars(changed_files[0]["content"])
+    return {k for k in old.keys() | new.keys() if old.get(k) != new.get(k)} == {"GALERA_NODES"}
+
+
 def needs_restart(delta, removed, old=None):
     if removed:
         return True
@@ -467,7 +489,12 @@ def run_actions(actions, changed, health, previous, log):
             if out.returncode != 0:
                 raise Failed(f"galera-node init-cluster failed: {out.stderr.strip()[-300:]}")
         elif action == "garbd:restart":
-            systemctl("restart", "garb")
+            if garbd_peers_only(files, previous):
+                # garbd, like a member, learns its peers from the group; a restart would take
+                # its vote away meanwhile for nothing.
+                action = "garbd:restart (not needed: GALERA_NODES at the next start)"
+            else:
+                systemctl("restart", "garb")
         elif action == "haproxy:reload":
             systemctl("reload", "haproxy")
         elif action == "keepalived:reload":

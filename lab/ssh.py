@@ -66,7 +66,8 @@ def client_key(dep) -> Path:
 def known_hosts(dep, override: dict[str, str] | None = None) -> Path:
     """known_hosts pinning each Keystone node's host key as the stack generated it (or the
     keys in `override`, node name -> public key, to show that a wrong one is refused)."""
-    keys = {name: k["public"] for name, k in dep.secrets()["ssh_host_keys"].items()}
+    nodes = {n.name for n in dep.topo.nodes()}  # not a region's that left the topology
+    keys = {name: k["public"] for name, k in dep.secrets()["ssh_host_keys"].items() if name in nodes}
     keys.update(override or {})
     path = _ops_dir(dep) / ("known_hosts.override" if override else "known_hosts")
     path.write_text("".join(f"{dep.topo.node(name).address} {key}\n" for name, key in sorted(keys.items())))

@@ -321,3 +321,25 @@ def test_a_stateless_node_has_nothing_to_leave(proxy):
     out = proxy.agent("leave")
     assert out.returncode == 0 and "nothing to leave" in _last_json(out)["left"]
     assert proxy.calls() == []
+
+
+def test_the_arbitrator_takes_a_new_peer_list_without_a_restart_and_other_changes_with_one(tmp_path, monitor):
+    """garbd learns its peers from the group, like a member: a region added or removed changes
+    only GALERA_NODES, and restarting garbd would take its vote away for nothing."""
+    from test_proxy import witness_topology
+    from keystone_multiregion import pki
+    from keystone_multiregion.topology import load_topology
+    topo = load_topology(witness_topology())
+    arb = Node(tmp_path, topo, pki.generate_secrets(topo), "arbitrator-witness-1", monitor)
+    text = arb.file("/etc/default/garb").read_text()
+    peers = next(line for line in text.splitlines() if line.startswith("GALERA_NODES="))
+    out = arb.apply(arb.payload(**{"/etc/default/garb": text.replace(peers, peers[:-1] + ' 10.10.4.42:4567"')}))
+    assert out.returncode == 0, out.stderr
+    assert _last_json(out)["actions"] == ["garbd:restart (not needed: GALERA_NODES at the next start)"]
+    assert "10.10.4.42:4567" in arb.file("/etc/default/garb").read_text()
+    assert not any(c.startswith("systemctl restart") for c in arb.calls())
+    out = arb.apply(arb.payload(**{"/etc/default/garb": text.replace(
+        'GALERA_OPTIONS="', 'GALERA_OPTIONS="evs.send_window=256;')}))  # an option garbd reads at start
+    assert out.returncode == 0, out.stderr
+    assert _last_json(out)["actions"] == ["garbd:restart"]
+    assert any(c.startswith("systemctl restart garb") for c in arb.calls())

@@ -56,3 +56,28 @@ def test_d5_node_certificate_renewed_and_pushed_under_load(changes):
     m = _run(changes.drill_certificate_renewal)
     _no_harm(m)
     assert m["push"]["actions"] == ["galera:restart"] and m["after"] != m["before"]
+
+
+def test_d3_region_added_live_under_load(changes):
+    """A fourth region (Galera weight 2) added in the documented order: the three regions
+    pushed first, then lab-d created and joined by SST; every vote counted, tokens cross
+    both ways, a user created through lab-d logs in in every region."""
+    m = _run(changes.drill_region_added)
+    _no_harm(m)
+    assert [s["step"] for s in m["steps"]] == ["pulumi up lab-a", "pulumi up lab-b", "pulumi up lab-c",
+                                               "pulumi up lab-d"]
+    assert m["steps"][-1]["members"] == ["galera-lab-d-1"] and m["steps"][-1]["votes"] == [5]
+    assert m["cluster_votes"] == 5
+    assert (m["token_from_lab-d_in_lab-a"], m["token_from_lab-a_in_lab-d"]) == (200, 200)
+    assert m["user_from_new_region_logs_in"] == {"lab-a": 201, "lab-b": 201, "lab-c": 201, "lab-d": 201}
+
+
+def test_d4_region_removed_live_under_load(changes):
+    """lab-d removed again: its member leaves first (pulumi destroy), then the three regions
+    are pushed without it; three votes again, no trace of lab-d in grants or backends."""
+    m = _run(changes.drill_region_removed)
+    _no_harm(m)
+    assert [s["step"] for s in m["steps"]] == ["pulumi destroy lab-d", "pulumi up lab-a", "pulumi up lab-b",
+                                               "pulumi up lab-c"]
+    assert m["steps"][0]["votes"] == [3] and m["cluster_votes"] == 3
+    assert not [h for h in m["keystone_db_hosts"] if h.startswith("10.91.4.")]
