@@ -1,0 +1,418 @@
+"""The benchmark (`./run bench`): the design's claims measured side by side in one run on a
+lab of its own, and printed against their targets.
+
+    ./run bench [--wan-latency-ms 50] [--out DIR] [--report FILE] [--quick]
+
+What it measures, at 0 ms and at N ms one way between regions (the NFQUEUE delayer, or
+netem where the kernel has it):
+
+- token validation by a client in lab-b against lab-b's own VIP (this design) and against
+  lab-a's VIP (the design our users would otherwise run: Keystone in one region only, as
+  kolla-ansible's and openstack-ansible's multi-region layouts): p50/p95/p99 on keep-alive
+  connections, and the bytes that crossed between regions per validation (nftables
+  counters on every host, for traffic to another region's CIDR; the idle traffic of the
+  same length, Galera's heartbeats, measured just before and subtracted);
+- validations per second in-region at concurrency 1, 4, 16, 64;
+- token issue, a write through Keystone (project create), and a raw commit on one
+  persistent database connection, against the round trip to the farthest voter;
+- the lab's cold start (packages present) and memory per region.
+
+Clients are long-running processes (lab/benchclient.py), one per client namespace
+(bench-<region>, outside every security group: a user's machine), each on keep-alive
+connections. Every loop is bounded by a count and a duration. Targets are printed with what
+was measured and met/missed: the bench is where speed is judged, never the drills.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from keystone_multiregion.security import PORTS
+
+from .util import LabError
+
+CLIENT = Path(__file__).with_name("benchclient.py")
+BENCH_TABLE = "inet ksl_bench"
+CONCURRENCY = (1, 4, 16, 64)
+# The targets (issue 16). Each: name, the comparison, the target value, the unit.
+TARGETS = (
+    ("in-region validation: bytes across the WAN per validation", "<=", 0, "bytes"),
+    ("in-region p99 vs one-region p99 at the WAN latency (times better)", ">=", 5, "x"),
+    ("warm in-region validation p99", "<=", 15, "ms"),
+    ("commit on a persistent connection vs the round trip to the farthest voter", "<=", 1.2, "x"),
+    ("lab cold start (packages present)", "<=", 60, "s"),
+)
+
+
+# -- the functional core: plain data in, plain data out ---------------------------------------
+def percentiles(values: list[float]) -> dict:
+    """p50/p95/p99/mean/max of `values` (nearest rank), rounded to 0.1; n = how many."""
+    if not values:
+        return {"n": 0, "p50": None, "p95": None, "p99": None, "mean": None, "max": None}
+    s = sorted(values)
+
+    def rank(p: float) -> float:
+        return s[min(len(s) - 1, max(0, int(-(-p * len(s) // 100)) - 1))]
+    return {"n": len(s), "p50": round(rank(50), 1), "p95": round(rank(95), 1), "p99": round(rank(99), 1),
+            "mean": round(sum(s) / len(s), 1), "max": round(s[-1], 1)}
+
+
+def wan_bytes_per_request(during: int, elapsed_s: float, idle: int, idle_s: float, requests: int) -> float | None:
+    """Bytes that crossed between regions per request: what crossed while the requests ran,
+    less the idle rate (Galera's own traffic) over the same time, never below 0."""
+    if requests <= 0 or idle_s <= 0:
+        return None
+    extra = during - idle / idle_s * elapsed_s
+    return round(max(0.0, extra) / requests, 1)
+
+
+def judge(name: str, op: str, target: float, measured: float | None, unit: str, why: str = "") -> dict:
+    met = None if measured is None else (measured <= target if op == "<=" else measured >= target)
+    out = {"name": name, "target": f"{op} {target}", "measured": measured, "unit": unit, "met": met}
+    if why:
+        out["why"] = why
+    return out
+
+
+def targets(report: dict) -> list[dict]:
+    """The targets against the report's figures (measured None: not measured in this run)."""
+    wan = report.get("wan_latency_ms")
+    at = report.get("runs", {}).get(str(wan), {})
+    warm = report.get("runs", {}).get("0", {})
+    in_region, one_region = at.get("in_region", {}), at.get("one_region", {})
+    ratio = None
+    if in_region.get("p99") and one_region.get("p99"):
+        ratio = round(one_region["p99"] / in_region["p99"], 1)
+    commit = at.get("commit", {})
+    commit_ratio = None
+    if commit.get("p50") and at.get("farthest_voter_rtt_ms"):
+        commit_ratio = round(commit["p50"] / at["farthest_voter_rtt_ms"], 2)
+    measured = {
+        TARGETS[0][0]: in_region.get("wan_bytes_per_validation"),
+        TARGETS[1][0]: ratio,
+        TARGETS[2][0]: warm.get("in_region", {}).get("p99"),
+        TARGETS[3][0]: commit_ratio,
+        TARGETS[4][0]: report.get("cold_start_s"),
+    }
+    return [judge(name, op, value, measured[name], unit) for name, op, value, unit in TARGETS]
+
+
+def markdown(report: dict) -> str:
+    """The summary table README shows."""
+    lines = [f"Bench run {report['started']} on {report['machine']}; WAN: {report['wan_mode']}.", "",
+             "| one way between regions | design | p50 ms | p95 ms | p99 ms | WAN bytes per validation | "
+             "connections / validations |", "|---|---|---|---|---|---|---|"]
+    for ms, run in report["runs"].items():
+        for key, label in (("in_region", "in-region (lab-b client, lab-b VIP)"),
+                           ("one_region", "one region (lab-b client, lab-a VIP)")):
+            r = run.get(key)
+            if r:
+                lines.append(f"| {ms} ms | {label} | {r['p50']} | {r['p95']} | {r['p99']} | "
+                             f"{r['wan_bytes_per_validation']} | {r['connections']} / {r['n']} |")
+    lines += ["", "| one way | token issue p50 ms | project create p50 ms | commit p50 ms | farthest voter RTT ms |",
+              "|---|---|---|---|---|"]
+    for ms, run in report["runs"].items():
+        lines.append(f"| {ms} ms | {run.get('token_issue', {}).get('p50')} | {run.get('project_create', {}).get('p50')}"
+                     f" | {run.get('commit', {}).get('p50')} | {run.get('farthest_voter_rtt_ms')} |")
+    lines += ["", "| one way | " + " | ".join(f"concurrency {c}" for c in CONCURRENCY) + " |",
+              "|---|" + "---|" * len(CONCURRENCY)]
+    for ms, run in report["runs"].items():
+        tput = run.get("throughput", {})
+        lines.append(f"| {ms} ms | " + " | ".join(
+            f"{tput[str(c)]['per_s']}/s (p99 {tput[str(c)]['p99']} ms)" if str(c) in tput else "-"
+            for c in CONCURRENCY) + " |")
+    lines += ["", "| target | measured | met |", "|---|---|---|"]
+    for t in report["targets"]:
+        met = {True: "met", False: "**missed**", None: "not measured"}[t["met"]]
+        lines.append(f"| {t['name']} {t['target']} {t['unit']} | {t['measured']} | {met} |")
+    mem = report.get("memory_mb_per_region")
+    if mem:
+        lines += ["", "Memory (RSS of the lab's processes) per region: "
+                  + ", ".join(f"{r} {v} MB" for r, v in mem.items()) + f"; cold start {report.get('cold_start_s')} s."]
+    return "\n".join(lines) + "\n"
+
+
+def plots(report: dict, out: Path) -> list[str]:
+    """PNG plots of the report into `out`; the file names."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    files = []
+    runs = report["runs"]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    labels, width = list(runs), 0.12
+    for i, (key, design) in enumerate((("in_region", "in-region"), ("one_region", "one region"))):
+        for j, p in enumerate(("p50", "p95", "p99")):
+            xs = [k + (i * 3 + j - 2.5) * width for k in range(len(labels))]
+            ax.bar(xs, [runs[m].get(key, {}).get(p) or 0 for m in labels], width, label=f"{design} {p}")
+    ax.set_xticks(range(len(labels)), [f"{m} ms one way" for m in labels])
+    ax.set_ylabel("validation latency (ms, log)")
+    ax.set_yscale("log")
+    ax.set_title("Token validation from lab-b: own region vs Keystone in lab-a only")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(out / "validation-latency.png", dpi=110)
+    plt.close(fig)
+    files.append("validation-latency.png")
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for m, run in runs.items():
+        tput = run.get("throughput", {})
+        cs = [c for c in CONCURRENCY if str(c) in tput]
+        ax.plot(cs, [tput[str(c)]["per_s"] for c in cs], marker="o", label=f"{m} ms one way")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("concurrent clients (keep-alive)")
+    ax.set_ylabel("validations per second (lab-b)")
+    ax.set_title("In-region validation throughput")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "throughput.png", dpi=110)
+    plt.close(fig)
+    files.append("throughput.png")
+    return files
+
+
+# -- the imperative shell: the lab --------------------------------------------------------
+class Bench:
+    def __init__(self, dep, log=print, quick: bool = False):
+        self.dep, self.log, self.quick = dep, log, quick
+        self.topo = dep.topo
+        self.serving = [r.name for r in self.topo.regions if self.topo.vips(r.name)]
+        if len(self.serving) < 2:
+            raise LabError("the bench needs two regions with proxies")
+        self.home, self.far = self.serving[1], self.serving[0]  # the client's region, the one-region design's
+        self.clients: dict[str, str] = {}
+        from .keystone_drills import KeystoneDrills
+        self.ks = KeystoneDrills(dep)
+
+    # the client namespaces and the WAN counters
+    def add_clients(self) -> None:
+        from . import HostSpec
+        for region in self.serving:
+            name = f"bench-{region}"
+            net = self.topo.region(region).network
+            self.dep.lab.net.add_host(HostSpec(name, region, f"{net.network_address + 250}/{net.prefixlen}"))
+            self.clients[region] = name
+
+    def hosts(self) -> list[tuple[str, str]]:
+        """(host, region) of every node and client."""
+        return [(n.name, n.region) for n in self.topo.nodes()] + [(h, r) for r, h in self.clients.items()]
+
+    def install_counters(self) -> None:
+        for host, region in self.hosts():
+            others = ", ".join(r.cidr for r in self.topo.regions if r.name != region)
+            script = (f"table {BENCH_TABLE} {{\n chain out {{\n  type filter hook output priority 0; policy accept;\n"
+                      f"  ip daddr {{ {others} }} counter\n }}\n}}\n")
+            self.dep.lab.net.exec(host, ["nft", "-f", "-"], input=script, timeout=10)
+
+    def wan_bytes(self) -> int:
+        total = 0
+        for host, _ in self.hosts():
+            out = self.dep.lab.net.exec(host, ["nft", "-j", "list", "table", *BENCH_TABLE.split()], timeout=10,
+                                        check=False)
+            if out.returncode != 0:
+                raise LabError(f"no WAN counter on {host}: {out.stderr.strip()}")
+            for item in json.loads(out.stdout).get("nftables", []):
+                rule = item.get("rule")
+                for expr in (rule or {}).get("expr", []):
+                    if "counter" in expr:
+                        total += int(expr["counter"]["bytes"])
+        return total
+
+    def set_latency(self, ms: float) -> str:
+        mode = self.dep.set_wan_latency(ms)
+        for region, host in self.clients.items():
+            if ms <= 0:
+                self.dep.lab.net.clear_latency(host)
+            else:
+                others = [r.cidr for r in self.topo.regions if r.name != region]
+                mode = self.dep.lab.net.set_latency(host, ms, peers=others)
+        return mode
+
+    # the clients
+    def run_client(self, host: str, cfg: dict, timeout: float) -> dict:
+        proc = subprocess.run(["ip", "netns", "exec", self.dep.lab.net.netns(host), "/usr/bin/python3", str(CLIENT)],
+                              input=json.dumps(cfg) + "\n", capture_output=True, text=True, timeout=timeout)
+        if proc.returncode != 0:
+            raise LabError(f"bench client in {host} failed: {proc.stderr.strip()[-500:]}")
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    def http(self, client_region: str, vip_region: str, method: str, path: str, headers: dict, count: int,
+             concurrency: int = 1, duration: float = 60, body=None, warmup: int = 3) -> dict:
+        from .layers import proxy as layer
+        r = self.topo.region(vip_region)
+        cfg = {"mode": "http", "address": self.topo.vips(vip_region, "public")[0].address, "port": PORTS["https"],
+               "hostname": r.public_hostname, "ca": layer.public_ca_file(self.dep), "method": method, "path": path,
+               "headers": headers, "body": body, "count": count, "concurrency": concurrency, "duration": duration,
+               "warmup": warmup}
+        return self.run_client(self.clients[client_region], cfg, timeout=duration + 120)
+
+    def validations(self, vip_region: str, count: int, concurrency: int = 1, duration: float = 60) -> dict:
+        auth, subject = self.ks.admin_token(vip_region), self.ks.admin_token(vip_region)
+        idle_s = 5.0 if self.quick else 10.0
+        before = self.wan_bytes()
+        time.sleep(idle_s)
+        idle = self.wan_bytes() - before
+        start = self.wan_bytes()
+        out = self.http(self.home, vip_region, "GET", "/v3/auth/tokens",
+                        {"X-Auth-Token": auth, "X-Subject-Token": subject}, count, concurrency, duration)
+        during = self.wan_bytes() - start
+        time.sleep(idle_s)  # idle again after: the background's rate is the mean of both
+        idle += self.wan_bytes() - start - during
+        idle_s *= 2
+        stats = percentiles(out["latencies_ms"])
+        ok = out["statuses"].get("200", 0)
+        return {**stats, "ok": ok, "failed": out["requests"] - ok, "errors": out["errors"][:3],
+                "connections": out["connections"], "closed_by_server": out["closed_by_server"],
+                "per_s": round(out["requests"] / out["elapsed_s"], 1) if out["elapsed_s"] else None,
+                "wan_bytes": during, "idle_wan_bytes": idle, "idle_s": idle_s,
+                "wan_bytes_per_validation": wan_bytes_per_request(during, out["elapsed_s"], idle, idle_s, ok)}
+
+    def throughput(self) -> dict:
+        auth = self.ks.admin_token(self.home)
+        subject = self.ks.admin_token(self.home)
+        out = {}
+        for c in CONCURRENCY:
+            seconds = 3.0 if self.quick else 8.0
+            r = self.http(self.home, self.home, "GET", "/v3/auth/tokens",
+                          {"X-Auth-Token": auth, "X-Subject-Token": subject}, count=20000, concurrency=c,
+                          duration=seconds, warmup=1)
+            ok = r["statuses"].get("200", 0)
+            out[str(c)] = {"per_s": round(ok / r["elapsed_s"], 1), "failed": r["requests"] - ok,
+                           **{k: v for k, v in percentiles(r["latencies_ms"]).items() if k in ("p50", "p99")}}
+            self.log(f"  concurrency {c}: {out[str(c)]}")
+        return out
+
+    def writes(self) -> dict:
+        """Token issue and project create through the home region's VIP; a raw commit on one
+        persistent connection from a Keystone node of the home region through its database
+        frontend; the round trip to the farthest voter."""
+        from .layers import proxy as layer
+        n = 10 if self.quick else 30
+        auth_body = {"auth": {"identity": {"methods": ["password"], "password": {"user": {
+            "name": "admin", "domain": {"id": "default"}, "password": self.dep.secrets()["keystone_admin_password"]}}},
+            "scope": {"project": {"name": "admin", "domain": {"id": "default"}}}}}
+        issue = self.http(self.home, self.home, "POST", "/v3/auth/tokens", {}, n, body=auth_body, warmup=1)
+        admin = self.ks.admin_token(self.home)
+        tag = uuid.uuid4().hex[:6]
+        create = self.http(self.home, self.home, "POST", "/v3/projects", {"X-Auth-Token": admin}, n, warmup=0,
+                           body={"project": {"name": f"bench-{tag}-{{seq}}", "domain_id": "default"}})
+        keystone = self.topo.nodes(self.home, "keystone")[0].name
+        layer.ensure_drill_table(self.dep, self.topo.nodes(self.home, "galera")[0].name)
+        cnf = Path(layer.check_cnf(self.dep)).read_text()
+        user = next(line.split(" = ", 1)[1] for line in cnf.splitlines() if line.startswith("user = "))
+        password = next(line.split(" = ", 1)[1] for line in cnf.splitlines() if line.startswith("password = "))
+        sql = self.run_client(keystone, {
+            "mode": "sql", "address": self.topo.vips(self.home, "internal")[0].address, "port": PORTS["mysql"], "user": user,
+            "password": password, "ca": None, "count": 3 * n, "duration": 120, "warmup": 2,
+            "statements": [f"INSERT INTO {layer.DRILL_DB}.ticks (node) VALUES (@@wsrep_node_name)"]}, timeout=240)
+        rtts = []
+        mine = self.topo.nodes(self.home, "galera")[0].name
+        for node in self.topo.nodes(role="galera"):
+            if node.region != self.home:
+                p = self.dep.lab.net.ping(mine, node.name, count=5, interval=0.2)
+                if p.avg_ms is not None:
+                    rtts.append(p.avg_ms)
+        return {"token_issue": {**percentiles(issue["latencies_ms"]), "statuses": issue["statuses"]},
+                "project_create": {**percentiles(create["latencies_ms"]), "statuses": create["statuses"]},
+                "commit": {**percentiles(sql["latencies_ms"]), "errors": sql["errors"][:3]},
+                "farthest_voter_rtt_ms": round(max(rtts), 1) if rtts else None}
+
+    def memory_mb(self) -> dict:
+        out = {}
+        for rec in self.dep.lab.procs.processes().values():
+            region = self.dep.lab.net.hosts().get(rec.get("host", ""), {}).get("region")
+            try:
+                with open(f"/proc/{rec['pid']}/status") as fh:
+                    rss = next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:"))
+            except (OSError, StopIteration, KeyError):
+                continue
+            if region:
+                out[region] = out.get(region, 0) + rss
+        return {r: round(kb / 1024) for r, kb in sorted(out.items())}
+
+    def run(self, wan_ms: float) -> dict:
+        count = 200 if self.quick else 1000
+        runs = {}
+        for ms in (0, wan_ms):
+            mode = self.set_latency(ms)
+            self.log(f"WAN {ms} ms one way ({mode})")
+            run = {"in_region": self.validations(self.home, count),
+                   "one_region": self.validations(self.far, count if ms == 0 else count // 4)}
+            self.log(f"  in-region: {run['in_region']}")
+            self.log(f"  one region: {run['one_region']}")
+            run["throughput"] = self.throughput()
+            run.update(self.writes())
+            self.log(f"  writes: token issue p50 {run['token_issue']['p50']} ms, project create p50 "
+                     f"{run['project_create']['p50']} ms, commit p50 {run['commit']['p50']} ms, farthest voter "
+                     f"RTT {run['farthest_voter_rtt_ms']} ms")
+            runs[str(int(ms) if float(ms).is_integer() else ms)] = run
+        self.set_latency(0)
+        return {"runs": runs, "wan_mode": mode, "memory_mb_per_region": self.memory_mb()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="./run bench", description=__doc__.splitlines()[0])
+    ap.add_argument("--wan-latency-ms", type=float, default=50.0, help="one way between regions (default 50)")
+    ap.add_argument("--out", default="build/bench", help="directory for report.json, summary.md and the plots")
+    ap.add_argument("--report", help="also write the JSON report here")
+    ap.add_argument("--quick", action="store_true", help="fewer requests (a smoke run)")
+    ap.add_argument("--labdir", default="/tmp/ksl-bench", help="the bench's own lab directory")
+    ap.add_argument("--prefix", default="ksb-", help="the bench lab's name prefix")
+    args = ap.parse_args(argv)
+    if os.geteuid() != 0:
+        print("./run bench needs root (network namespaces)", file=sys.stderr)
+        return 2
+    from keystone_multiregion.topology import load_topology_file
+
+    from . import packages, session
+    from .deployment import LAB_TOPOLOGY, LabDeployment
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    packages.ensure_lab_base(prefix=args.prefix)
+    os.makedirs(args.labdir, exist_ok=True)
+    report = {"started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": _machine(),
+              "wan_latency_ms": int(args.wan_latency_ms) if args.wan_latency_ms.is_integer() else args.wan_latency_ms}
+    with session(args.labdir, args.prefix, purge=True) as lab:
+        dep = LabDeployment(lab, load_topology_file(LAB_TOPOLOGY))
+        dep.up(install=True, log=lambda *_: None)  # packages are present: the install step is a check
+        t0 = time.monotonic()
+        report["cold_start_s"] = round(dep.up_seconds, 1)
+        bench = Bench(dep, quick=args.quick)
+        bench.add_clients()
+        bench.install_counters()
+        report.update(bench.run(args.wan_latency_ms))
+        report["bench_s"] = round(time.monotonic() - t0, 1)
+    report["targets"] = targets(report)
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    if args.report:
+        Path(args.report).write_text(json.dumps(report, indent=2))
+    summary = markdown(report)
+    (out / "summary.md").write_text(summary)
+    report["plots"] = plots(report, out)
+    print(summary)
+    print(f"report, summary and plots in {out}/")
+    return 0
+
+
+def _machine() -> str:
+    cpus = os.cpu_count()
+    try:
+        with open("/proc/meminfo") as fh:
+            mem = round(int(fh.readline().split()[1]) / 1024 / 1024)
+    except OSError:
+        mem = "?"
+    import platform
+    return f"{cpus} CPUs, {mem} GB, Linux {platform.release()}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""The bench's functional core (lab/bench.py): percentiles, the WAN bytes per request with
+the idle traffic subtracted, the targets judged from a report, the summary and the plots.
+The lab run itself is tests/lab/test_lab_bench.py."""
+
+from __future__ import annotations
+
+
+from lab import bench
+
+
+def test_percentiles_are_nearest_rank():
+    values = [float(v) for v in range(1, 101)]  # 1..100
+    p = bench.percentiles(values[::-1])
+    assert (p["n"], p["p50"], p["p95"], p["p99"], p["max"], p["mean"]) == (100, 50.0, 95.0, 99.0, 100.0, 50.5)
+    assert bench.percentiles([7.0])["p99"] == 7.0
+    assert bench.percentiles([])["p50"] is None
+
+
+def test_wan_bytes_subtract_the_idle_rate_over_the_same_time():
+    # 10 s idle: 5000 bytes (500/s); 4 s of requests: 2000 idle + 8000 from 100 requests
+    assert bench.wan_bytes_per_request(10000, 4.0, 5000, 10.0, 100) == 80.0
+    # Less than idle (the heartbeats vary): never below zero.
+    assert bench.wan_bytes_per_request(1500, 4.0, 5000, 10.0, 100) == 0.0
+    assert bench.wan_bytes_per_request(1500, 4.0, 5000, 10.0, 0) is None
+
+
+def _report(**over) -> dict:
+    run = lambda p99_in, p99_one, wan: {  # noqa: E731
+        "in_region": {"p50": 5.0, "p95": 8.0, "p99": p99_in, "wan_bytes_per_validation": wan, "connections": 1,
+                      "n": 1000},
+        "one_region": {"p50": 101.0, "p95": 105.0, "p99": p99_one, "wan_bytes_per_validation": 2300.0,
+                       "connections": 1, "n": 250},
+        "throughput": {"1": {"per_s": 150.0, "p50": 6.0, "p99": 9.0}, "4": {"per_s": 300.0, "p50": 12.0, "p99": 30.0}},
+        "token_issue": {"p50": 60.0}, "project_create": {"p50": 240.0}, "commit": {"p50": 110.0},
+        "farthest_voter_rtt_ms": 100.0}
+    report = {"started": "2026-12-06 08:00:00 UTC", "machine": "2 CPUs, 24 GB", "wan_mode": "nfqueue/in",
+              "wan_latency_ms": 50, "cold_start_s": 62.5, "memory_mb_per_region": {"lab-a": 900},
+              "runs": {"0": run(12.0, 14.0, 0.0), "50": run(20.0, 140.0, 0.0)}}
+    report.update(over)
+    return report
+
+
+def test_targets_are_judged_from_the_report():
+    got = {t["name"]: t for t in bench.targets(_report())}
+    assert [t["name"] for t in bench.targets(_report())] == [t[0] for t in bench.TARGETS]
+    assert got[bench.TARGETS[0][0]]["met"] is True and got[bench.TARGETS[0][0]]["measured"] == 0.0
+    assert got[bench.TARGETS[1][0]]["measured"] == 7.0 and got[bench.TARGETS[1][0]]["met"] is True
+    assert got[bench.TARGETS[2][0]]["measured"] == 12.0 and got[bench.TARGETS[2][0]]["met"] is True
+    assert got[bench.TARGETS[3][0]]["measured"] == 1.1 and got[bench.TARGETS[3][0]]["met"] is True
+    assert got[bench.TARGETS[4][0]]["measured"] == 62.5 and got[bench.TARGETS[4][0]]["met"] is False
+    slow = _report()
+    slow["runs"]["50"]["in_region"]["p99"] = 70.0  # 2x, not 5x
+    slow["runs"]["50"]["in_region"]["wan_bytes_per_validation"] = 12.5
+    got = {t["name"]: t for t in bench.targets(slow)}
+    assert got[bench.TARGETS[1][0]]["met"] is False and got[bench.TARGETS[0][0]]["met"] is False
+
+
+def test_a_figure_not_measured_is_said_so_not_met():
+    report = _report()
+    del report["runs"]["50"]["commit"]
+    got = {t["name"]: t for t in bench.targets(report)}
+    assert got[bench.TARGETS[3][0]]["measured"] is None and got[bench.TARGETS[3][0]]["met"] is None
+    report["targets"] = bench.targets(report)
+    assert "| not measured |" in bench.markdown(report)
+
+
+def test_summary_and_plots(tmp_path):
+    report = _report()
+    report["targets"] = bench.targets(report)
+    text = bench.markdown(report)
+    assert "| 50 ms | in-region (lab-b client, lab-b VIP) | 5.0 | 8.0 | 20.0 | 0.0 | 1 / 1000 |" in text
+    assert "| 50 ms | 60.0 | 240.0 | 110.0 | 100.0 |" in text
+    assert "**missed**" in text  # the cold start
+    files = bench.plots(report, tmp_path)
+    assert files == ["validation-latency.png", "throughput.png"]
+    for f in files:
+        assert (tmp_path / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+class _Server:
+    """A TLS HTTP/1.1 server on loopback for identity.test; `close` answers like uwsgi with
+    rem-header = Content-Length (no length: the body ends with the connection)."""
+
+    def __init__(self, tmp_path, close: bool):
+        import http.server
+        import ssl
+        import threading
+        from keystone_multiregion import pki
+        ca_cert, ca_key = pki.make_ca("bench test CA")
+        cert, key = pki.issue(ca_cert, ca_key, "identity.test", "127.0.0.1")
+        (tmp_path / "ca.pem").write_text(ca_cert)
+        (tmp_path / "server.pem").write_text(cert + key)
+        self.ca, self.connections, self.bodies = str(tmp_path / "ca.pem"), [], []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def setup(self):
+                super().setup()
+                outer.connections.append(self.client_address)
+
+            def _answer(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                if length:
+                    outer.bodies.append(self.rfile.read(length).decode())
+                payload = b'{"token": {}}'
+                self.send_response(200)
+                if close:
+                    self.send_header("Connection", "close")
+                    self.close_connection = True
+                else:
+                    self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_GET = do_POST = _answer
+
+            def log_message(self, *args):
+                pass
+
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(str(tmp_path / "server.pem"))
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+        self.port = self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def run(self, **cfg) -> dict:
+        import json
+        import subprocess
+        import sys
+        base = {"mode": "http", "address": "127.0.0.1", "port": self.port, "hostname": "identity.test",
+                "ca": self.ca, "method": "GET", "path": "/v3/auth/tokens", "headers": {"X-Auth-Token": "t"},
+                "count": 40, "concurrency": 1, "duration": 30, "warmup": 2}
+        out = subprocess.run([sys.executable, str(bench.CLIENT)], input=json.dumps({**base, **cfg}) + "\n",
+                             capture_output=True, text=True, timeout=90)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+
+def test_the_client_keeps_its_connection_and_counts_every_one_the_server_closes(tmp_path):
+    kept = _Server(tmp_path, close=False)
+    r = kept.run()
+    assert (r["requests"], r["statuses"], r["connections"], r["closed_by_server"]) == (40, {"200": 40}, 1, 0)
+    assert len(kept.connections) == 1  # the warm-up's connection served everything
+    closing = _Server(tmp_path, close=True)
+    r = closing.run(concurrency=4)
+    assert (r["requests"], r["statuses"], r["closed_by_server"]) == (40, {"200": 40}, 40)
+    # The connections the measured requests used: a new one each (the warm-ups' not counted).
+    assert r["connections"] == 40 and len(closing.connections) == 4 * 2 + 40
+
+
+def test_the_client_stops_at_its_count_and_names_are_unique_per_request(tmp_path):
+    server = _Server(tmp_path, close=False)
+    r = server.run(method="POST", path="/v3/projects", body={"project": {"name": "b-{seq}"}}, count=7, warmup=0)
+    assert r["requests"] == 7
+    assert sorted(server.bodies) == sorted(f'{{"project": {{"name": "b-{i}"}}}}' for i in range(7))
