@@ -365,10 +365,12 @@ class ProxyDrills:
             problems.append("no statement succeeded on another node after the kill")
         if len(set(nodes_after[:5])) > 1:
             problems.append(f"writes after the kill went to several nodes: {nodes_after[:5]}")
-        if seen_reads["first_success_s"] is None or seen_reads["first_success_s"] > 3:
-            problems.append(f"the first read after the kill succeeded after {seen_reads['first_success_s']}s")
-        if seen["first_success_s"] is None or seen["first_success_s"] > suspect + 5:
-            problems.append(f"the first write after the kill succeeded after {seen['first_success_s']}s "
+        # Outcomes only: a read and a write answered after the kill within the drill's bounded
+        # observation; how long it took is reported (the bench judges speed, not the drill).
+        if seen_reads["first_success_s"] is None:
+            problems.append(f"no read succeeded after the kill within {max_seconds:g}s")
+        if seen["first_success_s"] is None:
+            problems.append(f"no write succeeded after the kill within {max_seconds:g}s "
                             f"(Galera's suspect timeout is {suspect:g}s)")
         if lost:
             problems.append(f"{len(lost)} acknowledged writes are missing: {lost[:5]}")

@@ -55,6 +55,17 @@ def test_targets_are_judged_from_the_report():
     assert got[bench.TARGETS[1][0]]["met"] is False and got[bench.TARGETS[0][0]]["met"] is False
 
 
+def test_wan_bytes_within_the_backgrounds_own_movement_count_as_zero():
+    assert bench.wan_noise_per_request(50000, 44000, 10.0, 5.0, 100) == 30.0
+    report = _report()
+    report["runs"]["50"]["in_region"].update(wan_bytes_per_validation=25.0, wan_noise_per_validation=30.0)
+    got = {t["name"]: t for t in bench.targets(report)}[bench.TARGETS[0][0]]
+    assert got["measured"] == 0 and got["met"] is True
+    report["runs"]["50"]["in_region"].update(wan_bytes_per_validation=45.0)
+    got = {t["name"]: t for t in bench.targets(report)}[bench.TARGETS[0][0]]
+    assert got["measured"] == 45.0 and got["met"] is False
+
+
 def test_a_figure_not_measured_is_said_so_not_met():
     report = _report()
     del report["runs"]["50"]["commit"]
@@ -156,3 +167,18 @@ def test_the_client_stops_at_its_count_and_names_are_unique_per_request(tmp_path
     r = server.run(method="POST", path="/v3/projects", body={"project": {"name": "b-{seq}"}}, count=7, warmup=0)
     assert r["requests"] == 7
     assert sorted(server.bodies) == sorted(f'{{"project": {{"name": "b-{i}"}}}}' for i in range(7))
+
+
+def test_failovers_are_judged_by_their_slowest_run_and_every_failed_request():
+    assert bench.spread([2.5, None, 1.0, 4.0]) == {"min": 1.0, "median": 2.5, "max": 4.0, "runs": 4}
+    report = _report(failovers={
+        "HAProxy dies on the VIP holder": {"first_answer_s": bench.spread([2.0, 2.4, 2.2]), "failed": 31,
+                                           "requests": 420},
+        "keepalived stops on the VIP holder": {"first_answer_s": bench.spread([1.0, 1.1, 1.0]), "failed": 0,
+                                               "requests": 400}})
+    got = {t["name"]: t for t in bench.targets(report)}
+    assert got["failover: HAProxy dies on the VIP holder: first answer (slowest run)"]["met"] is True
+    assert got["failover: HAProxy dies on the VIP holder: failed idempotent requests (all runs)"]["met"] is False
+    assert got["failover: keepalived stops on the VIP holder: failed idempotent requests (all runs)"]["met"] is True
+    report["targets"] = bench.targets(report)
+    assert "| HAProxy dies on the VIP holder | 2.0 / 2.2 / 2.4 | 31 / 420 | 3 |" in bench.markdown(report)

@@ -47,3 +47,12 @@ def test_writes_are_measured_against_the_farthest_voter(bench_report):
     assert run["commit"]["n"] > 0 and run["commit"]["errors"] == []
     assert run["farthest_voter_rtt_ms"] is not None
     assert {t["name"] for t in bench_report["targets"]} >= {"lab cold start (packages present)"}
+
+
+def test_every_failure_is_run_and_answered_again(bench_report):
+    from lab.bench import FAILOVERS
+    assert list(bench_report["failovers"]) == [f[0] for f in FAILOVERS]
+    for name, f in bench_report["failovers"].items():
+        # Recovered within the drill's bounded observation: an answer came (how fast: the bench's targets).
+        assert f["first_answer_s"]["runs"] == 1 and f["first_answer_s"]["max"] is not None, (name, f)
+        assert f["requests"] > 0, (name, f)
