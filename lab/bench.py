@@ -44,7 +44,8 @@ BENCH_TABLE = "inet ksl_bench"
 CONCURRENCY = (1, 4, 16, 64)
 # The targets (issue 16). Each: name, the comparison, the target value, the unit.
 TARGETS = (
-    ("in-region validation: bytes across the WAN per validation", "<=", 0, "bytes"),
+    ("in-region validation: bytes its path (client, Keystone, memcached) sent across the WAN per validation", "<=",
+     0, "bytes"),
     ("in-region p99 vs one-region p99 at the WAN latency (times better)", ">=", 5, "x"),
     ("warm in-region validation p99", "<=", 15, "ms"),
     ("commit on a persistent connection vs the round trip to the farthest voter", "<=", 1.2, "x"),
@@ -65,6 +66,50 @@ FAILOVERS = (
     ("the database writer dies (reads)", "drill_db_failover", "first_read_s", "failed_reads", "reads"),
 )
 FAILOVER_TARGET_S = 3
+
+
+# Round trips between cities, ms (ping, both directions averaged): WonderProxy, "Miles per
+# Millisecond: A Look at the WonderProxy Network" (Paul Reinheimer, 2011,
+# https://wonderproxy.com/blog/miles-per-milisecond/). Old figures, but of the right order; a
+# deployment's own round trips (`ping` between its regions) replace them in the same model.
+CITY_RTT_MS = {
+    ("Paris", "Milan"): 21.4, ("Paris", "Moscow"): 56.4, ("Milan", "Moscow"): 67.1,
+    ("Paris", "New York"): 77.8, ("Milan", "New York"): 112.0, ("Moscow", "New York"): 131.3,
+    ("Paris", "Dallas"): 131.4, ("Milan", "Dallas"): 139.9, ("Moscow", "Dallas"): 168.5, ("New York", "Dallas"): 38.1,
+    ("Paris", "Fremont"): 175.7, ("Milan", "Fremont"): 169.3, ("Moscow", "Fremont"): 211.8,
+    ("New York", "Fremont"): 78.0, ("Dallas", "Fremont"): 44.3,
+    ("Paris", "Sydney"): 346.8, ("Milan", "Sydney"): 344.7, ("Moscow", "Sydney"): 387.1,
+    ("New York", "Sydney"): 319.3, ("Dallas", "Sydney"): 222.0, ("Fremont", "Sydney"): 188.4,
+    ("Paris", "Brisbane"): 336.6, ("Milan", "Brisbane"): 344.8, ("Moscow", "Brisbane"): 361.8,
+    ("New York", "Brisbane"): 246.4, ("Dallas", "Brisbane"): 220.9, ("Fremont", "Brisbane"): 175.2,
+    ("Sydney", "Brisbane"): 38.2, ("Paris", "Zurich"): 108.1, ("Milan", "Zurich"): 11.2,
+    ("Moscow", "Zurich"): 60.3, ("New York", "Zurich"): 101.0, ("Dallas", "Zurich"): 127.7,
+    ("Fremont", "Zurich"): 167.2, ("Sydney", "Zurich"): 346.9, ("Brisbane", "Zurich"): 346.9,
+}
+# Regions added in this order: a European core, then across the Atlantic, then the Pacific.
+CITIES = ("Paris", "Milan", "Moscow", "New York", "Dallas", "Fremont", "Zurich", "Sydney", "Brisbane")
+
+
+def city_rtt(a: str, b: str) -> float:
+    return CITY_RTT_MS.get((a, b)) or CITY_RTT_MS[(b, a)]
+
+
+def scale_model(commit_per_rtt: float, local_commit_ms: float, sizes=(3, 5, 7, 9)) -> list[dict]:
+    """Commit latency and writes per second per connection for clusters of `sizes` regions
+    (the first n of CITIES): the measured commit cost (commit_per_rtt round trips to the
+    farthest voter, plus the local commit) applied to the farthest round trip from the
+    writer's region, for the best and the worst writer's region."""
+    rows = []
+    for n in sizes:
+        cities = CITIES[:n]
+        farthest = {c: max(city_rtt(c, o) for o in cities if o != c) for c in cities}
+        best, worst = min(farthest, key=farthest.get), max(farthest, key=farthest.get)
+        commit = {c: round(local_commit_ms + commit_per_rtt * farthest[c], 1) for c in (best, worst)}
+        rows.append({"regions": n, "cities": list(cities), "best_writer": best, "best_rtt_ms": farthest[best],
+                     "best_commit_ms": commit[best], "worst_writer": worst, "worst_rtt_ms": farthest[worst],
+                     "worst_commit_ms": commit[worst],
+                     "writes_per_s_per_connection": [round(1000 / commit[best], 1), round(1000 / commit[worst], 1)]})
+    return rows
 
 
 # -- the functional core: plain data in, plain data out ---------------------------------------
@@ -106,6 +151,18 @@ def wan_noise_per_request(idle_before: int, idle_after: int, window_s: float, el
     return round(abs(idle_before - idle_after) / window_s * elapsed_s / requests, 1)
 
 
+def add_scale(report: dict) -> None:
+    """The scale model from the run at the WAN latency (commit cost per farthest round trip)."""
+    at = report.get("runs", {}).get(str(report.get("wan_latency_ms")), {})
+    warm = report.get("runs", {}).get("0", {})
+    commit, rtt = at.get("commit", {}).get("p50"), at.get("farthest_voter_rtt_ms")
+    local = warm.get("commit", {}).get("p50") or 0.0
+    if commit and rtt:
+        k = round((commit - local) / rtt, 2)
+        report["scale_commit_per_rtt"] = k
+        report["scale"] = scale_model(k, local)
+
+
 def judge(name: str, op: str, target: float, measured: float | None, unit: str, why: str = "") -> dict:
     met = None if measured is None else (measured <= target if op == "<=" else measured >= target)
     out = {"name": name, "target": f"{op} {target}", "measured": measured, "unit": unit, "met": met}
@@ -127,11 +184,10 @@ def targets(report: dict) -> list[dict]:
     commit_ratio = None
     if commit.get("p50") and at.get("farthest_voter_rtt_ms"):
         commit_ratio = round(commit["p50"] / at["farthest_voter_rtt_ms"], 2)
-    per_validation = in_region.get("wan_bytes_per_validation")
-    noise = in_region.get("wan_noise_per_validation") or 0
     measured = {
-        # Below the background's own movement the figure is zero as far as it can be told.
-        TARGETS[0][0]: None if per_validation is None else (0 if per_validation <= noise else per_validation),
+        # What the validation's own path (client, Keystone, memcached) sent to other regions:
+        # exact, no background to subtract.
+        TARGETS[0][0]: in_region.get("wan_path_bytes_per_validation"),
         TARGETS[1][0]: ratio,
         TARGETS[2][0]: warm.get("in_region", {}).get("p99"),
         TARGETS[3][0]: commit_ratio,
@@ -148,8 +204,8 @@ def targets(report: dict) -> list[dict]:
 def markdown(report: dict) -> str:
     """The summary table README shows."""
     lines = [f"Bench run {report['started']} on {report['machine']}; WAN: {report['wan_mode']}.", "",
-             "| one way between regions | design | p50 ms | p95 ms | p99 ms | WAN bytes per validation | "
-             "connections / validations |", "|---|---|---|---|---|---|---|"]
+             "| one way between regions | design | p50 ms | p95 ms | p99 ms | WAN bytes per validation: its path "
+             "(exact) / all hosts (background subtracted) | connections / validations |", "|---|---|---|---|---|---|---|"]
     for ms, run in report["runs"].items():
         for key, label in (("in_region", "in-region (lab-b client, lab-b VIP)"),
                            ("one_region", "one region (lab-b client, lab-a VIP)")):
@@ -157,8 +213,16 @@ def markdown(report: dict) -> str:
             if r:
                 noise = r.get("wan_noise_per_validation")
                 lines.append(f"| {ms} ms | {label} | {r['p50']} | {r['p95']} | {r['p99']} | "
-                             f"{r['wan_bytes_per_validation']}{f' (background ± {noise})' if noise is not None else ''}"
+                             f"{r.get('wan_path_bytes_per_validation')} / "
+                             f"{r['wan_bytes_per_validation']}{f' (± {noise})' if noise is not None else ''}"
                              f" | {r['connections']} / {r['n']} |")
+    for ms, run in report["runs"].items():
+        d = run.get("keystone_direct")
+        if d:
+            lines.append(f"| {ms} ms | straight to a lab-b Keystone node (HTTP, from its proxy) | {d['p50']} | "
+                         f"{d['p95']} | {d['p99']} | - | - |")
+            lines.append(f"| {ms} ms | the same, `?nocatalog` | {d['nocatalog']['p50']} | {d['nocatalog']['p95']} | "
+                         f"{d['nocatalog']['p99']} | - | - |")
     lines += ["", "| one way | token issue p50 ms | project create p50 ms | commit p50 ms | farthest voter RTT ms |",
               "|---|---|---|---|---|"]
     for ms, run in report["runs"].items():
@@ -178,6 +242,17 @@ def markdown(report: dict) -> str:
             a = f["first_answer_s"]
             lines.append(f"| {name} | {a['min']} / {a['median']} / {a['max']} | {f['failed']} / {f['requests']} | "
                          f"{a['runs']} |")
+    if report.get("scale"):
+        lines += ["", f"Scale model: commit = local commit + {report['scale_commit_per_rtt']} x the round trip "
+                  "to the farthest region (measured above); round trips between cities from WonderProxy's "
+                  "published pings (lab/bench.py, CITY_RTT_MS).", "",
+                  "| regions | cities | best writer: farthest RTT, commit | worst writer: farthest RTT, commit | "
+                  "writes/s per connection (best / worst) |", "|---|---|---|---|---|"]
+        for r in report["scale"]:
+            lines.append(f"| {r['regions']} | {', '.join(r['cities'])} | {r['best_writer']}: {r['best_rtt_ms']} ms, "
+                         f"{r['best_commit_ms']} ms | {r['worst_writer']}: {r['worst_rtt_ms']} ms, "
+                         f"{r['worst_commit_ms']} ms | {r['writes_per_s_per_connection'][0]} / "
+                         f"{r['writes_per_s_per_connection'][1]} |")
     lines += ["", "| target | measured | met |", "|---|---|---|"]
     for t in report["targets"]:
         met = {True: "met", False: "**missed**", None: "not measured"}[t["met"]]
@@ -226,6 +301,20 @@ def plots(report: dict, out: Path) -> list[str]:
     fig.savefig(out / "throughput.png", dpi=110)
     plt.close(fig)
     files.append("throughput.png")
+    if report.get("scale"):
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        sizes = [r["regions"] for r in report["scale"]]
+        ax.plot(sizes, [r["best_commit_ms"] for r in report["scale"]], marker="o", label="best-placed writer")
+        ax.plot(sizes, [r["worst_commit_ms"] for r in report["scale"]], marker="o", label="worst-placed writer")
+        ax.set_xticks(sizes)
+        ax.set_xlabel("regions in one synchronous cluster")
+        ax.set_ylabel("modelled commit latency (ms)")
+        ax.set_title("Commit latency by cluster size (measured cost per round trip, real city round trips)")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "scale.png", dpi=110)
+        plt.close(fig)
+        files.append("scale.png")
     return files
 
 
@@ -339,11 +428,21 @@ class Bench:
         rate = out["elapsed_s"] / idle_s
         extra = {h: round(during_by[h] - idle_by[h] * rate) for h in c0}
         top = dict(sorted(((h, b) for h, b in extra.items() if b > 0), key=lambda kv: -kv[1])[:4])
+        # The hosts a validation passes through that have no cross-region traffic of their own
+        # (the client, Keystone, memcached): what they send to another region is exact, with
+        # no background to subtract. Proxies (health checks of the backups) and Galera
+        # (heartbeats) are in the totals above, background subtracted.
+        path = [self.clients[self.home]] + [n.name for r in {self.home, vip_region}
+                                            for n in self.topo.nodes(r) if n.role in ("keystone", "memcached")]
+        path_idle = sum(idle_by[h] for h in path)
+        path_during = sum(during_by[h] for h in path)
         stats = percentiles(out["latencies_ms"])
         ok = out["statuses"].get("200", 0)
         return {**stats, "ok": ok, "failed": out["requests"] - ok, "errors": out["errors"][:3],
                 "connections": out["connections"], "closed_by_server": out["closed_by_server"],
                 "per_s": round(out["requests"] / out["elapsed_s"], 1) if out["elapsed_s"] else None,
+                "wan_path_bytes_per_validation": round(path_during / ok, 1) if ok else None,
+                "wan_path_idle_bytes": path_idle, "wan_path_hosts": sorted(path),
                 "wan_bytes": during, "idle_wan_bytes": idle, "idle_s": idle_s, "wan_extra_by_host": top,
                 # How much the background itself moved between the two idle windows, per request:
                 # a figure below it is not told apart from zero.
@@ -351,6 +450,22 @@ class Bench:
                                                                   out["elapsed_s"], ok),
                 "keystone_cross_region_connections": self.cross_region_connections(vip_region, "keystone"),
                 "wan_bytes_per_validation": wan_bytes_per_request(during, out["elapsed_s"], idle, idle_s, ok)}
+
+    def keystone_direct(self, count: int) -> dict:
+        """Validations straight to a Keystone node of the home region (plain HTTP from its
+        first proxy, which the security groups admit): Keystone's own service time, without
+        the client's TLS and HAProxy."""
+        node = self.topo.nodes(self.home, "keystone")[0]
+        auth, subject = self.ks.admin_token(self.home), self.ks.admin_token(self.home)
+        cfg = {"mode": "http", "scheme": "http", "address": node.address, "port": PORTS["keystone"],
+               "hostname": node.address, "ca": None, "method": "GET", "path": "/v3/auth/tokens",
+               "headers": {"X-Auth-Token": auth, "X-Subject-Token": subject}, "count": count, "concurrency": 1,
+               "duration": 60, "warmup": 3}
+        out = self.run_client(self.topo.nodes(self.home, "proxy")[0].name, cfg, timeout=180)
+        nocatalog = self.run_client(self.topo.nodes(self.home, "proxy")[0].name,
+                                    {**cfg, "path": "/v3/auth/tokens?nocatalog"}, timeout=180)
+        return {**percentiles(out["latencies_ms"]), "statuses": out["statuses"],
+                "nocatalog": {**percentiles(nocatalog["latencies_ms"]), "statuses": nocatalog["statuses"]}}
 
     def throughput(self) -> dict:
         auth = self.ks.admin_token(self.home)
@@ -397,7 +512,17 @@ class Bench:
                 p = self.dep.lab.net.ping(mine, node.name, count=5, interval=0.2)
                 if p.avg_ms is not None:
                     rtts.append(p.avg_ms)
+        # Galera's own figure for the same commits: group communication latency, from a
+        # message sent to its delivery in total order (min/avg/max/stddev/samples, seconds).
+        evs = self.dep.sql(mine, "SHOW GLOBAL STATUS LIKE 'wsrep_evs_repl_latency'", check=False).stdout.split()
+        try:
+            parts = [float(x) for x in evs[-1].split("/")]
+            evs_ms = {"min": round(parts[0] * 1000, 1), "avg": round(parts[1] * 1000, 1),
+                      "max": round(parts[2] * 1000, 1), "samples": int(parts[4])}
+        except (IndexError, ValueError):
+            evs_ms = None
         return {"token_issue": {**percentiles(issue["latencies_ms"]), "statuses": issue["statuses"]},
+                "galera_evs_repl_latency_ms": evs_ms,
                 "project_create": {**percentiles(create["latencies_ms"]), "statuses": create["statuses"]},
                 "commit": {**percentiles(sql["latencies_ms"]), "errors": sql["errors"][:3]},
                 "farthest_voter_rtt_ms": round(max(rtts), 1) if rtts else None}
@@ -444,6 +569,8 @@ class Bench:
                    "one_region": self.validations(self.far, count if ms == 0 else count // 4)}
             self.log(f"  in-region: {run['in_region']}")
             self.log(f"  one region: {run['one_region']}")
+            run["keystone_direct"] = self.keystone_direct(count // 2)
+            self.log(f"  straight to Keystone: {run['keystone_direct']}")
             run["throughput"] = self.throughput()
             run.update(self.writes())
             self.log(f"  writes: token issue p50 {run['token_issue']['p50']} ms, project create p50 "
@@ -488,6 +615,7 @@ def main(argv: list[str] | None = None) -> int:
         bench.install_counters()
         report.update(bench.run(args.wan_latency_ms))
         report["bench_s"] = round(time.monotonic() - t0, 1)
+    add_scale(report)
     report["targets"] = targets(report)
     (out / "report.json").write_text(json.dumps(report, indent=2))
     if args.report:

@@ -7,7 +7,7 @@ one JSON object: every request's latency, the statuses, the errors, and how many
 connections it opened.
 
     {"mode": "http", "address", "port", "hostname", "ca", "method", "path", "headers",
-     "body", "count", "concurrency", "duration", "warmup"}
+     "body", "count", "concurrency", "duration", "warmup", "scheme" ("https", or "http")}
         `concurrency` threads, each on one keep-alive HTTPS connection (reopened only when
         the server closes it, and counted), together at most `count` requests and
         `duration` seconds after `warmup` requests per thread that are not measured.
@@ -44,7 +44,7 @@ class _Connection(http.client.HTTPSConnection):
 
 
 def _http(cfg: dict) -> dict:
-    ctx = ssl.create_default_context(cafile=cfg["ca"])
+    ctx = ssl.create_default_context(cafile=cfg["ca"]) if cfg.get("scheme") != "http" else None
     # "{seq}" in the body becomes a number unique to the request (a name that must be new).
     body_text = json.dumps(cfg["body"]) if cfg.get("body") is not None else None
     seq = iter(range(10 ** 9))
@@ -57,7 +57,7 @@ def _http(cfg: dict) -> dict:
     start = [0.0]  # set once every thread is warm, before any of them goes on
     ready = threading.Barrier(int(cfg["concurrency"]) + 1, action=lambda: start.__setitem__(0, time.monotonic()))
 
-    def one(conn: _Connection) -> tuple[int | None, bool, str | None]:
+    def one(conn: http.client.HTTPConnection) -> tuple[int | None, bool, str | None]:
         """(status, the server closed the connection, error)"""
         body = None
         if body_text is not None:
@@ -74,9 +74,11 @@ def _http(cfg: dict) -> dict:
     def worker() -> None:
         conn, opened = None, 0
 
-        def fresh() -> _Connection:
+        def fresh() -> http.client.HTTPConnection:
             nonlocal opened
             opened += 1
+            if cfg.get("scheme") == "http":  # a Keystone node itself, from inside its region
+                return http.client.HTTPConnection(cfg["address"], int(cfg["port"]), timeout=float(cfg.get("timeout", 10)))
             return _Connection(cfg["address"], int(cfg["port"]), cfg["hostname"], ctx, float(cfg.get("timeout", 10)))
 
         conn = fresh()

@@ -27,9 +27,9 @@ def test_wan_bytes_subtract_the_idle_rate_over_the_same_time():
 def _report(**over) -> dict:
     run = lambda p99_in, p99_one, wan: {  # noqa: E731
         "in_region": {"p50": 5.0, "p95": 8.0, "p99": p99_in, "wan_bytes_per_validation": wan, "connections": 1,
-                      "n": 1000},
+                      "n": 1000, "wan_path_bytes_per_validation": wan},
         "one_region": {"p50": 101.0, "p95": 105.0, "p99": p99_one, "wan_bytes_per_validation": 2300.0,
-                       "connections": 1, "n": 250},
+                       "connections": 1, "n": 250, "wan_path_bytes_per_validation": 570.0},
         "throughput": {"1": {"per_s": 150.0, "p50": 6.0, "p99": 9.0}, "4": {"per_s": 300.0, "p50": 12.0, "p99": 30.0}},
         "token_issue": {"p50": 60.0}, "project_create": {"p50": 240.0}, "commit": {"p50": 110.0},
         "farthest_voter_rtt_ms": 100.0}
@@ -50,20 +50,14 @@ def test_targets_are_judged_from_the_report():
     assert got[bench.TARGETS[4][0]]["measured"] == 62.5 and got[bench.TARGETS[4][0]]["met"] is False
     slow = _report()
     slow["runs"]["50"]["in_region"]["p99"] = 70.0  # 2x, not 5x
-    slow["runs"]["50"]["in_region"]["wan_bytes_per_validation"] = 12.5
+    slow["runs"]["50"]["in_region"]["wan_path_bytes_per_validation"] = 12.5
     got = {t["name"]: t for t in bench.targets(slow)}
     assert got[bench.TARGETS[1][0]]["met"] is False and got[bench.TARGETS[0][0]]["met"] is False
 
 
-def test_wan_bytes_within_the_backgrounds_own_movement_count_as_zero():
+def test_the_background_noise_is_how_far_two_idle_windows_differ_per_request():
     assert bench.wan_noise_per_request(50000, 44000, 10.0, 5.0, 100) == 30.0
-    report = _report()
-    report["runs"]["50"]["in_region"].update(wan_bytes_per_validation=25.0, wan_noise_per_validation=30.0)
-    got = {t["name"]: t for t in bench.targets(report)}[bench.TARGETS[0][0]]
-    assert got["measured"] == 0 and got["met"] is True
-    report["runs"]["50"]["in_region"].update(wan_bytes_per_validation=45.0)
-    got = {t["name"]: t for t in bench.targets(report)}[bench.TARGETS[0][0]]
-    assert got["measured"] == 45.0 and got["met"] is False
+    assert bench.wan_noise_per_request(50000, 44000, 10.0, 5.0, 0) is None
 
 
 def test_a_figure_not_measured_is_said_so_not_met():
@@ -79,7 +73,7 @@ def test_summary_and_plots(tmp_path):
     report = _report()
     report["targets"] = bench.targets(report)
     text = bench.markdown(report)
-    assert "| 50 ms | in-region (lab-b client, lab-b VIP) | 5.0 | 8.0 | 20.0 | 0.0 | 1 / 1000 |" in text
+    assert "| 50 ms | in-region (lab-b client, lab-b VIP) | 5.0 | 8.0 | 20.0 | 0.0 / 0.0 | 1 / 1000 |" in text
     assert "| 50 ms | 60.0 | 240.0 | 110.0 | 100.0 |" in text
     assert "**missed**" in text  # the cold start
     files = bench.plots(report, tmp_path)
@@ -92,7 +86,7 @@ class _Server:
     """A TLS HTTP/1.1 server on loopback for identity.test; `close` answers like uwsgi with
     rem-header = Content-Length (no length: the body ends with the connection)."""
 
-    def __init__(self, tmp_path, close: bool):
+    def __init__(self, tmp_path, close: bool, tls: bool = True):
         import http.server
         import ssl
         import threading
@@ -133,7 +127,8 @@ class _Server:
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.load_cert_chain(str(tmp_path / "server.pem"))
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+        if tls:
+            self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
         self.port = self.httpd.server_address[1]
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
@@ -182,3 +177,27 @@ def test_failovers_are_judged_by_their_slowest_run_and_every_failed_request():
     assert got["failover: keepalived stops on the VIP holder: failed idempotent requests (all runs)"]["met"] is True
     report["targets"] = bench.targets(report)
     assert "| HAProxy dies on the VIP holder | 2.0 / 2.2 / 2.4 | 31 / 420 | 3 |" in bench.markdown(report)
+
+
+def test_the_scale_model_uses_the_measured_cost_and_real_round_trips():
+    rows = bench.scale_model(1.5, 1.0, sizes=(3, 5))
+    three = rows[0]
+    assert three["cities"] == ["Paris", "Milan", "Moscow"]
+    # Paris's farthest is Moscow (56.4 ms); Milan's is Moscow too (67.1 ms)
+    assert (three["best_writer"], three["best_rtt_ms"], three["best_commit_ms"]) == ("Paris", 56.4, 85.6)
+    assert (three["worst_writer"], three["worst_rtt_ms"], three["worst_commit_ms"]) == ("Milan", 67.1, 101.6)
+    assert rows[1]["worst_rtt_ms"] == 168.5  # Moscow-Dallas once the US joins
+    assert bench.city_rtt("Moscow", "Paris") == bench.city_rtt("Paris", "Moscow")
+    report = _report()
+    report["runs"]["0"]["commit"] = {"p50": 1.0}
+    report["runs"]["50"]["commit"] = {"p50": 151.0}
+    bench.add_scale(report)
+    assert report["scale_commit_per_rtt"] == 1.5 and [r["regions"] for r in report["scale"]] == [3, 5, 7, 9]
+    report["targets"] = bench.targets(report)
+    assert "| 3 | Paris, Milan, Moscow | Paris: 56.4 ms, 85.6 ms | Milan: 67.1 ms, 101.6 ms |" in bench.markdown(report)
+
+
+def test_the_client_speaks_plain_http_to_a_keystone_node(tmp_path):
+    server = _Server(tmp_path, close=False, tls=False)
+    r = server.run(scheme="http", ca=None, count=12)
+    assert (r["requests"], r["statuses"], r["connections"]) == (12, {"200": 12}, 1)
