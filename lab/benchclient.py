@@ -49,6 +49,7 @@ def _http(cfg: dict) -> dict:
     body_text = json.dumps(cfg["body"]) if cfg.get("body") is not None else None
     seq = iter(range(10 ** 9))
     headers = {"Host": cfg["hostname"], **cfg.get("headers", {})}
+    asked_close = any(k.lower() == "connection" and v.lower() == "close" for k, v in headers.items())
     if body_text is not None:
         headers["Content-Type"] = "application/json"
     lock = threading.Lock()
@@ -67,7 +68,9 @@ def _http(cfg: dict) -> dict:
             conn.request(cfg["method"], cfg["path"], body=body, headers=headers)
             response = conn.getresponse()
             response.read()
-            return response.status, response.will_close, None
+            # uwsgi answers HTTP/1.1 without "Connection: close" and closes anyway: a client
+            # that asked for a close does not reuse the connection either.
+            return response.status, response.will_close or asked_close, None
         except (OSError, http.client.HTTPException) as exc:
             return None, True, f"{type(exc).__name__}: {exc}"[:200]
 

@@ -201,3 +201,25 @@ def test_the_client_speaks_plain_http_to_a_keystone_node(tmp_path):
     server = _Server(tmp_path, close=False, tls=False)
     r = server.run(scheme="http", ca=None, count=12)
     assert (r["requests"], r["statuses"], r["connections"]) == (12, {"200": 12}, 1)
+
+
+def test_readme_shows_the_committed_run_as_the_bench_wrote_it():
+    """README's figures are the bench's own summary of docs/bench/report.json, never typed in."""
+    import json
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    report = json.loads((root / "docs/bench/report.json").read_text())
+    summary = (root / "docs/bench/summary.md").read_text()
+    assert summary == bench.markdown(report)
+    readme = (root / "README.md").read_text()
+    start, end = "<!-- bench summary: docs/bench/summary.md -->\n", "<!-- end bench summary -->"
+    assert readme[readme.index(start) + len(start):readme.index(end)] == summary
+    for plot in report["plots"]:
+        assert (root / "docs/bench" / plot).read_bytes()[:4] == b"\x89PNG" and f"docs/bench/{plot}" in readme
+
+
+def test_a_client_that_asks_for_a_close_opens_a_connection_per_request(tmp_path):
+    """As HAProxy meets uwsgi: HTTP/1.1 answers without "Connection: close", then a close."""
+    server = _Server(tmp_path, close=False, tls=False)
+    r = server.run(scheme="http", ca=None, count=10, headers={"Connection": "close"})
+    assert (r["requests"], r["statuses"], r["connections"]) == (10, {"200": 10}, 10)

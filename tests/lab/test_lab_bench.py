@@ -29,6 +29,8 @@ def test_every_validation_is_answered_on_kept_alive_connections(bench_report):
             assert r["n"] > 0 and r["failed"] == 0, (ms, design, r)
             # One client thread: one connection for all its validations (keep-alive end to end).
             assert r["connections"] == 1 and r["closed_by_server"] == 0, (ms, design, r)
+        direct = run["keystone_direct"]
+        assert direct["statuses"] == {"200": direct["n"]} and direct["nocatalog"]["statuses"] == {"200": direct["n"]}
         for c, t in run["throughput"].items():
             assert t["per_s"] > 0 and t["failed"] == 0, (ms, c, t)
 
