@@ -67,6 +67,7 @@ FAILOVERS = (
     ("the database writer dies (reads)", "drill_db_failover", "first_read_s", "failed_reads", "reads"),
 )
 FAILOVER_TARGET_S = 3
+REJOIN_TARGET_S = 10
 
 
 # Round trips between cities, ms (ping, both directions averaged): WonderProxy, "Miles per
@@ -195,6 +196,15 @@ def targets(report: dict) -> list[dict]:
         TARGETS[4][0]: report.get("cold_start_s"),
     }
     out = [judge(name, op, value, measured[name], unit) for name, op, value, unit in TARGETS]
+    rejoin = report.get("rejoin")
+    if rejoin:
+        # An SST is not the rejoin the design expects: judged as not met whatever its time.
+        ist = rejoin.get("transfer") == "IST"
+        out.append(judge(f"a region cut off for {rejoin['held_s']:g} s rejoins by IST", "<=", REJOIN_TARGET_S,
+                         rejoin.get("rejoin_s") if ist else None, "s",
+                         "" if ist else f"rejoined by {rejoin.get('transfer')}"))
+        if not ist:
+            out[-1]["met"] = False
     for name, f in report.get("failovers", {}).items():
         out.append(judge(f"failover: {name}: first answer (slowest run)", "<=", FAILOVER_TARGET_S,
                          f["first_answer_s"]["max"], "s"))
@@ -254,6 +264,11 @@ def markdown(report: dict) -> str:
                          f"{r['best_commit_ms']} ms | {r['worst_writer']}: {r['worst_rtt_ms']} ms, "
                          f"{r['worst_commit_ms']} ms | {r['writes_per_s_per_connection'][0]} / "
                          f"{r['writes_per_s_per_connection'][1]} |")
+    rejoin = report.get("rejoin")
+    if rejoin:
+        lines += ["", f"Rejoin: {rejoin['region']} cut off for {rejoin['held_s']:g} s while the others committed "
+                  f"{rejoin['commits_meanwhile']} writes; healed, every member Synced again after "
+                  f"{rejoin['rejoin_s']} s, by {rejoin['transfer']}."]
     lines += ["", "| target | measured | met |", "|---|---|---|"]
     for t in report["targets"]:
         met = {True: "met", False: "**missed**", None: "not measured"}[t["met"]]
@@ -550,6 +565,28 @@ class Bench:
             self.log(f"  {name}: {out[name]}")
         return out
 
+    def rejoin(self, hold_s: float) -> dict:
+        """A region cut off for `hold_s` seconds while the others commit, then healed: how
+        long until every member is Synced in the whole cluster again, and by which transfer
+        (IST, from the donor's gcache, is the design's expectation)."""
+        from .drills import GaleraDrills
+        g = GaleraDrills(self.dep)
+        cut = g.drill_partition()
+        others = [r for r in g.regions if r != cut.measured.get("partitioned")]
+        writes, end = 0, time.monotonic() + hold_s
+        for _ in range(int(hold_s * 4) + 1):  # bounded in count and in time
+            if time.monotonic() >= end:
+                break
+            ident, _ = g.write(others[0], "bench: while a region is cut off")
+            writes += ident is not None
+            time.sleep(0.25)
+        healed = g.drill_heal()
+        out = {"region": cut.measured.get("partitioned"), "held_s": hold_s, "commits_meanwhile": writes,
+               "rejoin_s": healed.measured.get("rejoin_s"), "transfer": healed.measured.get("transfer"),
+               "problems": (cut.problems + healed.problems)[:3]}
+        self.log(f"  rejoin: {out}")
+        return out
+
     def memory_mb(self) -> dict:
         out = {}
         for rec in self.dep.lab.procs.processes().values():
@@ -583,8 +620,10 @@ class Bench:
             runs[str(int(ms) if float(ms).is_integer() else ms)] = run
         self.set_latency(0)
         self.log("failovers (0 ms)")
-        return {"runs": runs, "wan_mode": mode, "memory_mb_per_region": self.memory_mb(),
-                "failovers": self.failovers(1 if self.quick else 3)}
+        failovers = self.failovers(1 if self.quick else 3)
+        self.log("rejoin after a partition (0 ms)")
+        return {"runs": runs, "wan_mode": mode, "memory_mb_per_region": self.memory_mb(), "failovers": failovers,
+                "rejoin": self.rejoin(15 if self.quick else 60)}
 
 
 def main(argv: list[str] | None = None) -> int:

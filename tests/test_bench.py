@@ -223,3 +223,15 @@ def test_a_client_that_asks_for_a_close_opens_a_connection_per_request(tmp_path)
     server = _Server(tmp_path, close=False, tls=False)
     r = server.run(scheme="http", ca=None, count=10, headers={"Connection": "close"})
     assert (r["requests"], r["statuses"], r["connections"]) == (10, {"200": 10}, 10)
+
+
+def test_a_rejoin_is_judged_by_its_time_and_only_when_it_was_an_ist():
+    report = _report(rejoin={"region": "lab-c", "held_s": 60, "commits_meanwhile": 200, "rejoin_s": 4.2,
+                             "transfer": "IST"})
+    got = bench.targets(report)[-1]
+    assert (got["name"], got["measured"], got["met"]) == ("a region cut off for 60 s rejoins by IST", 4.2, True)
+    report["rejoin"].update(transfer="SST", rejoin_s=3.0)
+    got = bench.targets(report)[-1]
+    assert (got["measured"], got["met"], got["why"]) == (None, False, "rejoined by SST")
+    report["targets"] = bench.targets(report)
+    assert "Rejoin: lab-c cut off for 60 s while the others committed 200 writes" in bench.markdown(report)

@@ -65,3 +65,9 @@ def test_every_failure_is_run_and_answered_again(bench_report):
         # Recovered within the drill's bounded observation: an answer came (how fast: the bench's targets).
         assert f["first_answer_s"]["runs"] == 1 and f["first_answer_s"]["max"] is not None, (name, f)
         assert f["requests"] > 0, (name, f)
+
+
+def test_a_region_cut_off_rejoins_by_ist(bench_report):
+    r = bench_report["rejoin"]
+    assert r["problems"] == [] and r["commits_meanwhile"] > 0, r
+    assert r["rejoin_s"] is not None and r["transfer"] == "IST", r
