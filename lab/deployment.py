@@ -100,6 +100,13 @@ class LabDeployment:
         return HostSpec(node.name, node.region, f"{node.address}/{prefix}")
 
     # -- up -------------------------------------------------------------------------------
+    def install(self) -> None:
+        """The Debian and PyPI packages the lab and this topology's layers need (only what is missing)."""
+        packages.ensure_lab_base(self.lab.prefix)
+        roles = {n.role for n in self.topo.nodes()}
+        packages.ensure_packages(sorted({p for layer in layers.ORDER if set(layer.ROLES) & roles
+                                         for p in layer.PACKAGES} | set(SSHD_PACKAGES)))
+
     def up(self, install: bool = True, log=print, wan_latency_ms: float = 0,
            only: tuple[str, ...] | None = None) -> None:
         """Render, build, and start every layer (or only the layers of the roles in `only`)."""
@@ -107,10 +114,7 @@ class LabDeployment:
             raise LabError(f"a lab is already up in {self.lab.labdir}: tear it down first (python -m lab down)")
         t0 = time.monotonic()
         if install:
-            packages.ensure_lab_base(self.lab.prefix)
-            roles = {n.role for n in self.topo.nodes()}
-            packages.ensure_packages(sorted({p for layer in layers.ORDER if set(layer.ROLES) & roles
-                                             for p in layer.PACKAGES} | set(SSHD_PACKAGES)))
+            self.install()
         # A new lab starts from empty data directories: a previous lab's grastate.dat would
         # (rightly) stop galera-node from starting a new cluster.
         for leftover in (Path(self.lab.labdir) / "hosts", self.render_dir):

@@ -101,18 +101,21 @@ def ensure_drill_table(dep, node: str) -> None:
                   "at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)) ENGINE=InnoDB", check=True)
 
 
+def check_account(dep) -> dict[str, str]:
+    """The check user's option file as {setting: value} ({} when there is none yet)."""
+    path = Path(check_cnf(dep))
+    if not path.exists():
+        return {}
+    return {k.strip(): v.strip() for k, _, v in (line.partition(" = ") for line in path.read_text().splitlines()) if v}
+
+
 def ensure_check_user(dep, refresh: bool = False) -> str:
     """The check user on the cluster and its option file; created when the file is missing
     (or with refresh, as at every lab start: a new lab directory may hold an old file)."""
     path = check_cnf(dep)
     if os.path.exists(path) and not refresh:
         return path
-    password = None
-    if os.path.exists(path):
-        for line in Path(path).read_text().splitlines():
-            if line.startswith("password = "):
-                password = line.split(" = ", 1)[1].strip()
-    password = password or _random.token_hex(12)
+    password = check_account(dep).get("password") or _random.token_hex(12)
     statements = []
     for proxy in dep.topo.nodes(role="proxy"):
         account = f"'{CHECK_USER}'@'{proxy.address}'"
