@@ -8,6 +8,7 @@ Shipped by keystone-multiregion (uwsgi's wsgi-file on every Keystone node, and t
 import json
 import os
 import sys
+import threading
 
 # The database driver keystone.conf names (TLS or nothing), shipped next to this file.
 sys.dont_write_bytecode = True  # no __pycache__ beside the shipped module
@@ -29,6 +30,34 @@ _NOT_PRIMARY = ("WSREP has not yet prepared node for application use", "(1047,")
 _DISCONNECTED = ("(2006,", "(2013,", "(2026,", "MySQL server has gone away", "Lost connection to MySQL server")
 
 
+# Keystone answers some of those itself, with a 500 (its auth-context middleware catches every
+# exception while it validates the caller's token, e.g. a session lost while reading revocation
+# events): what its database engines saw during the request says whether that is the cause.
+_seen = threading.local()
+
+
+def _note_disconnect(context):
+    """SQLAlchemy's handle_error event, for every engine of the process: remember that a
+    connection dropped under this request."""
+    if context.is_disconnect or any(marker in str(context.original_exception) for marker in _DISCONNECTED):
+        _seen.disconnected = True
+
+
+def watch_disconnects(engine_class=None, listen=None):
+    if engine_class is None:
+        from sqlalchemy import event
+        from sqlalchemy.engine import Engine
+        engine_class, listen = Engine, event.listen
+    listen(engine_class, "handle_error", _note_disconnect)
+
+
+watch_disconnects()
+
+# Safe to answer again: the lost connection was invalidated with its pool, the next attempt
+# gets a fresh one (through the proxies, to a member that serves).
+_IDEMPOTENT = ("GET", "HEAD", "OPTIONS")
+
+
 def _body(message):
     return json.dumps({"error": {"code": 503, "title": "Service Unavailable", "message": message}}).encode()
 
@@ -43,6 +72,29 @@ _BODY_DISCONNECTED = _body("The database connection was lost while answering (a 
 def application(environ, start_response):
     # Keystone's responses are small: complete each one here before anything is sent, so
     # an error while producing it can still be answered properly.
+    idempotent = environ.get("REQUEST_METHOD") in _IDEMPOTENT
+    for attempt in (1, 2):
+        status, headers, body = _answer(environ)
+        if status is not None:
+            if not (status.startswith("500") and _seen.disconnected):
+                start_response(status, headers)
+                return [body]
+            body = _BODY_DISCONNECTED  # Keystone's own 500 for a lost connection
+        if body is _BODY_DISCONNECTED and idempotent and attempt == 1:
+            print(f"keystone-wsgi: the database connection was lost under {environ['REQUEST_METHOD']} "
+                  f"{environ.get('PATH_INFO')}; answering it again", file=sys.stderr, flush=True)
+            continue
+        break
+    start_response("503 Service Unavailable",
+                   [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+                    ("Retry-After", "30" if body is _BODY else "1")])
+    return [body]
+
+
+def _answer(environ):
+    """Keystone's answer (status, headers, body), or (None, None, a 503 body) when the
+    database refused the request (outside the Primary component) or dropped it."""
+    _seen.disconnected = False
     started = []
 
     def capture(status, headers, exc_info=None):
@@ -53,14 +105,8 @@ def application(environ, start_response):
         body = b"".join(_keystone(environ, capture))
     except Exception as exc:  # noqa: BLE001 (re-raised unless the database refused or dropped it)
         if any(marker in str(exc) for marker in _NOT_PRIMARY):
-            body, retry_after = _BODY, "30"
-        elif any(marker in str(exc) for marker in _DISCONNECTED):
-            body, retry_after = _BODY_DISCONNECTED, "1"
-        else:
-            raise
-        start_response("503 Service Unavailable",
-                       [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
-                        ("Retry-After", retry_after)])
-        return [body]
-    start_response(*started)
-    return [body]
+            return None, None, _BODY
+        if any(marker in str(exc) for marker in _DISCONNECTED):
+            return None, None, _BODY_DISCONNECTED
+        raise
+    return started[0], started[1], body

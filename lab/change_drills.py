@@ -1,4 +1,4 @@
-"""Drills D1-D6: changing the running lab the way `pulumi up` changes a deployment.
+"""Drills D1-D7: changing the running lab the way `pulumi up` changes a deployment.
 
 Every change goes through the stack's own command line: node-agent apply over SSH from the
 ops host in admin_cidr, the node's host key pinned, the payload (keystone_multiregion/push.py)
@@ -159,10 +159,11 @@ class ChangeDrills:
             if expect_actions is not None and not any(a.startswith(expect_actions) for a in report.get("actions", [])):
                 problems.append(f"{name}: expected {expect_actions}, the agent did {report.get('actions')}")
 
-    def _under_load(self, title: str, body, regions: list[str] | None = None) -> DrillResult:
+    def _under_load(self, title: str, body, regions: list[str] | None = None,
+                    validate_interval: float = 0.2) -> DrillResult:
         problems: list[str] = []
         measured: dict = {}
-        load = Load(self.dep, regions=regions)
+        load = Load(self.dep, regions=regions, validate_interval=validate_interval)
         time.sleep(1.0)  # the clients are running before the change
         t = time.monotonic()
         try:
@@ -398,10 +399,41 @@ class ChangeDrills:
             if out.returncode != 0:
                 raise LabError(f"restoring {name}'s files failed: {out.stderr.strip()[-300:]}")
 
+    # -- D7 -------------------------------------------------------------------------------------
+    def drill_db_sessions_cut(self, rounds: int = 40, pause_s: float = 0.3) -> DrillResult:
+        """D7: what a drained restart and the proxies' session moves do to Keystone, many times
+        over: every database session of Keystone killed at every Galera node, `rounds` times,
+        under load. Keystone answers some of those losses itself with a 500 (its auth-context
+        middleware catches the error); the shipped WSGI wrapper answers such a validation
+        again on a fresh connection. Reported: sessions killed, validations answered again."""
+        galera = [n.name for n in self.topo.nodes(role="galera")]
+        keystone = [n.name for n in self.topo.nodes(role="keystone")]
+
+        def answered_again() -> int:
+            return sum(Path(self.dep.lab.procs.log_path(k, "keystone")).read_text(errors="replace")
+                       .count("keystone-wsgi: the database connection was lost")
+                       for k in keystone if Path(self.dep.lab.procs.log_path(k, "keystone")).exists())
+
+        def body(problems, measured):
+            before, killed = answered_again(), 0
+            for _ in range(rounds):
+                for name in galera:
+                    ids = self.dep.sql(name, "SELECT id FROM information_schema.processlist WHERE user = 'keystone'",
+                                       check=False).stdout.split()
+                    for cid in ids:
+                        killed += self.dep.sql(name, f"KILL CONNECTION {int(cid)}", check=False).returncode == 0
+                time.sleep(pause_s)
+            measured.update(sessions_killed=killed, validations_answered_again=answered_again() - before)
+            if not killed:
+                problems.append("no Keystone database session was found to kill: the drill tested nothing")
+        return self._under_load(f"D7. Keystone's database sessions killed at every Galera node, {rounds} times", body,
+                                validate_interval=0.05)
+
     def run_all(self, log=print) -> list[DrillResult]:
         results = []
         for drill in (self.drill_haproxy_push, self.drill_galera_restart_setting, self.drill_certificate_renewal,
-                      self.drill_quorum_refusal, self.drill_region_added, self.drill_region_removed):
+                      self.drill_quorum_refusal, self.drill_region_added, self.drill_region_removed,
+                      self.drill_db_sessions_cut):
             result = drill()
             log(result.line())
             results.append(result)

@@ -140,27 +140,107 @@ def test_max_active_keys_follows_the_rotation_interval():
 
 
 def _wsgi_module(app):
-    """Load agents/keystone-wsgi.py with a stand-in Keystone application."""
+    """Load agents/keystone-wsgi.py with a stand-in Keystone application (and the real
+    SQLAlchemy, Debian's version, whose engines it watches)."""
     sys.modules.pop("keystone_dbtls", None)
     fake = types.ModuleType("keystone.server.wsgi")
     fake.initialize_public_application = lambda: app
-    sys.modules.update({"keystone": types.ModuleType("keystone"), "keystone.server": types.ModuleType("keystone.server"),
-                        "keystone.server.wsgi": fake})
+    fakes = {"keystone": types.ModuleType("keystone"), "keystone.server": types.ModuleType("keystone.server"),
+             "keystone.server.wsgi": fake}
+    sys.modules.update(fakes)
     try:
         spec = importlib.util.spec_from_file_location("ksm_wsgi", AGENTS / "keystone-wsgi.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
+        _LOADED.append(module)
         return module
     finally:
-        for name in ("keystone.server.wsgi", "keystone.server", "keystone"):
+        for name in fakes:
             sys.modules.pop(name, None)
 
 
-def _call(module):
+_LOADED = []
+
+
+@pytest.fixture(autouse=True)
+def _forget_wrappers():
+    """Each loaded wrapper listens on SQLAlchemy's Engine class: removed after the test."""
+    yield
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+    while _LOADED:
+        listener = _LOADED.pop()._note_disconnect
+        if event.contains(Engine, "handle_error", listener):
+            event.remove(Engine, "handle_error", listener)
+
+
+@pytest.fixture
+def engine():
+    """An engine like Keystone's, created after the wrapper registered its listener on the
+    Engine class (as oslo.db creates Keystone's)."""
+    import sqlalchemy
+    return sqlalchemy.create_engine("sqlite://")
+
+
+def _drop_connection(engine):
+    """What SQLAlchemy tells its handle_error listeners when a connection drops under a query."""
+    error = Exception("(pymysql.err.OperationalError) (2013, 'Lost connection to MySQL server during query')")
+    engine.dispatch.handle_error(types.SimpleNamespace(is_disconnect=True, original_exception=error))
+
+
+def _call(module, method="GET"):
     seen = {}
-    body = b"".join(module.application({}, lambda status, headers, exc_info=None: seen.update(status=status,
-                                                                                              headers=headers)))
+    body = b"".join(module.application({"REQUEST_METHOD": method, "PATH_INFO": "/v3/auth/tokens"},
+                                       lambda status, headers, exc_info=None: seen.update(status=status,
+                                                                                           headers=headers)))
     return seen, body
+
+
+def _keystone_losing_connections(engine, losses):
+    """A stand-in Keystone that, like its auth-context middleware, answers 500 itself when the
+    database connection drops under the first `losses` requests."""
+    calls = []
+
+    def app(environ, start_response):
+        calls.append(environ["REQUEST_METHOD"])
+        if len(calls) <= losses:
+            _drop_connection(engine)
+            start_response("500 Internal Server Error", [("Content-Type", "application/json")])
+            return [b'{"error": {"code": 500}}']
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [b'{"token": {}}']
+    return app, calls
+
+
+def test_wsgi_wrapper_answers_a_validation_again_when_keystone_lost_its_database_connection(engine):
+    """Seen in the lab: Keystone's sessions cut at the Galera nodes under load gave 6 of 8005
+    validations a 500 (auth_context: DBConnectionError on a session's rollback)."""
+    app, calls = _keystone_losing_connections(engine, losses=1)
+    seen, body = _call(_wsgi_module(app))
+    assert (seen["status"], body, calls) == ("200 OK", b'{"token": {}}', ["GET", "GET"])
+
+
+def test_wsgi_wrapper_answers_a_lost_write_or_a_second_loss_with_a_retryable_503(engine):
+    app, calls = _keystone_losing_connections(engine, losses=1)
+    seen, body = _call(_wsgi_module(app), method="POST")  # it may have committed: the client decides
+    assert seen["status"] == "503 Service Unavailable" and ("Retry-After", "1") in seen["headers"]
+    assert "connection was lost" in json.loads(body)["error"]["message"] and calls == ["POST"]
+
+    app, calls = _keystone_losing_connections(engine, losses=2)
+    seen, _ = _call(_wsgi_module(app))
+    assert seen["status"] == "503 Service Unavailable" and calls == ["GET", "GET"]
+
+
+def test_wsgi_wrapper_passes_keystones_other_500s_through():
+    calls = []
+
+    def failing(environ, start_response):
+        calls.append(1)
+        start_response("500 Internal Server Error", [])
+        return [b"{}"]
+
+    seen, _ = _call(_wsgi_module(failing))
+    assert seen["status"] == "500 Internal Server Error" and calls == [1]
 
 
 def test_wsgi_wrapper_turns_a_refused_write_into_a_clear_503():
@@ -180,12 +260,16 @@ def test_wsgi_wrapper_turns_a_refused_write_into_a_clear_503():
     "(pymysql.err.OperationalError) (2006, 'MySQL server has gone away')"])
 def test_wsgi_wrapper_turns_a_dropped_database_connection_into_a_retryable_503(error):
     """A member restarted or its sessions moved (node-agent's drained restart, the proxies
-    taking sessions back from a backup): 503, which HAProxy retries for a validation (a GET)
-    on another server, instead of Keystone's 500."""
+    taking sessions back from a backup) twice in a row under a validation: answered once
+    again, then 503, which HAProxy retries on another server, instead of Keystone's 500."""
+    calls = []
+
     def dropped(environ, start_response):
+        calls.append(environ["REQUEST_METHOD"])
         raise RuntimeError(error)
 
     seen, body = _call(_wsgi_module(dropped))
+    assert calls == ["GET", "GET"]
     assert seen["status"] == "503 Service Unavailable" and ("Retry-After", "1") in seen["headers"]
     assert "connection was lost" in json.loads(body)["error"]["message"]
 
