@@ -11,13 +11,10 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_openstack as openstack
 
-from keystone_multiregion.roles.keystone import endpoint_urls
+from keystone_multiregion.roles.keystone import catalog_entries, endpoint_urls
 from keystone_multiregion.topology import Topology
 
 from .keystone_api import CatalogRegion, KeystoneReady
-
-INTERFACES = ("public", "internal", "admin")
-
 
 @dataclass
 class CatalogArgs:
@@ -32,6 +29,7 @@ class RegionCatalog(pulumi.ComponentResource):
         super().__init__("keystone-multiregion:catalog:RegionCatalog", name, None, opts)
         topo, region = args.topology, args.topology.region(args.region)
         urls = endpoint_urls(topo, region.name)
+        entries = catalog_entries(topo, region.name)
         child = pulumi.ResourceOptions(parent=self)
         ready = KeystoneReady(f"keystone-ready-{region.name}", url=urls["public"], ca_pem=args.ca_pem, opts=child)
         admin = openstack.Provider(
@@ -40,25 +38,25 @@ class RegionCatalog(pulumi.ComponentResource):
             project_domain_name="Default", region=region.name, cacert_file=args.ca_pem,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[ready]))
         as_admin = pulumi.ResourceOptions(parent=self, provider=admin, depends_on=[ready])
-        catalog_region = CatalogRegion(f"catalog-region-{region.name}", url=urls["public"], region_id=region.name,
-                                       admin_password=args.admin_password, ca_pem=args.ca_pem,
-                                       description=f"{topo.name}: {region.public_hostname}",
+        catalog_region = CatalogRegion(f"catalog-region-{region.name}", url=urls["public"],
+                                       region_id=entries["region"]["id"], admin_password=args.admin_password,
+                                       ca_pem=args.ca_pem, description=entries["region"]["description"],
                                        opts=pulumi.ResourceOptions(parent=self, depends_on=[ready]))
         if region.name == topo.bootstrap_region:
             service = openstack.identity.ServiceV3(
-                "identity-service", name="keystone", type="identity", description="OpenStack Identity",
+                "identity-service", **entries["service"],
                 # Every region's endpoints hang off it.
                 opts=pulumi.ResourceOptions.merge(as_admin, pulumi.ResourceOptions(protect=True)))
             service_id = service.id
         else:
             service_id = openstack.identity.get_service_output(
-                name="keystone", type="identity",
+                name=entries["service"]["name"], type=entries["service"]["type"],
                 opts=pulumi.InvokeOutputOptions(parent=self, provider=admin, depends_on=[ready])).id
         self.endpoints = {}
-        for interface in INTERFACES:
+        for e in entries["endpoints"]:
             endpoint = openstack.identity.EndpointV3(
-                f"endpoint-{region.name}-{interface}", name="keystone", service_id=service_id,
-                endpoint_region=region.name, interface=interface, url=urls[interface],
+                f"endpoint-{region.name}-{e['interface']}", name=entries["service"]["name"], service_id=service_id,
+                endpoint_region=e["region"], interface=e["interface"], url=e["url"],
                 opts=pulumi.ResourceOptions.merge(as_admin, pulumi.ResourceOptions(depends_on=[ready, catalog_region])))
-            self.endpoints[interface] = endpoint.url
+            self.endpoints[e["interface"]] = endpoint.url
         self.register_outputs({"endpoints": self.endpoints})

@@ -48,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     which.add_argument("--stack", help="a region stack, e.g. region-a")
     which.add_argument("--region", help="a region of the topology (no stack file needed)")
     which.add_argument("--all", action="store_true", help="every region of the topology")
+    which.add_argument("--picture", metavar="FILE", help="draw the topology instead: FILE.png (Graphviz), or "
+                                                         "FILE.dot for the DOT text")
     render.add_argument("--out", default="build/render", help="output directory (replaced per region)")
     render.add_argument("--secrets", help="YAML map of secret name -> value (default: placeholders)")
     change = sub.add_parser("plan", help="the order of a change to a running deployment, every step checked")
@@ -111,6 +113,16 @@ def main(argv: list[str] | None = None) -> int:
                       f"{use.rules} of {topo.quotas.security_group_rules}, groups {use.groups} of "
                       f"{topo.quotas.security_groups}")
             print("  stacks: " + (", ".join(f"{s} -> {r}" for s, r in stacks.items()) or "none"))
+            return 0
+        if args.picture:
+            from .picture import render_png, topology_dot
+            dot = topology_dot(topo)
+            if args.picture.endswith(".dot"):
+                Path(args.picture).write_text(dot)
+            else:
+                render_png(dot, args.picture)
+            print(f"{args.picture}: {len(topo.regions)} regions, {len(topo.nodes())} nodes, "
+                  f"{sum(len(topo.vips(r.name)) for r in topo.regions)} VIPs (the topology's plan)")
             return 0
         if args.all:
             regions = [r.name for r in topo.regions]

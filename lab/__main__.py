@@ -3,6 +3,8 @@
     up      render every node of lab/topology.yaml (or --topology), build one namespace
             per node, enforce the security groups, start the daemons, run the checks
     status  what runs where
+    openstack [--os-cloud REGION] ARGS...
+            python-openstackclient from the lab's user namespace (clouds.yaml: one cloud per region)
     drill   run the checks again and print what they measured (--report FILE: JSON)
     down    tear down every namespace, process and mount the lab started
 
@@ -135,8 +137,20 @@ def _status(args: argparse.Namespace) -> int:
     if not os.path.exists(os.path.join(args.labdir, "state.json")):
         print(f"no lab is up (no state in {args.labdir}); start one with `./run lab up`")
         return 1
-    for line in _deployment(args).status():
+    dep = _deployment(args)
+    for line in dep.status():
         print("  " + line)
+    if args.picture:
+        from keystone_multiregion.picture import render_png, topology_dot
+        live = dep.live_state()
+        dot = topology_dot(dep.topo, live)
+        if args.picture.endswith(".dot"):
+            with open(args.picture, "w") as fh:
+                fh.write(dot)
+        else:
+            render_png(dot, args.picture)
+        print(f"{args.picture}: VIP holders, Galera members and writers as they are now"
+              + (f"; down: {', '.join(live['down'])}" if live["down"] else ""))
     return 0
 
 
@@ -171,6 +185,22 @@ def _drill(args: argparse.Namespace) -> int:
     return 1 if (rc or failed) else 0
 
 
+def _openstack(args: argparse.Namespace) -> int:
+    if not os.path.exists(os.path.join(args.labdir, "state.json")):
+        print(f"no lab is up (no state in {args.labdir}); start one with `./run lab up`", file=sys.stderr)
+        return 1
+    from . import catalog
+    dep = _deployment(args)
+    if catalog.USER_HOST not in dep.lab.net.hosts():
+        print("this lab has no user namespace (it was started before it existed): `./run lab down`, `./run lab up`",
+              file=sys.stderr)
+        return 1
+    out = catalog.openstack(dep, args.args, timeout=600)
+    sys.stdout.write(out.stdout)
+    sys.stderr.write(out.stderr)
+    return out.returncode
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lab", description=__doc__.splitlines()[0])
     ap.add_argument("--labdir", default=DEFAULT_LAB_DIR,
@@ -183,7 +213,10 @@ def main(argv: list[str] | None = None) -> int:
     lab_up.add_argument("--no-install", action="store_true", help="skip apt-get")
     lab_up.add_argument("--wan-latency-ms", type=float, default=0,
                         help="delay between regions, each way (e.g. 50 for a 100 ms round trip)")
-    sub.add_parser("status", help="what runs where")
+    st = sub.add_parser("status", help="what runs where")
+    st.add_argument("--picture", metavar="FILE", help="also draw it: FILE.png (Graphviz), or FILE.dot")
+    ops = sub.add_parser("openstack", help="python-openstackclient where a user sits (clouds.yaml of the lab)")
+    ops.add_argument("args", nargs="*", help="e.g. --os-cloud lab-b catalog list (all of them go to openstack)")
     drill = sub.add_parser("drill", help="run the checks against the running lab")
     drill.add_argument("--report", help="also write the results as JSON to this file")
     sub.add_parser("down", help="tear everything down (also after a crash)")
@@ -192,11 +225,18 @@ def main(argv: list[str] | None = None) -> int:
     stp = sub.add_parser("net-status", help="show what exists")
     stp.add_argument("--json", action="store_true")
     sub.add_parser("net-down", help="tear everything down (also after a crash)")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    client_args = []
+    if "openstack" in argv:  # everything after it is the client's, options included
+        at = argv.index("openstack")
+        argv, client_args = argv[:at + 1], argv[at + 1:]
     args = ap.parse_args(argv)
+    if args.cmd == "openstack":
+        args.args = client_args
     if os.geteuid() != 0:
         print("python -m lab needs root (network namespaces)", file=sys.stderr)
         return 2
-    return {"up": _up, "status": _status, "drill": _drill, "down": _net_down,
+    return {"up": _up, "status": _status, "openstack": _openstack, "drill": _drill, "down": _net_down,
             "net-up": _net_up, "net-status": _net_status, "net-down": _net_down}[args.cmd](args)
 
 

@@ -31,7 +31,7 @@ from keystone_multiregion.secrets import SecretsError, require_secrets
 from keystone_multiregion.security import PORTS
 from keystone_multiregion.topology import Node, Topology
 
-from . import Lab, argv_secrets, firewall, layers, packages, service
+from . import Lab, argv_secrets, catalog, firewall, layers, packages, service
 from .checks import Check
 from .net import HostSpec
 from .ssh import OPS_HOST, SSHD_PACKAGES, client_key, ops_address, ssh, start_sshd
@@ -105,7 +105,8 @@ class LabDeployment:
         packages.ensure_lab_base(self.lab.prefix)
         roles = {n.role for n in self.topo.nodes()}
         packages.ensure_packages(sorted({p for layer in layers.ORDER if set(layer.ROLES) & roles
-                                         for p in layer.PACKAGES} | set(SSHD_PACKAGES)))
+                                         for p in layer.PACKAGES} | set(SSHD_PACKAGES)
+                                        | (set(catalog.CLIENT_PACKAGES) if "keystone" in roles else set())))
 
     def up(self, install: bool = True, log=print, wan_latency_ms: float = 0,
            only: tuple[str, ...] | None = None) -> None:
@@ -153,10 +154,21 @@ class LabDeployment:
             # As the stack does once a node exists: its files pushed (no change on a new node),
             # one node of a role after the other, each push ending once the node is healthy.
             self.push_all(log, only)
+            # As each region stack does once its pushes are done: its catalog entries.
+            if (only is None or {"keystone", "proxy"} <= set(only)) and catalog.serving_regions(self.topo):
+                self.register_catalog(log)
         with self.lab.state.update() as d:
             d["probes"]["argv_secrets"] = {"findings": watch.findings, "samples": watch.samples}
         self.up_seconds = time.monotonic() - t0  # the bench's cold start (packages present)
         log(f"up in {self.up_seconds:.1f}s")
+
+    def register_catalog(self, log=print, regions: list[str] | None = None) -> None:
+        t = time.monotonic()
+        for step in catalog.register(self, regions):
+            log(f"catalog {step['region']}: region and endpoints "
+                + ", ".join(f"{i} {what}" for i, what in step["endpoints"].items())
+                + (", identity service created" if step.get("service") else ""))
+        log(f"catalog registered in {time.monotonic() - t:.1f}s; `./run lab openstack catalog list`")
 
     def push_all(self, log=print, only: tuple[str, ...] | None = None, nodes: list[str] | None = None) -> None:
         """Every node's files pushed (or the nodes of the roles in `only`, or the named ones),
@@ -207,6 +219,8 @@ class LabDeployment:
             self._switch_topology(new, path)
         for region in old_names - {r.name for r in new.regions}:
             self.lab.net.remove_region(region)
+        if catalog.USER_HOST in self.lab.net.hosts():
+            catalog.add_user_host(self)  # the user's hosts file and clouds.yaml name the regions of now
         return done
 
     def _switch_topology(self, new: Topology, path: str | Path) -> None:
@@ -215,7 +229,7 @@ class LabDeployment:
         with self.lab.state.update() as d:
             d["probes"]["topology_path"] = self.topology_path
         for name in self.lab.net.hosts():
-            if name != OPS_HOST:
+            if name not in (OPS_HOST, catalog.USER_HOST):
                 service.shim(self, name)  # the lab's systemctl loads this topology now
 
     def _add_region(self, region: str, secrets: dict, log) -> None:
@@ -235,11 +249,17 @@ class LabDeployment:
             if mine and any(self.running(role) for role in layer.ROLES):
                 layer.start(self, mine, log)
         self.push_all(log, nodes=[n.name for n in nodes])
+        if region in catalog.serving_regions(self.topo):
+            self.register_catalog(log, [region])
 
     def _remove_region(self, region: str, log) -> None:
-        """`pulumi destroy` of a region's stack: its Galera members leave the cluster (the
-        stack's leave-<node> command, over SSH), the last one first; then its VMs go."""
+        """`pulumi destroy` of a region's stack: its catalog entries go first (they depend on
+        its nodes), then its Galera members leave the cluster (the stack's leave-<node> command,
+        over SSH), the last one first; then its VMs go."""
         nodes = self.topo.nodes(region)
+        if region in catalog.serving_regions(self.topo):
+            for step in catalog.unregister(self, [region]):
+                log(f"catalog {step['region']}: {step['endpoints_deleted']} endpoints and the region deleted")
         for node in sorted((n for n in nodes if n.role in push.LEAVE_ROLES), key=lambda n: -n.number):
             out = ssh(self, node.name, push.leave_command(), timeout=600)
             if out.returncode != 0:
@@ -374,6 +394,32 @@ class LabDeployment:
             link = "link up" if self.lab.net.is_link_up(node.name) else "LINK DOWN"
             lines.append(f"{node.name:22} {node.region:6} {h['address']:16} ns {h['netns']:16} {link:9} {running}")
         return lines
+
+    def live_state(self) -> dict:
+        """What the running lab says, for keystone_multiregion.picture: who holds each VIP,
+        each Galera member's state, the node each region's database frontend sends new
+        sessions to (read from the stats socket of the proxy holding the internal VIP), and
+        the nodes whose processes are down."""
+        from .layers import proxy as proxy_layer
+        holders = proxy_layer.vip_holders(self)
+        galera = {}
+        for node in self.topo.nodes(role="galera"):
+            st = self.galera_status(node.name)
+            if st.get("wsrep_local_state_comment"):
+                galera[node.name] = {"state": st["wsrep_local_state_comment"],
+                                     "primary": st.get("wsrep_cluster_status") == "Primary",
+                                     "size": int(st.get("wsrep_cluster_size") or 0)}
+        writers = {}
+        for region in self.topo.regions:
+            internal = self.topo.vips(region.name, "internal")
+            held = holders.get(internal[0].address) if internal else None
+            states = proxy_layer.server_states(self, held[0]) if held else None
+            if states:
+                writers[region.name] = proxy_layer.active_server(states, "galera")
+        main = {"galera": "mariadb", "keystone": "keystone", "memcached": "memcached", "proxy": "haproxy",
+                "arbitrator": "garbd"}
+        down = [n.name for n in self.topo.nodes() if not self.lab.procs.is_alive(n.name, main[n.role])]
+        return {"vip_holders": holders, "galera": galera, "writers": writers, "down": down}
 
     def checks(self) -> list[Check]:
         """Measured facts of the running lab, each a check that can fail."""

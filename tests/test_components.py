@@ -430,6 +430,23 @@ def test_catalog_registers_only_this_regions_unversioned_endpoints(stack):
     assert "admin_password" in catalog_region.secret_inputs
 
 
+def test_catalog_resources_are_exactly_catalog_entries(stack):
+    """The stack registers what keystone_multiregion.roles.keystone.catalog_entries says, the
+    function the lab registers through Keystone's API (lab/catalog.py): they cannot disagree."""
+    from keystone_multiregion.roles.keystone import catalog_entries
+    region, run = stack
+    want = catalog_entries(TOPO, region)
+    endpoints = run.of_type("openstack:identity/endpointV3:EndpointV3")
+    assert sorted((e.inputs["interface"], e.inputs["endpointRegion"], e.inputs["url"]) for e in endpoints) == \
+        sorted((e["interface"], e["region"], e["url"]) for e in want["endpoints"])
+    assert {e.inputs["name"] for e in endpoints} == {want["service"]["name"]}
+    catalog_region = run.named(f"catalog-region-{region}")
+    assert (catalog_region.inputs["region_id"], catalog_region.inputs["description"]) == \
+        (want["region"]["id"], want["region"]["description"])
+    for service in run.of_type("openstack:identity/serviceV3:ServiceV3"):
+        assert {k: service.inputs[k] for k in want["service"]} == want["service"]
+
+
 def test_fernet_rotation_in_the_shared_stack():
     run = run_program("shared", {"shared": True, "fernetRotations": 2})
     fernet = sorted(r.name for r in run.of_type("random:index/randomBytes:RandomBytes") if r.name.startswith("fernet"))

@@ -49,6 +49,23 @@ def endpoint_urls(topo: Topology, region: str) -> dict[str, str]:
     return {"public": f"https://{r.public_hostname}", "internal": internal, "admin": internal}
 
 
+# The identity service exists once in the catalog (the bootstrap region's stack creates it).
+IDENTITY_SERVICE = {"name": "keystone", "type": "identity", "description": "OpenStack Identity"}
+CATALOG_INTERFACES = ("public", "internal", "admin")
+
+
+def catalog_entries(topo: Topology, region: str) -> dict:
+    """What a region's stack registers in the catalog, and nothing else: its region (with a
+    description) and its unversioned endpoints of the identity service. The stack's
+    components pass exactly this to their resources; the lab registers exactly this through
+    Keystone's API (lab/catalog.py)."""
+    r = topo.region(region)
+    urls = endpoint_urls(topo, region)
+    return {"service": dict(IDENTITY_SERVICE),
+            "region": {"id": region, "description": f"{topo.name}: {r.public_hostname}"},
+            "endpoints": [{"interface": i, "region": region, "url": urls[i]} for i in CATALOG_INTERFACES]}
+
+
 def _context(topo: Topology, node: Node, needed: dict) -> dict:
     return {
         "ks": topo.keystone,
