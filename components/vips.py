@@ -1,4 +1,6 @@
-"""The proxy pair's VRRP addresses: reserved ports, and a floating IP per public VIP."""
+"""The proxy pair's VRRP addresses: reserved ports, a floating IP per public VIP, and, with
+`dns:` in the topology, the region's public name as A records of those floating IPs in
+Designate (DNS round-robin over the region's public VIPs)."""
 
 from __future__ import annotations
 
@@ -46,4 +48,10 @@ class Vips(pulumi.ComponentResource):
                     f"fip-assoc-{vip.name}", floating_ip=fip.address, port_id=port.id,
                     fixed_ip=vip.address, opts=child)
                 self.public_ips[vip.name] = fip.address
+        if topo.dns and self.public_ips:
+            zone = openstack.dns.get_dns_zone_output(name=topo.dns.zone, opts=pulumi.InvokeOutputOptions(parent=self))
+            openstack.dns.RecordSet(
+                f"dns-{region.name}", zone_id=zone.id, name=f"{region.public_hostname}.", type="A",
+                records=list(self.public_ips.values()), ttl=topo.dns.ttl,
+                description=f"{topo.name}: public endpoint of {region.name}", opts=child)
         self.register_outputs({"public_ips": self.public_ips})

@@ -213,6 +213,11 @@ class QuotasIn(_Schema):
                                 10, ge=1)
 
 
+class DnsIn(_Schema):
+    zone: str = _fix("name the Designate zone that holds the public names, e.g. zone: example.com.")
+    ttl: int = _fix("give the records' TTL in seconds, e.g. ttl: 300", 300, ge=30, le=86400)
+
+
 class TopologyIn(_Schema):
     name: str = _fix("give the deployment a short name such as 'keystone'")
     bootstrap_region: str = _fix("name the region whose first Galera node starts the cluster")
@@ -225,6 +230,7 @@ class TopologyIn(_Schema):
     keystone: KeystoneIn = _fix("give keystone settings as key: value pairs", KeystoneIn())
     quotas: QuotasIn = _fix("give the project's quotas as key: value pairs, e.g. "
                             "quotas: {security_group_rules: 100, security_groups: 10}", QuotasIn())
+    dns: DnsIn | None = _fix("give dns as a mapping, e.g. dns: {zone: example.com.}", None)
 
 
 class TopologyError(ValueError):
@@ -356,6 +362,13 @@ class Quotas:
 
 
 @dataclass(frozen=True)
+class Dns:
+    """Each region stack manages its public_hostname's A records in this Designate zone."""
+    zone: str  # fully qualified, with the trailing dot
+    ttl: int
+
+
+@dataclass(frozen=True)
 class Topology:
     name: str
     bootstrap_region: str
@@ -375,6 +388,7 @@ class Topology:
     arbitrator: Arbitrator | None = None
     galera: GaleraSettings | None = None
     keystone: KeystoneSettings | None = None
+    dns: Dns | None = None
     _nodes: tuple[Node, ...] = field(default=(), repr=False, compare=False)
 
     # -- look-ups -------------------------------------------------------------------
@@ -692,10 +706,26 @@ def load_topology(data: Mapping[str, Any]) -> Topology:
         block_size=block_size, min_dhcp_pool=min_pool, public_vips=d.public_vips, internal_vips=d.internal_vips,
         peer_rules=d.peer_rules, quotas=Quotas(**spec.quotas.model_dump()),
         galera_data_device=d.galera_data_device, regions=tuple(regions),
-        arbitrator=arbitrator, galera=galera, keystone=keystone, _nodes=nodes)
+        arbitrator=arbitrator, galera=galera, keystone=keystone, dns=_dns(spec.dns, regions), _nodes=nodes)
     _check_quorum(topo)
     _check_quotas(topo)
     return topo
+
+
+def _dns(spec: DnsIn | None, regions) -> Dns | None:
+    """The zone, fully qualified; every region's public name must lie inside it."""
+    if spec is None:
+        return None
+    zone = spec.zone.strip().lower().rstrip(".")
+    if not _HOST_RE.match(zone):
+        raise TopologyError("dns.zone", f"{spec.zone!r} is not a DNS zone name", "use a name such as example.com.")
+    for i, r in enumerate(regions):
+        host = (r.public_hostname or "").lower()
+        if host and not host.endswith("." + zone):
+            raise TopologyError(f"regions[{i}].public_hostname", f"{r.public_hostname!r} is outside dns.zone {zone}.",
+                                f"use a name inside {zone}. (e.g. identity.{r.name}.{zone}), or the zone that "
+                                "holds it")
+    return Dns(zone=zone + ".", ttl=spec.ttl)
 
 
 _DURATION_RE = re.compile(r"^PT(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?$")

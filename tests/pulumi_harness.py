@@ -116,6 +116,8 @@ class _Mocks(pulumi.runtime.Mocks):
             return {"id": f"image-id-{args.args.get('name')}", "name": args.args.get("name")}
         if args.token == "openstack:identity/getService:getService":
             return {"id": "identity-service-id", "name": args.args.get("name"), "type": args.args.get("type")}
+        if args.token == "openstack:dns/getDnsZone:getDnsZone":
+            return {"id": f"zone-id-{args.args.get('name')}", "name": args.args.get("name")}
         if args.token == "openstack:networking/getNetwork:getNetwork":
             return {"id": f"extnet-id-{args.args.get('name')}", "name": args.args.get("name")}
         return {}

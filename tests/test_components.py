@@ -384,6 +384,24 @@ def test_existing_network_is_used_instead_of_creating_one(tmp_path):
     assert run.named("port-vip-region-b-public-1").inputs["networkId"] == "net-given"
 
 
+def test_dns_zone_in_the_topology_publishes_the_public_name(tmp_path):
+    """With `dns:`, each region stack manages its public name's A records in Designate: both
+    public floating IPs (round-robin), nothing else; without it, no DNS resource at all."""
+    data = example()
+    data["dns"] = {"zone": "example.com", "ttl": 120}
+    path = tmp_path / "topology.yaml"
+    path.write_text(yaml.safe_dump(data))
+    run = run_program("region-b", {"region": "region-b", "topology": str(path)})
+    records = run.of_type("openstack:dns/recordSet:RecordSet")
+    assert [(r.name, r.inputs["name"], r.inputs["type"], r.inputs["ttl"], r.inputs["zoneId"]) for r in records] == [
+        ("dns-region-b", "identity.region-b.example.com.", "A", 120, "zone-id-example.com.")]
+    fips = [run.named(f"fip-assoc-{v.name}").inputs["floatingIp"] for v in TOPO.vips("region-b", "public")]
+    assert len(set(fips)) == 2 and records[0].inputs["records"] == fips
+    assert ("openstack:dns/getDnsZone:getDnsZone", {"name": "example.com."}) in run.calls
+    assert run.of_type("openstack:dns/recordSet:RecordSet") and \
+        run_program("region-b", {"region": "region-b"}).of_type("openstack:dns/recordSet:RecordSet") == []
+
+
 def test_witness_stack_runs_only_the_arbitrator(tmp_path):
     from test_topology import two_regions_and_a_witness
     path = tmp_path / "topology.yaml"

@@ -471,3 +471,25 @@ def test_validate_checks_every_region_stack(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "stacks: region-a -> region-a, region-b -> region-b\n" in out
     assert "security group rules 67 of 100, groups 5 of 10" in out
+
+
+@pytest.mark.parametrize("dns, field, words", [
+    ({"zone": "other.org."}, "regions[0].public_hostname", "is outside dns.zone other.org."),
+    ({"zone": "not a zone"}, "dns.zone", "is not a DNS zone name"),
+    ({"zone": "example.com", "ttl": 5}, "dns.ttl", "5 is below the minimum of 30"),
+    ({"ttl": 300}, "dns.zone", "name the Designate zone"),
+])
+def test_dns_zone_must_hold_every_public_name(dns, field, words):
+    data = example()
+    data["dns"] = dns
+    with pytest.raises(TopologyError) as info:
+        load_topology(data)
+    assert info.value.field == field and words in str(info.value)
+
+
+def test_dns_zone_is_fully_qualified_and_optional():
+    assert load_topology(example()).dns is None
+    data = example()
+    data["dns"] = {"zone": "Example.COM"}
+    dns = load_topology(data).dns
+    assert (dns.zone, dns.ttl) == ("example.com.", 300)
