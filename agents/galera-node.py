@@ -72,6 +72,7 @@ VOLUME_MARKER = os.path.join(DATADIR, "keystone-multiregion-cluster.json")
 HOST_MARKER = "/var/lib/keystone-multiregion/galera-cluster.json"
 # The health server's system user and its database account (unix_socket: no password).
 HEALTH_USER = "galera-health"
+EXPORTER_USER = "prometheus"  # Debian's prometheus-mysqld-exporter runs as this system user
 # While this file exists the health check answers 503 (node-agent drains the member before a
 # planned restart, so the proxies move its sessions to another member first).
 DRAIN_MARKER = "/var/lib/keystone-multiregion/galera-drain"
@@ -421,6 +422,10 @@ def cmd_init_cluster(args):
     # The health server's account: the system user of the same name, by unix_socket (no
     # password exists); it needs no privilege to read the wsrep status.
     mysql(f"CREATE USER IF NOT EXISTS {_quote(HEALTH_USER)}@'localhost' IDENTIFIED VIA unix_socket")
+    # Prometheus' mysqld_exporter: the package's system user, by unix_socket; status and
+    # InnoDB metrics need PROCESS and REPLICATION CLIENT, nothing reads Keystone's data.
+    mysql(f"CREATE USER IF NOT EXISTS {_quote(EXPORTER_USER)}@'localhost' IDENTIFIED VIA unix_socket")
+    mysql(f"GRANT PROCESS, REPLICATION CLIENT ON *.* TO {_quote(EXPORTER_USER)}@'localhost'")
     # root keeps socket authentication for local tools, and gets the password as well.
     mysql(f"ALTER USER 'root'@'localhost' IDENTIFIED VIA unix_socket OR mysql_native_password "
           f"USING PASSWORD({_quote(root_password())})")

@@ -50,7 +50,8 @@ GALERA_DRAIN = f"{STATE_DIR}/galera-drain"  # galera-node's health check answers
 
 # The actions in the order they run (keystone_multiregion/push.py, ACTIONS).
 ORDER = ("none", "systemd:daemon-reload", "galera:settings", "galera:restart", "galera:users", "garbd:restart",
-         "haproxy:reload", "keepalived:reload", "sysctl:apply", "memcached:restart", "keystone:reload")
+         "haproxy:reload", "keepalived:reload", "sysctl:apply", "memcached:restart", "keystone:reload",
+         "exporter:restart")
 # MariaDB settings a running server takes with SET GLOBAL; any other change restarts it.
 GALERA_LIVE = {"max_connections", "wsrep_slave_threads", "wsrep_applier_threads", "wsrep_sync_wait",
                "wsrep_dirty_reads", "innodb_buffer_pool_size", "max_allowed_packet", "wait_timeout",
@@ -504,6 +505,8 @@ def run_actions(actions, changed, health, previous, log):
                 subprocess.run(["sysctl", "-q", "-p", path(f["path"])], check=True, capture_output=True, timeout=60)
         elif action == "memcached:restart":
             systemctl("restart", "memcached")
+        elif action == "exporter:restart":
+            systemctl("restart", "prometheus-mysqld-exporter")
         elif action == "keystone:reload":
             if systemctl("is-active", "keystone-api", check=False).returncode == 0:
                 systemctl("reload", "keystone-api")

@@ -43,6 +43,7 @@ ACTIONS = (
     "sysctl:apply",          # sysctl --system
     "memcached:restart",     # only while another memcached node of the region answers
     "keystone:reload",       # uwsgi's graceful reload: workers finish their requests
+    "exporter:restart",      # a Prometheus exporter's settings (it holds no state)
 )
 
 

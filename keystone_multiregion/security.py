@@ -33,6 +33,10 @@ PORTS = {
     "keystone": 5000,
     "memcached": 11211,
     "https": 443,
+    # Prometheus exporters, reachable only from monitoring.cidr: MariaDB/Galera (Debian's
+    # prometheus-mysqld-exporter) and HAProxy's own exporter.
+    "mysqld_exporter": 9104,
+    "haproxy_metrics": 8405,
 }
 VRRP_PROTOCOL = "112"  # IP protocol number of VRRP; keepalived speaks it between the pair.
 ANYWHERE = "0.0.0.0/0"
@@ -123,6 +127,7 @@ def security_rules(topo: Topology, region: str) -> tuple[Rule, ...]:
     allow("galera", "tcp", PORTS["galera_ist"], galera_peers, "Galera IST")
     allow("galera", "tcp", PORTS["galera_sst"], galera_peers, "Galera SST")
     allow("galera", "tcp", PORTS["galera_health"], proxies, "Galera health check from the proxies")
+    allow("galera", "tcp", PORTS["mysqld_exporter"], [topo.monitoring.cidr], "Prometheus: mysqld_exporter")
 
     if topo.nodes(region, ARBITRATOR):
         allow(ARBITRATOR, "tcp", PORTS["galera_replication"], galera_peers, "Galera replication")
@@ -132,6 +137,7 @@ def security_rules(topo: Topology, region: str) -> tuple[Rule, ...]:
     allow("memcached", "tcp", PORTS["memcached"], local("keystone"), "memcached from the local Keystone nodes")
 
     allow("proxy", "tcp", PORTS["https"], [ANYWHERE], "Keystone public endpoint (HTTPS)")
+    allow("proxy", "tcp", PORTS["haproxy_metrics"], [topo.monitoring.cidr], "Prometheus: HAProxy's exporter")
     allow("proxy", "tcp", PORTS["keystone"], [topo.region(region).cidr],
           "Keystone internal endpoint (plain HTTP) from this region's network only")
     allow("proxy", "tcp", PORTS["mysql"], local("keystone"), "database frontend from the local Keystone nodes")

@@ -213,6 +213,15 @@ class QuotasIn(_Schema):
                                 10, ge=1)
 
 
+class MonitoringIn(_Schema):
+    # Where Prometheus scrapes from: the exporters answer only this network (security groups).
+    cidr: str | None = _fix("give the CIDR your Prometheus scrapes from, e.g. cidr: 192.0.2.0/28 "
+                            "(default: admin_cidr)", None)
+    scrape_interval_s: int = _fix("give a whole number of seconds, e.g. 15", 15, ge=1, le=300)
+    # How long a condition holds before its alert fires (the rules' `for:`).
+    alert_after_s: int = _fix("give a whole number of seconds, e.g. 60", 60, ge=1, le=3600)
+
+
 class DnsIn(_Schema):
     zone: str = _fix("name the Designate zone that holds the public names, e.g. zone: example.com.")
     ttl: int = _fix("give the records' TTL in seconds, e.g. ttl: 300", 300, ge=30, le=86400)
@@ -231,6 +240,7 @@ class TopologyIn(_Schema):
     quotas: QuotasIn = _fix("give the project's quotas as key: value pairs, e.g. "
                             "quotas: {security_group_rules: 100, security_groups: 10}", QuotasIn())
     dns: DnsIn | None = _fix("give dns as a mapping, e.g. dns: {zone: example.com.}", None)
+    monitoring: MonitoringIn = _fix("give monitoring settings as key: value pairs", MonitoringIn())
 
 
 class TopologyError(ValueError):
@@ -362,6 +372,15 @@ class Quotas:
 
 
 @dataclass(frozen=True)
+class Monitoring:
+    """Prometheus scrapes every node's exporters from `cidr`; the alert rules fire after
+    `alert_after_s` (keystone_multiregion/monitoring.py)."""
+    cidr: str
+    scrape_interval_s: int
+    alert_after_s: int
+
+
+@dataclass(frozen=True)
 class Dns:
     """Each region stack manages its public_hostname's A records in this Designate zone."""
     zone: str  # fully qualified, with the trailing dot
@@ -389,6 +408,7 @@ class Topology:
     galera: GaleraSettings | None = None
     keystone: KeystoneSettings | None = None
     dns: Dns | None = None
+    monitoring: Monitoring | None = None
     _nodes: tuple[Node, ...] = field(default=(), repr=False, compare=False)
 
     # -- look-ups -------------------------------------------------------------------
@@ -706,7 +726,12 @@ def load_topology(data: Mapping[str, Any]) -> Topology:
         block_size=block_size, min_dhcp_pool=min_pool, public_vips=d.public_vips, internal_vips=d.internal_vips,
         peer_rules=d.peer_rules, quotas=Quotas(**spec.quotas.model_dump()),
         galera_data_device=d.galera_data_device, regions=tuple(regions),
-        arbitrator=arbitrator, galera=galera, keystone=keystone, dns=_dns(spec.dns, regions), _nodes=nodes)
+        arbitrator=arbitrator, galera=galera, keystone=keystone, dns=_dns(spec.dns, regions),
+        monitoring=Monitoring(cidr=str(_cidr(spec.monitoring.cidr, "monitoring.cidr", versions=(4, 6))
+                                       if spec.monitoring.cidr else admin_net),
+                              scrape_interval_s=spec.monitoring.scrape_interval_s,
+                              alert_after_s=spec.monitoring.alert_after_s),
+        _nodes=nodes)
     _check_quorum(topo)
     _check_quotas(topo)
     return topo

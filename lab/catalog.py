@@ -128,11 +128,23 @@ def _run(dep, verb: str, regions: list[str], timeout: float) -> list[dict]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def openstack(dep, args: list[str], cloud: str | None = None, timeout: float = 120, check: bool = False):
+def mfa_cloud(topo, region: str, ca_file: str, username: str, password: str, project: str) -> dict:
+    """A user's own cloud entry for a password+TOTP login in `region` (the code comes with
+    `--os-passcode` at each command). The factors go in a YAML list: the command line's
+    `--os-auth-methods` reaches keystoneauth as a string and is split into characters."""
+    base = clouds_yaml(topo, ca_file)["clouds"][region]
+    return {**base, "auth_type": "v3multifactor", "auth_methods": ["v3password", "v3totp"],
+            "auth": {**base["auth"], "username": username, "password": password, "project_name": project}}
+
+
+def openstack(dep, args: list[str], cloud: str | None = None, timeout: float = 120, check: bool = False,
+              config_file: str | None = None):
     """python-openstackclient from the user namespace, as a user runs it (`--os-cloud` in
-    `args` or `cloud` picks the region; the bootstrap region's cloud otherwise)."""
+    `args` or `cloud` picks the region; the bootstrap region's cloud otherwise).
+    `config_file`: another clouds.yaml (a user's own)."""
     argv = ["openstack", *(["--os-cloud", cloud] if cloud else []), *args]
-    env = {**client_env(dep), "OS_CLOUD": serving_regions(dep.topo)[0]}
+    env = {**client_env(dep), "OS_CLOUD": serving_regions(dep.topo)[0],
+           **({"OS_CLIENT_CONFIG_FILE": config_file} if config_file else {})}
     return dep.lab.procs.run(USER_HOST, argv, env=env, timeout=timeout, check=check)
 
 

@@ -29,7 +29,8 @@ from pathlib import Path
 
 # unit -> the lab's process name for it
 PROCESSES = {"haproxy": "haproxy", "keepalived": "keepalived", "keystone-api": "keystone", "memcached": "memcached",
-             "mariadb": "mariadb", "garb": "garbd", "galera-health": "health"}
+             "mariadb": "mariadb", "garb": "garbd", "galera-health": "health",
+             "prometheus-mysqld-exporter": "mysqld-exporter"}
 # How long a stop waits for the daemon to end (MariaDB's clean shutdown: it leaves the cluster).
 STOP_TIMEOUT_S = {"mariadb": 300}
 RELOAD_SIGNALS = {"haproxy": signal.SIGUSR2, "keepalived": signal.SIGHUP, "keystone-api": signal.SIGHUP}

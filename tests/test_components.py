@@ -60,6 +60,7 @@ def test_security_group_rules(stack):
     local_galera, local_proxies, local_keystone = (f"sg-{role}-{region}-id" for role in ("galera", "proxy", "keystone"))
     galera_peers = _hosts(n for n in TOPO.nodes(role="galera") if n.region != region) | {local_galera}
     admin = {("tcp", 22, TOPO.admin_cidr)}
+    monitoring = TOPO.monitoring.cidr  # Prometheus: the exporters, from this network only
 
     galera = _rules(run, region, "galera")
     # every region's database frontend may fail over here
@@ -68,12 +69,12 @@ def test_security_group_rules(stack):
     assert galera == admin | {("tcp", 3306, p) for p in galera_peers | all_proxies} \
         | {(proto, 4567, p) for proto in ("tcp", "udp") for p in galera_peers} \
         | {("tcp", 4568, p) for p in galera_peers} | {("tcp", 4444, p) for p in galera_peers} \
-        | {("tcp", 9200, p) for p in all_proxies}
+        | {("tcp", 9200, p) for p in all_proxies} | {("tcp", 9104, monitoring)}
     assert _rules(run, region, "keystone") == admin | {("tcp", 5000, local_proxies)}
     assert _rules(run, region, "memcached") == admin | {("tcp", 11211, local_keystone)}
     assert _rules(run, region, "proxy") == admin | {("tcp", 443, "0.0.0.0/0")} \
         | {("tcp", 5000, TOPO.region(region).cidr)} | {("tcp", 3306, local_keystone)} \
-        | {("112", None, local_proxies)}
+        | {("112", None, local_proxies)} | {("tcp", 8405, monitoring)}
     # Nothing but HTTPS on the proxies is open to the world.
     world = [r for r in run.of_type(SG_RULE) if r.inputs.get("remoteIpPrefix") in ("0.0.0.0/0", "::/0")]
     assert [(w.inputs["securityGroupId"], w.inputs["portRangeMin"]) for w in world] == [(f"sg-proxy-{region}-id", 443)]

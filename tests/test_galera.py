@@ -98,10 +98,16 @@ def test_first_boot_order(topo, secrets):
     # Debian's postinst must not start MariaDB before the node decides how to start.
     assert doc["bootcmd"][0][:3] == ["cloud-init-per", "once", "ksm-deny-service-start"]
     # The drop-in that keeps MariaDB off a missing volume is loaded before anything starts it.
-    assert [c[:3] for c in doc["runcmd"]] == [
+    assert doc["runcmd"] == [
         ["rm", "-f", "/usr/sbin/policy-rc.d"], ["systemctl", "daemon-reload"],
         ["python3", "/usr/local/sbin/galera-node", "prepare"], ["python3", "/usr/local/sbin/galera-node", "start"],
-        ["systemctl", "enable", "--now"]]
+        ["systemctl", "enable", "--now", "galera-health.service"],
+        ["systemctl", "enable", "--now", "prometheus-mysqld-exporter.service"]]
+    # The exporter's settings are written before its package installs (cloud-init keeps them).
+    exporter = _files(render_node(topo, "galera-region-a-1", secrets))["/etc/default/prometheus-mysqld-exporter"]
+    assert 'DATA_SOURCE_NAME="prometheus@unix(/run/mysqld/mysqld.sock)/"' in exporter.content
+    assert 'ARGS="--web.listen-address=10.10.1.42:9104"' in exporter.content
+    assert "prometheus-mysqld-exporter" in doc["packages"]
 
 
 def test_only_the_bootstrap_regions_first_node_may_start_a_cluster(topo, secrets):

@@ -160,11 +160,13 @@ def test_every_proxy_binds_only_its_regions_vips(case):
         assert {(h, p) for h, p, _ in binds(cfg["frontend keystone_internal"])} == {(a, 5000) for a in internal}
         assert {(h, p) for h, p, _ in binds(cfg["frontend galera"])} == {(a, 3306) for a in internal}
         assert binds(cfg["frontend monitor"]) == [("127.0.0.1", 8404, [])]
+        # Prometheus scrapes the node's own address (its security group: monitoring.cidr only).
+        assert binds(cfg["frontend metrics"]) == [(proxy.address, 8405, [])]
         every = [b for name, lines in cfg.items() for b in binds(lines)]
-        assert len(every) == len(public) + 2 * len(internal) + 1
+        assert len(every) == len(public) + 2 * len(internal) + 2
         assert not [b for b in every if b[0] in ("0.0.0.0", "*", "", "::", "[::]")]
         for host, _, _ in every:
-            assert host in public | internal or ipaddress.ip_address(host).is_loopback
+            assert host in public | internal | {proxy.address} or ipaddress.ip_address(host).is_loopback
 
 
 def test_keystone_backend_local_nodes_then_every_other_region_as_backup(case):

@@ -15,6 +15,8 @@ GALERA_DATA_LABEL = "galera-data"
 GALERA_DATADIR = "/var/lib/mysql"
 # The health server's system user and database account (galera-node HEALTH_USER).
 HEALTH_USER = "galera-health"
+# Debian's prometheus-mysqld-exporter reads its settings here (its unit's EnvironmentFile).
+MYSQLD_EXPORTER_DEFAULTS = "/etc/default/prometheus-mysqld-exporter"
 TLS_DIR = "/etc/mysql/ssl"
 TLS_PATHS = {"ca": f"{TLS_DIR}/ca.pem", "cert": f"{TLS_DIR}/node-cert.pem", "key": f"{TLS_DIR}/node-key.pem"}
 GALERA_CONF = "/etc/mysql/mariadb.conf.d/99-keystone-multiregion.cnf"
@@ -62,6 +64,7 @@ def _context(topo: Topology, node: Node, needed: dict) -> dict:
         "galera": topo.galera,
         "health_port": PORTS["galera_health"],
         "health_user": HEALTH_USER,
+        "exporter_port": PORTS["mysqld_exporter"],
         "datadir": GALERA_DATADIR,
         "sst_user": SST_USER,
         "garbd_user": GARBD_USER,
@@ -103,6 +106,7 @@ def _galera_cloud_config(topo: Topology, node: Node, doc: dict) -> None:
         ["python3", GALERA_NODE_TOOL, "prepare"],
         ["python3", GALERA_NODE_TOOL, "start"],
         ["systemctl", "enable", "--now", "galera-health.service"],
+        ["systemctl", "enable", "--now", "prometheus-mysqld-exporter.service"],
     ]
     # The data volume is attached at boot (a block device of the instance). Make a file
     # system only if it has none (overwrite: false keeps existing data), and mount it by
@@ -129,7 +133,7 @@ def _arbitrator_cloud_config(topo: Topology, node: Node, doc: dict) -> None:
 
 
 GALERA = RoleLayer(
-    packages=("mariadb-server", "mariadb-backup", "galera-4", "socat"),
+    packages=("mariadb-server", "mariadb-backup", "galera-4", "socat", "prometheus-mysqld-exporter"),
     files=(
         ("galera/galera.cnf.j2", GALERA_CONF, "0644"),
         ("galera/sst-auth.cnf.j2", GALERA_SST_CONF, "0600"),  # galera-node prepare: 0640 root:mysql
@@ -138,12 +142,14 @@ GALERA = RoleLayer(
         ("galera/galera-health.service.j2", "/etc/systemd/system/galera-health.service", "0644"),
         ("galera/mariadb-data-volume.conf.j2", "/etc/systemd/system/mariadb.service.d/keystone-multiregion.conf",
          "0644"),
+        ("galera/mysqld-exporter.j2", MYSQLD_EXPORTER_DEFAULTS, "0644"),
     ),
     context=_context, secret_files=_tls_files, cloud_config=_galera_cloud_config,
     on_change={GALERA_CONF: "galera:settings", GALERA_SST_CONF: "galera:restart",
                **{path: "galera:restart" for path in TLS_PATHS.values()}, DB_USERS: "galera:users",
                "/etc/systemd/system/galera-health.service": "systemd:daemon-reload",
-               "/etc/systemd/system/mariadb.service.d/keystone-multiregion.conf": "systemd:daemon-reload"})
+               "/etc/systemd/system/mariadb.service.d/keystone-multiregion.conf": "systemd:daemon-reload",
+               MYSQLD_EXPORTER_DEFAULTS: "exporter:restart"})
 
 ARBITRATOR_LAYER = RoleLayer(
     packages=("galera-arbitrator-4",),

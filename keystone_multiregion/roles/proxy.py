@@ -159,6 +159,7 @@ def _context(topo: Topology, node: Node, needed: dict) -> dict:
         "peer_ca": PEER_CA if needed.get("public_ca_cert") else SYSTEM_CA_BUNDLE,
         "stats_socket": STATS_SOCKET,
         "monitor_address": MONITOR_ADDRESS, "monitor_port": MONITOR_PORT, "monitor_uri": MONITOR_URI,
+        "metrics_port": PORTS["haproxy_metrics"],
         "forwarded_header": FORWARDED_HEADER,
         "region_header": REGION_HEADER, "node_header": NODE_HEADER,
         "client_forwarding_headers": CLIENT_FORWARDING_HEADERS,

@@ -9,13 +9,15 @@ import time
 import uuid
 
 import pytest
+import yaml
 
 pytestmark = pytest.mark.lab
 
 
-def _os(dep, *args, cloud=None, check=True):
+def _os(dep, *args, cloud=None, check=True, config_file=None):
     from lab import catalog
-    out = catalog.openstack(dep, [*args, "-f", "json"] if args[-1] != "--no-json" else list(args[:-1]), cloud=cloud)
+    out = catalog.openstack(dep, [*args, "-f", "json"] if args[-1] != "--no-json" else list(args[:-1]), cloud=cloud,
+                            config_file=config_file)
     if check:
         assert out.returncode == 0, f"openstack {' '.join(args)}: exit {out.returncode}: {out.stderr.strip()[-800:]}"
     return json.loads(out.stdout) if check and out.stdout.strip() else out
@@ -78,8 +80,17 @@ def test_a_login_with_password_and_totp_code(deployment):
         as_user = ["--os-username", name, "--os-password", password, "--os-project-name", "admin"]
         alone = _os(deployment, *as_user, "token", "issue", cloud="lab-b", check=False)
         assert alone.returncode != 0, "the password alone got a token"
-        mfa = ["--os-auth-type", "v3multifactor", "--os-auth-methods", "v3password,v3totp"]
-        token = _os(deployment, *mfa, *as_user, "--os-passcode", totp(secret), "token", "issue", cloud="lab-b")
+        # The user's own cloud entry: password and TOTP (lab.catalog.mfa_cloud).
+        from lab import catalog
+        from lab.layers import proxy as proxy_layer
+        own = catalog.client_dir(deployment) / f"clouds-{name}.yaml"
+        own.write_text(yaml.safe_dump({"clouds": {"lab-b-mfa": catalog.mfa_cloud(
+            deployment.topo, "lab-b", proxy_layer.public_ca_file(deployment), name, password, "admin")}}))
+        wrong = _os(deployment, "--os-passcode", "000000" if totp(secret) != "000000" else "111111", "token", "issue",
+                    cloud="lab-b-mfa", config_file=str(own), check=False)
+        assert wrong.returncode != 0, "a wrong code got a token"
+        token = _os(deployment, "--os-passcode", totp(secret), "token", "issue", cloud="lab-b-mfa",
+                    config_file=str(own))
         assert token["user_id"] == user["id"]
     finally:
         _os(deployment, "user", "delete", user["id"], "--no-json", cloud="lab-a")
