@@ -4,6 +4,7 @@
     python -m keystone_multiregion render --stack region-a [--out build/render] [--secrets FILE]
     python -m keystone_multiregion render --all [--out build/render]
     python -m keystone_multiregion [--topology NEW.yaml] plan (--from OLD.yaml | --from-git REV)
+    python -m keystone_multiregion monitoring [--out build/monitoring] [--rules-dir /etc/prometheus]
     python -m keystone_multiregion recover-plan REPORT.json [REPORT.json ...] [--accept-missing]
     python -m keystone_multiregion gate --region R --url https://HOST [--address IP ...] [--ca FILE]
         [--samples N] [--wait SECONDS]
@@ -52,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
                                                          "FILE.dot for the DOT text")
     render.add_argument("--out", default="build/render", help="output directory (replaced per region)")
     render.add_argument("--secrets", help="YAML map of secret name -> value (default: placeholders)")
+    mon = sub.add_parser("monitoring", help="write prometheus.yml and the alert rules for this topology")
+    mon.add_argument("--out", default="build/monitoring", help="output directory")
+    mon.add_argument("--rules-dir", default="/etc/prometheus",
+                     help="where your Prometheus will find the rules file (prometheus.yml names it)")
     change = sub.add_parser("plan", help="the order of a change to a running deployment, every step checked")
     source = change.add_mutually_exclusive_group(required=True)
     source.add_argument("--from", dest="old", help="the topology file the deployment runs now")
@@ -86,6 +91,15 @@ def main(argv: list[str] | None = None) -> int:
         topo = load_topology_file(args.topology)
         if args.command == "plan":
             return _plan(args, topo)
+        if args.command == "monitoring":
+            from .monitoring import RULES_FILE, alert_rules, prometheus_config
+            out = Path(args.out)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "prometheus.yml").write_text(yaml.safe_dump(prometheus_config(topo, args.rules_dir), sort_keys=False))
+            (out / RULES_FILE).write_text(yaml.safe_dump(alert_rules(topo), sort_keys=False))
+            print(f"{out}/prometheus.yml: {len(topo.nodes(role='galera'))} Galera and {len(topo.nodes(role='proxy'))} "
+                  f"proxy exporters; {out}/{RULES_FILE}: {len(alert_rules(topo)['groups'][0]['rules'])} alerts")
+            return 0
         if args.command == "recover-plan":
             reports = [json.loads(Path(p).read_text().strip().splitlines()[-1]) for p in args.reports]
             boot = topo.nodes(topo.bootstrap_region, "galera")[0].name

@@ -176,6 +176,10 @@ def _drill(args: argparse.Namespace) -> int:
         from .change_drills import ChangeDrills
         print("change drills (pushes to running nodes, under load):")
         results += ChangeDrills(dep).run_all(log=lambda line: print("  " + line, flush=True))
+    from . import monitoring
+    if dep.lab.procs.is_alive("ops", "prometheus"):
+        print("monitoring drills (the lab's Prometheus and the shipped alerts):")
+        results += monitoring.MonitoringDrills(dep).run_all(log=lambda line: print("  " + line, flush=True))
     failed = [r for r in results if not r.ok]
     print(f"drills: {len(results) - len(failed)} passed, {len(failed)} failed")
     if args.report:

@@ -31,7 +31,7 @@ from keystone_multiregion.secrets import SecretsError, require_secrets
 from keystone_multiregion.security import PORTS
 from keystone_multiregion.topology import Node, Topology
 
-from . import Lab, argv_secrets, catalog, firewall, layers, packages, service
+from . import Lab, argv_secrets, catalog, firewall, layers, monitoring, packages, service
 from .checks import Check
 from .net import HostSpec
 from .ssh import OPS_HOST, SSHD_PACKAGES, client_key, ops_address, ssh, start_sshd
@@ -106,7 +106,8 @@ class LabDeployment:
         roles = {n.role for n in self.topo.nodes()}
         packages.ensure_packages(sorted({p for layer in layers.ORDER if set(layer.ROLES) & roles
                                          for p in layer.PACKAGES} | set(SSHD_PACKAGES)
-                                        | (set(catalog.CLIENT_PACKAGES) if "keystone" in roles else set())))
+                                        | (set(catalog.CLIENT_PACKAGES) if "keystone" in roles else set())
+                                        | (set(monitoring.PACKAGES) if "galera" in roles else set())))
 
     def up(self, install: bool = True, log=print, wan_latency_ms: float = 0,
            only: tuple[str, ...] | None = None) -> None:
@@ -157,6 +158,8 @@ class LabDeployment:
             # As each region stack does once its pushes are done: its catalog entries.
             if (only is None or {"keystone", "proxy"} <= set(only)) and catalog.serving_regions(self.topo):
                 self.register_catalog(log)
+            if only is None and self.topo.nodes(role="galera"):
+                monitoring.start(self, log)  # the exporters, and Prometheus on the ops host
         with self.lab.state.update() as d:
             d["probes"]["argv_secrets"] = {"findings": watch.findings, "samples": watch.samples}
         self.up_seconds = time.monotonic() - t0  # the bench's cold start (packages present)
@@ -221,6 +224,7 @@ class LabDeployment:
             self.lab.net.remove_region(region)
         if catalog.USER_HOST in self.lab.net.hosts():
             catalog.add_user_host(self)  # the user's hosts file and clouds.yaml name the regions of now
+        monitoring.reconfigure(self, log)  # Prometheus scrapes the regions of now
         return done
 
     def _switch_topology(self, new: Topology, path: str | Path) -> None:
@@ -293,6 +297,9 @@ class LabDeployment:
         elif unit == "garb":
             self.lab.procs.stop(name, "garbd", timeout=30)
             layers.galera.start_arbitrator(self, name)
+        elif unit == "prometheus-mysqld-exporter":
+            self.lab.procs.stop(name, monitoring.EXPORTER, timeout=10)
+            monitoring.start_exporter(self, name)
         else:
             raise LabError(f"the lab cannot restart {unit}")
 

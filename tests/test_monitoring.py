@@ -1,0 +1,143 @@
+"""Prometheus for a deployment (keystone_multiregion/monitoring.py): the scrape targets, and
+the alert rules checked and unit-tested by Debian's promtool."""
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+import yaml
+
+from helpers import ROOT
+from keystone_multiregion.monitoring import RULES_FILE, alert_rules, prometheus_config
+from keystone_multiregion.topology import load_topology_file
+
+TOPO = load_topology_file(ROOT / "topology.yaml")
+
+
+@pytest.fixture(scope="module")
+def promtool():
+    """Debian's prometheus package (promtool), installed without starting its service."""
+    from lab import packages
+    packages.ensure_packages(["prometheus"])
+    return "/usr/bin/promtool"
+
+
+def test_every_exporter_is_scraped_with_its_region_and_node():
+    cfg = prometheus_config(TOPO, "/etc/prometheus")
+    jobs = {j["job_name"]: j["static_configs"] for j in cfg["scrape_configs"]}
+    assert {t["targets"][0] for t in jobs["galera"]} == {f"{n.address}:9104" for n in TOPO.nodes(role="galera")}
+    assert {t["targets"][0] for t in jobs["haproxy"]} == {f"{n.address}:8405" for n in TOPO.nodes(role="proxy")}
+    first = jobs["galera"][0]["labels"]
+    assert first == {"region": "region-a", "node": "galera-region-a-1", "role": "galera"}
+    assert cfg["rule_files"] == [f"/etc/prometheus/{RULES_FILE}"]
+    assert cfg["global"]["scrape_interval"] == "15s"
+
+
+def _write(tmp_path, rules) -> str:
+    path = tmp_path / RULES_FILE
+    path.write_text(yaml.safe_dump(rules, sort_keys=False))
+    return str(path)
+
+
+def test_promtool_accepts_the_rules_and_the_config(promtool, tmp_path):
+    _write(tmp_path, alert_rules(TOPO))
+    out = subprocess.run([promtool, "check", "rules", str(tmp_path / RULES_FILE)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(prometheus_config(TOPO, str(tmp_path))))
+    out = subprocess.run([promtool, "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True,
+                         text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def _expected(name, labels, value=None):
+    """An alert as promtool reports it: its labels, and its annotations with the labels (and
+    the value) written in."""
+    import re
+    rule = next(r for r in alert_rules(TOPO)["groups"][0]["rules"] if r["alert"] == name)
+
+    def expand(text):
+        text = re.sub(r"\{\{ \$labels\.(\w+) \}\}", lambda m: labels[m.group(1)], text)
+        return text.replace("{{ $value }}", str(value))
+    return {"exp_labels": {"severity": rule["labels"]["severity"], **labels},
+            "exp_annotations": {k: expand(v) for k, v in rule["annotations"].items()}}
+
+
+def test_promtool_unit_tests_of_every_alert(promtool, tmp_path):
+    """Each alert fires on the series that mean trouble, after `for:`, and not before; the
+    healthy series of the other nodes fire nothing."""
+    rules = _write(tmp_path, alert_rules(TOPO))
+    after = TOPO.monitoring.alert_after_s
+    g = lambda node, region: f'{{job="galera", node="{node}", region="{region}"}}'  # noqa: E731
+    h = lambda node, region: f'{{job="haproxy", node="{node}", region="{region}", proxy="keystone"}}'  # noqa: E731
+    size = len(TOPO.galera_members)
+    series = [
+        # galera-region-c-1: cut off from the majority (non-Primary, sees 3 members) from minute 1 on
+        {"series": "mysql_global_status_wsrep_cluster_status" + g("galera-region-c-1", "region-c"),
+         "values": "1 0x20"},
+        {"series": "mysql_global_status_wsrep_cluster_status" + g("galera-region-a-1", "region-a"), "values": "1x21"},
+        {"series": "mysql_global_status_wsrep_cluster_size" + g("galera-region-a-1", "region-a"),
+         "values": f"{size}x21"},
+        {"series": "mysql_global_status_wsrep_cluster_size" + g("galera-region-c-1", "region-c"),
+         "values": f"{size} 3x20"},
+        {"series": "up" + g("galera-region-a-1", "region-a"), "values": "1x21"},
+        {"series": "up" + g("galera-region-b-1", "region-b"), "values": "1 0x20"},  # its node is gone
+        {"series": "mysql_up" + g("galera-region-a-1", "region-a"), "values": "1x21"},
+        # flow control: paused 0.5 s of every second on region-b-2, never on region-a-1
+        {"series": "mysql_global_status_wsrep_flow_control_paused_ns" + g("galera-region-b-2", "region-b"),
+         "values": "0+30000000000x21"},
+        {"series": "mysql_global_status_wsrep_flow_control_paused_ns" + g("galera-region-a-1", "region-a"),
+         "values": "0x21"},
+        # region-b's Keystone nodes all down, seen by both proxies; region-a's up
+        {"series": "haproxy_backend_active_servers" + h("proxy-region-b-1", "region-b"), "values": "3 0x20"},
+        {"series": "haproxy_backend_active_servers" + h("proxy-region-b-2", "region-b"), "values": "3 0x20"},
+        {"series": "haproxy_backend_active_servers" + h("proxy-region-a-1", "region-a"), "values": "3x21"},
+        {"series": 'up{job="haproxy", node="proxy-region-a-2", region="region-a"}', "values": "1 0x20"},
+    ]
+    minutes = lambda m: f"{m}m"  # noqa: E731
+    fired = f"{60 + after + 60}s"  # the fault at 1m, `for:` after it, a minute of margin for evaluation steps
+    tests = [{"interval": "1m", "input_series": series, "alert_rule_test": [
+        {"eval_time": minutes(0), "alertname": name, "exp_alerts": []}
+        for name in ("GaleraNotPrimary", "GaleraMemberDown", "GaleraClusterSizeBelowTopology", "KeystoneOnBackups",
+                     "HAProxyDown")] + [
+        {"eval_time": fired, "alertname": "GaleraNotPrimary", "exp_alerts": [
+            _expected("GaleraNotPrimary", {"job": "galera", "node": "galera-region-c-1", "region": "region-c"})]},
+        {"eval_time": fired, "alertname": "GaleraMemberDown", "exp_alerts": [
+            _expected("GaleraMemberDown", {"job": "galera", "node": "galera-region-b-1", "region": "region-b"})]},
+        {"eval_time": fired, "alertname": "GaleraClusterSizeBelowTopology", "exp_alerts": [
+            _expected("GaleraClusterSizeBelowTopology",
+                      {"job": "galera", "node": "galera-region-c-1", "region": "region-c"}, value=3)]},
+        {"eval_time": "10m", "alertname": "GaleraFlowControlPaused", "exp_alerts": [
+            _expected("GaleraFlowControlPaused", {"job": "galera", "node": "galera-region-b-2", "region": "region-b"})]},
+        {"eval_time": fired, "alertname": "KeystoneOnBackups", "exp_alerts": [
+            _expected("KeystoneOnBackups", {"region": "region-b"})]},
+        {"eval_time": fired, "alertname": "HAProxyDown", "exp_alerts": [
+            _expected("HAProxyDown", {"job": "haproxy", "node": "proxy-region-a-2", "region": "region-a"})]},
+    ]}]
+    test_file = tmp_path / "alerts-test.yml"
+    test_file.write_text(yaml.safe_dump({"rule_files": [rules], "evaluation_interval": "1m", "tests": tests}))
+    out = subprocess.run([promtool, "test", "rules", str(test_file)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "SUCCESS" in out.stdout
+
+
+def test_promtool_sees_an_alert_that_should_fire_but_does_not(promtool, tmp_path):
+    """The unit test above can fail: the same rules, a healthy node expected to alert."""
+    rules = _write(tmp_path, alert_rules(TOPO))
+    tests = [{"interval": "1m", "input_series": [
+        {"series": 'mysql_global_status_wsrep_cluster_status{job="galera", node="n", region="r"}', "values": "1x10"}],
+        "alert_rule_test": [{"eval_time": "10m", "alertname": "GaleraNotPrimary",
+                             "exp_alerts": [{"exp_labels": {"severity": "critical", "job": "galera", "node": "n",
+                                                            "region": "r"}}]}]}]
+    test_file = tmp_path / "alerts-test.yml"
+    test_file.write_text(yaml.safe_dump({"rule_files": [rules], "evaluation_interval": "1m", "tests": tests}))
+    out = subprocess.run([promtool, "test", "rules", str(test_file)], capture_output=True, text=True)
+    assert out.returncode != 0 and "GaleraNotPrimary" in out.stdout + out.stderr
+
+
+def test_alerts_wait_the_topologys_alert_after():
+    data = yaml.safe_load((ROOT / "topology.yaml").read_text())
+    data["monitoring"] = {"alert_after_s": 20}
+    from keystone_multiregion.topology import load_topology
+    rules = alert_rules(load_topology(data))["groups"][0]["rules"]
+    assert {r["for"] for r in rules} == {"20s"}
+    assert 'mysql_global_status_wsrep_cluster_size{job="galera"} < 9' in [r["expr"] for r in rules]
