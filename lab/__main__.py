@@ -140,6 +140,16 @@ def _status(args: argparse.Namespace) -> int:
     dep = _deployment(args)
     for line in dep.status():
         print("  " + line)
+    from . import catalog, monitoring
+    if catalog.USER_HOST in dep.lab.net.hosts():
+        print(f"  client: `./run lab openstack ...` in namespace {dep.lab.net.netns(catalog.USER_HOST)}, "
+              f"clouds.yaml in {catalog.client_dir(dep)}")
+    if dep.lab.procs.is_alive("ops", "prometheus"):
+        seen = monitoring.targets(dep)
+        firing = sorted({a["labels"]["alertname"] for a in monitoring.alerts(dep) if a["state"] == "firing"})
+        print(f"  Prometheus: {monitoring.prometheus_url(dep)} (from the ops namespace), "
+              f"{sum(v == 'up' for v in seen.values())} of {len(seen)} exporters up, "
+              f"alerts firing: {', '.join(firing) or 'none'}")
     if args.picture:
         from keystone_multiregion.picture import render_png, topology_dot
         live = dep.live_state()

@@ -20,6 +20,7 @@ import yaml
 from keystone_multiregion.monitoring import RULES_FILE, alert_rules, prometheus_config
 from keystone_multiregion.security import PORTS
 
+from .layers.proxy import wait
 from .ssh import OPS_HOST, ops_address
 from .util import LabError
 
@@ -74,7 +75,7 @@ def start(dep, log=print) -> None:
             f"--web.listen-address={ops_address(dep.topo).ip}:{PROMETHEUS_PORT}", "--storage.tsdb.retention.time=1d"],
             ready=lambda: _get(dep, OPS_HOST, prometheus_url(dep) + "/-/ready", timeout=2) is not None,
             ready_timeout=60)
-    up = wait(lambda: _all_up(dep), 60)
+    up = wait(lambda: _all_up(dep), 60, interval=0.5)
     log(f"monitoring: Prometheus on {prometheus_url(dep)} scrapes {len(targets(dep))} exporters, "
         f"{'all up' if up else 'NOT all up: ' + str(targets(dep))} ({time.monotonic() - t:.1f}s)")
 
@@ -92,7 +93,7 @@ def reconfigure(dep, log=print) -> None:
     (d / "prometheus.yml").write_text(yaml.safe_dump(prometheus_config(dep.topo, str(d)), sort_keys=False))
     (d / RULES_FILE).write_text(yaml.safe_dump(alert_rules(dep.topo), sort_keys=False))
     dep.lab.procs.kill(OPS_HOST, "prometheus", signal.SIGHUP)
-    up = wait(lambda: _all_up(dep), 60)
+    up = wait(lambda: _all_up(dep), 60, interval=0.5)
     log(f"monitoring: Prometheus reloaded, {len(targets(dep))} exporters, {'all up' if up else 'NOT all up'}")
 
 
@@ -119,17 +120,6 @@ def _all_up(dep) -> bool:
 def alerts(dep) -> list[dict]:
     out = api(dep, "/api/v1/alerts") or {}
     return (out.get("data") or {}).get("alerts", [])
-
-
-def wait(predicate, timeout: float, interval: float = 0.5):
-    """Poll until truthy, bounded in time and count; the value, or None."""
-    deadline = time.monotonic() + timeout
-    for _ in range(int(timeout / interval) + 2):
-        value = predicate()
-        if value or time.monotonic() >= deadline:
-            return value or None
-        time.sleep(interval)
-    return None
 
 
 def _result(*args):
@@ -169,7 +159,7 @@ class MonitoringDrills:
         t = time.monotonic()
         fault()
         try:
-            fired = wait(lambda: expect_key in self._watch(alert, seen), WAIT_LIMIT_S)
+            fired = wait(lambda: expect_key in self._watch(alert, seen), WAIT_LIMIT_S, interval=0.5)
             measured["fired_after_s"] = round(time.monotonic() - t, 1) if fired else None
             if not fired:
                 problems.append(f"{alert} did not fire for {expect_key} within {WAIT_LIMIT_S}s (bound)")
@@ -177,7 +167,7 @@ class MonitoringDrills:
             t = time.monotonic()
             repair()
         cleared = wait(lambda: not self._watch(alert, seen, "firing") and not self._watch(alert, seen, "pending"),
-                       WAIT_LIMIT_S)
+                       WAIT_LIMIT_S, interval=0.5)
         measured["cleared_after_repair_s"] = round(time.monotonic() - t, 1) if cleared else None
         if not cleared:
             problems.append(f"{alert} still active {WAIT_LIMIT_S}s after the repair: {self._watch(alert, {})}")
@@ -197,7 +187,7 @@ class MonitoringDrills:
         net = self.dep.lab.net
 
         def rejoined(problems, measured):
-            ok = wait(lambda: self.dep.galera_status(member).get("healthy"), WAIT_LIMIT_S)
+            ok = wait(lambda: self.dep.galera_status(member).get("healthy"), WAIT_LIMIT_S, interval=0.5)
             if not ok:
                 problems.append(f"{member} did not come back Synced/Primary after the heal")
         return self._fire_and_clear(f"O1. {region} cut off from the other regions: GaleraNotPrimary for {member}",
