@@ -75,6 +75,8 @@ SERVICE_PORTS = {
     11211: "memcached",
     5000: "Keystone internal endpoint, plain HTTP",
     8404: "HAProxy monitor",
+    9104: "mysqld_exporter (Prometheus)",
+    8405: "HAProxy's Prometheus exporter",
 }
 SSH_PORT = 22
 HTTPS_PORT = 443
@@ -776,10 +778,13 @@ def admin_cidr_from_topology(path: Path) -> Optional[str]:
 
 
 def trusted_cidrs_from_topology(path: Path) -> Optional[list[str]]:
-    """The networks that are not "the world": every region's CIDR and `admin_cidr`; None
-    without a topology."""
+    """The networks that are not "the world": every region's CIDR, `admin_cidr` and
+    `monitoring.cidr` (when it is another network); None without a topology."""
     topo = _topology(path)
-    return [r.cidr for r in topo.regions] + [topo.admin_cidr] if topo is not None else None
+    if topo is None:
+        return None
+    nets = [r.cidr for r in topo.regions] + [topo.admin_cidr]
+    return nets + ([topo.monitoring.cidr] if topo.monitoring.cidr not in nets else [])
 
 
 # --- the policies ------------------------------------------------------------------------------
@@ -837,9 +842,9 @@ def make_policies(admin_cidr: Optional[str], trusted_cidrs: Optional[list[str]] 
     return [
         _resource_policy(
             "no-service-port-open-to-world",
-            "No ingress rule from outside the regions' networks and the admin network opens a database, "
-            "replication, SST, health-check, memcached, Keystone internal (5000) or HAProxy monitor (8404) "
-            "port, or VRRP.",
+            "No ingress rule from outside the regions' networks, the admin network and the monitoring network "
+            "opens a database, replication, SST, health-check, memcached, Keystone internal (5000), HAProxy "
+            "monitor (8404) or Prometheus exporter (9104, 8405) port, or VRRP.",
             {SECGROUP_RULE}, world(check_service_ports_not_world_open),
             config_schema=PolicyConfigSchema(properties=world_schema)),
         _resource_policy(

@@ -12,6 +12,7 @@ import dataclasses
 import sys
 
 import pytest
+import yaml
 
 from helpers import ROOT
 from keystone_multiregion.roles.proxy import MONITOR_PORT
@@ -101,7 +102,8 @@ def test_analyzer_info(pack):
 def test_service_ports_match_the_security_table():
     assert set(policies.SERVICE_PORTS) == {PORTS[k] for k in ("mysql", "galera_replication", "galera_ist",
                                                                   "galera_sst", "galera_health", "memcached",
-                                                                  "keystone")} | {MONITOR_PORT}
+                                                                  "keystone", "mysqld_exporter",
+                                                                  "haproxy_metrics")} | {MONITOR_PORT}
     assert policies.SSH_PORT == PORTS["ssh"] and policies.HTTPS_PORT == PORTS["https"]
     assert policies.VRRP_PROTOCOL == VRRP_PROTOCOL
 
@@ -186,6 +188,7 @@ def test_the_world_is_the_topologys_complement(pack):
         assert list(info[name].configSchema.properties["trustedCidrs"]["default"]) == TRUSTED
     assert policies.trusted_cidrs_from_topology(ROOT / "topology.yaml") == TRUSTED
     assert policies.trusted_cidrs_from_topology(ROOT / "no-such-topology.yaml") is None
+
     ours = rule(portRangeMin=3306, portRangeMax=3306, remoteIpPrefix="10.10.1.0/24")
     theirs = rule(portRangeMin=3306, portRangeMax=3306, remoteIpPrefix="192.0.2.0/24")
     try:
@@ -196,6 +199,14 @@ def test_the_world_is_the_topologys_complement(pack):
         pack.configure()
     assert only(pack.analyze(ours), "no-service-port-open-to-world") == []
 
+
+def test_a_monitoring_network_of_its_own_is_trusted(tmp_path):
+    """The exporters' rules come from monitoring.cidr: not the world when it is its own network."""
+    data = yaml.safe_load((ROOT / "topology.yaml").read_text())
+    data["monitoring"] = {"cidr": "192.0.2.0/28"}
+    path = tmp_path / "topology.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert policies.trusted_cidrs_from_topology(path) == TRUSTED + ["192.0.2.0/28"]
 
 def test_trusted_cidrs_not_a_cidr_is_one_clear_line(pack):
     try:
