@@ -5,6 +5,7 @@ clear 503 instead of an empty response.
 Shipped by keystone-multiregion (uwsgi's wsgi-file on every Keystone node, and the lab's).
 """
 
+import io
 import json
 import os
 import sys
@@ -54,8 +55,16 @@ def watch_disconnects(engine_class=None, listen=None):
 watch_disconnects()
 
 # Safe to answer again: the lost connection was invalidated with its pool, the next attempt
-# gets a fresh one (through the proxies, to a member that serves).
+# gets a fresh one (through the proxies, to a member that serves). Reads, and a token issue:
+# Fernet tokens are not stored, so issuing one twice leaves nothing behind.
 _IDEMPOTENT = ("GET", "HEAD", "OPTIONS")
+_REPEATABLE_POSTS = ("/v3/auth/tokens",)
+
+
+def _repeatable(environ):
+    method = environ.get("REQUEST_METHOD")
+    return method in _IDEMPOTENT or (method == "POST" and
+                                     (environ.get("PATH_INFO") or "").rstrip("/") in _REPEATABLE_POSTS)
 
 
 def _body(message):
@@ -72,15 +81,22 @@ _BODY_DISCONNECTED = _body("The database connection was lost while answering (a 
 def application(environ, start_response):
     # Keystone's responses are small: complete each one here before anything is sent, so
     # an error while producing it can still be answered properly.
-    idempotent = environ.get("REQUEST_METHOD") in _IDEMPOTENT
+    repeatable = _repeatable(environ)
+    request_body = None
+    if repeatable and environ.get("REQUEST_METHOD") == "POST":
+        # Read once, given to each attempt afresh (a login's body is small).
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        request_body = environ["wsgi.input"].read(length) if length > 0 else b""
     for attempt in (1, 2):
+        if request_body is not None:
+            environ["wsgi.input"] = io.BytesIO(request_body)
         status, headers, body = _answer(environ)
         if status is not None:
             if not (status.startswith("500") and _seen.disconnected):
                 start_response(status, headers)
                 return [body]
             body = _BODY_DISCONNECTED  # Keystone's own 500 for a lost connection
-        if body is _BODY_DISCONNECTED and idempotent and attempt == 1:
+        if body is _BODY_DISCONNECTED and repeatable and attempt == 1:
             print(f"keystone-wsgi: the database connection was lost under {environ['REQUEST_METHOD']} "
                   f"{environ.get('PATH_INFO')}; answering it again", file=sys.stderr, flush=True)
             continue

@@ -188,9 +188,9 @@ def _drop_connection(engine):
     engine.dispatch.handle_error(types.SimpleNamespace(is_disconnect=True, original_exception=error))
 
 
-def _call(module, method="GET"):
+def _call(module, method="GET", path="/v3/auth/tokens"):
     seen = {}
-    body = b"".join(module.application({"REQUEST_METHOD": method, "PATH_INFO": "/v3/auth/tokens"},
+    body = b"".join(module.application({"REQUEST_METHOD": method, "PATH_INFO": path},
                                        lambda status, headers, exc_info=None: seen.update(status=status,
                                                                                            headers=headers)))
     return seen, body
@@ -222,13 +222,45 @@ def test_wsgi_wrapper_answers_a_validation_again_when_keystone_lost_its_database
 
 def test_wsgi_wrapper_answers_a_lost_write_or_a_second_loss_with_a_retryable_503(engine):
     app, calls = _keystone_losing_connections(engine, losses=1)
-    seen, body = _call(_wsgi_module(app), method="POST")  # it may have committed: the client decides
+    seen, body = _call(_wsgi_module(app), method="POST", path="/v3/projects")  # it may have committed
     assert seen["status"] == "503 Service Unavailable" and ("Retry-After", "1") in seen["headers"]
     assert "connection was lost" in json.loads(body)["error"]["message"] and calls == ["POST"]
 
     app, calls = _keystone_losing_connections(engine, losses=2)
     seen, _ = _call(_wsgi_module(app))
     assert seen["status"] == "503 Service Unavailable" and calls == ["GET", "GET"]
+
+
+def test_wsgi_wrapper_issues_a_token_again_with_the_same_body(engine):
+    """A token issue (POST /v3/auth/tokens) stores nothing (Fernet): answered again, with the
+    request's body read once and given to each attempt. Seen in CI: the load's admin login
+    right after drill D6 got a 503 when the proxies moved the sessions back to the returning
+    member."""
+    import io
+    bodies = []
+
+    def app(environ, start_response):
+        bodies.append(environ["wsgi.input"].read(int(environ["CONTENT_LENGTH"])))
+        if len(bodies) == 1:
+            _drop_connection(engine)
+            start_response("500 Internal Server Error", [])
+            return [b"{}"]
+        start_response("201 Created", [("X-Subject-Token", "t")])
+        return [b"{}"]
+
+    module = _wsgi_module(app)
+    login = b'{"auth": {"identity": {"methods": ["password"]}}}'
+    seen = {}
+    environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/v3/auth/tokens", "CONTENT_LENGTH": str(len(login)),
+               "wsgi.input": io.BytesIO(login)}
+    b"".join(module.application(environ, lambda status, headers, exc_info=None: seen.update(status=status)))
+    assert seen["status"] == "201 Created" and bodies == [login, login]
+
+    bodies.clear()  # another POST (a project create) is not repeated: it may have been committed
+    environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/v3/projects", "CONTENT_LENGTH": str(len(login)),
+               "wsgi.input": io.BytesIO(login)}
+    b"".join(module.application(environ, lambda status, headers, exc_info=None: seen.update(status=status)))
+    assert seen["status"] == "503 Service Unavailable" and bodies == [login]
 
 
 def test_wsgi_wrapper_passes_keystones_other_500s_through():
