@@ -21,6 +21,26 @@ def _run(drill):
     return result.measured
 
 
+def _catalog(dep, cloud):
+    """(region, interface, url) of every endpoint, and the regions, as python-openstackclient
+    lists them through `cloud` from the lab's user namespace."""
+    import json
+
+    from lab import catalog
+    listed = []
+    for args in (["endpoint", "list"], ["region", "list"]):
+        out = catalog.openstack(dep, [*args, "-f", "json"], cloud=cloud)
+        assert out.returncode == 0, out.stderr[-500:]
+        listed.append(json.loads(out.stdout))
+    return (sorted((e["Region"], e["Interface"], e["URL"]) for e in listed[0]), sorted(r["Region"] for r in listed[1]))
+
+
+def _catalog_entries(dep, regions):
+    from keystone_multiregion.roles.keystone import catalog_entries
+    return (sorted((e["region"], e["interface"], e["url"]) for r in regions
+                   for e in catalog_entries(dep.topo, r)["endpoints"]), sorted(regions))
+
+
 def _no_harm(m):
     """No validation failed, no acknowledged write lost (failed writes are reported: the
     client saw them fail)."""
@@ -79,6 +99,8 @@ def test_d3_region_added_live_under_load(changes):
     assert m["cluster_votes"] == 5
     assert (m["token_from_lab-d_in_lab-a"], m["token_from_lab-a_in_lab-d"]) == (200, 200)
     assert m["user_from_new_region_logs_in"] == {"lab-a": 201, "lab-b": 201, "lab-c": 201, "lab-d": 201}
+    # lab-d's stack registered its catalog entries; a client pinned to lab-d finds them.
+    assert _catalog(changes.dep, "lab-d") == _catalog_entries(changes.dep, ["lab-a", "lab-b", "lab-c", "lab-d"])
 
 
 def test_d4_region_removed_live_under_load(changes):
@@ -90,3 +112,5 @@ def test_d4_region_removed_live_under_load(changes):
                                                "pulumi up lab-c"]
     assert m["steps"][0]["votes"] == [3] and m["cluster_votes"] == 3
     assert not [h for h in m["keystone_db_hosts"] if h.startswith("10.91.4.")]
+    # Its catalog entries went with it (before its nodes, as `pulumi destroy` deletes them).
+    assert _catalog(changes.dep, "lab-a") == _catalog_entries(changes.dep, ["lab-a", "lab-b", "lab-c"])
