@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 
-from keystone_multiregion.roles.proxy import REGION_HEADER
+from keystone_multiregion.roles.proxy import HAPROXY_DOWN_FILE, REGION_HEADER
 from keystone_multiregion.security import PORTS, security_rules
 from keystone_multiregion.topology import duration_seconds
 
@@ -268,17 +268,39 @@ class ProxyDrills:
 
     def drill_vip_haproxy_killed(self) -> DrillResult:
         """HAProxy dies (SIGKILL of its master process) on the master of the first public
-        VIP: keepalived's health script fails, its instances go to FAULT and release the
-        addresses to the other proxy."""
+        VIP: haproxy.service's ExecStopPost (our drop-in; the lab runs it as systemd does when
+        the process ends) writes 1 to the file keepalived tracks, its instances go to FAULT at
+        once and release the addresses to the other proxy."""
         master = self.vips("public")[0].master
         vips = [v for v in self.vips() if v.master == master]
         procs = self.dep.lab.procs
 
+        down_file = procs.host_path(master, HAPROXY_DOWN_FILE)
+        written: dict[str, float | None] = {}
+
+        def read_down() -> str | None:
+            try:
+                with open(down_file) as fh:
+                    return fh.read().strip()
+            except FileNotFoundError:
+                return None
+
         def fault():
+            t = time.monotonic()
             procs.kill(master, "haproxy")
+            written["stop_post_s"] = _sec(time.monotonic() - t) if layer.wait(lambda: read_down() == "1", 10, 0.01) \
+                else None
 
         result = self._vip_move(f"a3. HAProxy dies on {master}: keepalived gives its VIPs to {self._other(master)}",
                                 vips, fault, lambda: layer.restart(self.dep, master, "haproxy"), self._other(master))
+        # ExecStopPost wrote 1 when the process ended; ExecStartPost 0 when it ran again.
+        result.measured.update(written, down_file_after_repair=read_down())
+        if written.get("stop_post_s") is None:
+            result.problems.append(f"{HAPROXY_DOWN_FILE} on {master} never read 1 after HAProxy died")
+        if result.measured["down_file_after_repair"] != "0":
+            result.problems.append(f"{HAPROXY_DOWN_FILE} on {master} reads "
+                                   f"{result.measured['down_file_after_repair']!r} after HAProxy started again")
+        result.ok = not result.problems
         return result
 
     # -- b. database failover ------------------------------------------------------------------

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import signal
 import stat
 import sys
@@ -35,6 +36,23 @@ PROCESSES = {"haproxy": "haproxy", "keepalived": "keepalived", "keystone-api": "
 STOP_TIMEOUT_S = {"mariadb": 300}
 RELOAD_SIGNALS = {"haproxy": signal.SIGUSR2, "keepalived": signal.SIGHUP, "keystone-api": signal.SIGHUP}
 VM_PATH = "/etc/keystone-multiregion/service-manager"
+
+
+def exec_lines(path: str, key: str) -> list[list[str]]:
+    """The command lines of `key` (ExecStartPost, ExecStopPost, ...) in a unit file or
+    drop-in, in order, as systemd would run them: its prefixes (-@:+!) dropped, the rest split
+    as systemd splits it (shell-like quoting). A missing file has none."""
+    out = []
+    try:
+        with open(path) as fh:
+            lines = fh.read().splitlines()
+    except FileNotFoundError:
+        return out
+    for line in lines:
+        name, sep, value = line.strip().partition("=")
+        if sep and name.strip() == key and value.strip():
+            out.append(shlex.split(value.strip().lstrip("-@:+!")))
+    return out
 
 
 def shim(dep, host: str) -> tuple[str, str]:

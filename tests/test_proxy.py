@@ -25,7 +25,8 @@ import pytest
 from helpers import example, five_regions
 from keystone_multiregion import pki
 from keystone_multiregion.render import render_node
-from keystone_multiregion.roles.proxy import (FORWARDED_HEADER, HAPROXY_CFG, KEEPALIVED_CONF, NODE_HEADER,
+from keystone_multiregion.roles.proxy import (FORWARDED_HEADER, HAPROXY_CFG, HAPROXY_DOWN_DIR, HAPROXY_DOWN_FILE,
+                                              HAPROXY_DROPIN, KEEPALIVED_CONF, NODE_HEADER,
                                               PEER_CA, PROXY, PUBLIC_PEM, REGION_HEADER, STATS_SOCKET,
                                               SYSTEM_CA_BUNDLE, galera_servers, keystone_backups, ring_after)
 from keystone_multiregion.security import PORTS, remote_prefixes, security_rules
@@ -353,6 +354,36 @@ def test_keepalived_gives_up_addresses_when_haproxy_dies(topo, secrets):
     g = dict(block(items, "global_defs"))
     assert g["router_id"] == "proxy-region-c-2" and "enable_script_security" in g and g["script_user"] == "root"
     assert "vrrp_check_unicast_src" in g
+
+
+def test_keepalived_tracks_the_file_systemd_writes_when_haproxy_ends(topo, secrets, tmp_path):
+    """A HAProxy whose process ended gives its addresses up at once, not after two failed
+    health checks: haproxy.service's drop-in writes 1 (ExecStopPost) or 0 (ExecStartPost) to
+    the file every VRRP instance tracks with weight 0 (a non-zero value is FAULT)."""
+    from lab.service import exec_lines
+    rendered = render_node(topo, "proxy-region-a-1", secrets)
+    files = _files(rendered)
+    items = parse_keepalived(files[KEEPALIVED_CONF].content)
+    track = block(items, "track_file haproxy_down")
+    assert values(track, "file") == [f'"{HAPROXY_DOWN_FILE}"']
+    assert values(track, "weight") == ["0"] and values(track, "init_file") == ["0"]
+    for name, inst in instances(files[KEEPALIVED_CONF].content).items():
+        assert [k for k, _ in block(inst, "track_file")] == ["haproxy_down"], name
+        assert [k for k, _ in block(inst, "track_script")] == ["haproxy"], name  # a hung HAProxy
+    dropin = files[HAPROXY_DROPIN]
+    assert dropin.permissions == "0644"
+    assert PROXY.on_change[HAPROXY_DROPIN] == "systemd:daemon-reload"
+    path = tmp_path / "haproxy.conf"
+    path.write_text(dropin.content)
+    assert "[Service]" in dropin.content.splitlines()
+    for key, value in (("ExecStopPost", "1"), ("ExecStartPost", "0")):
+        (argv,) = exec_lines(str(path), key)
+        assert argv[:2] == ["/bin/sh", "-c"] and HAPROXY_DOWN_FILE in argv[2]
+        # The command itself, on a scratch path instead of /run: it creates the directory
+        # and writes the value keepalived reads.
+        scratch = tmp_path / key / "haproxy-down"
+        subprocess.run(["/bin/sh", "-c", argv[2].replace(HAPROXY_DOWN_DIR, str(scratch.parent))], check=True)
+        assert scratch.read_text() == f"{value}\n"
 
 
 # -- files, permissions, cloud-config -----------------------------------------------------

@@ -31,7 +31,9 @@ HAProxy (/etc/haproxy/haproxy.cfg) serves, on the region's VRRP addresses only:
 keepalived (/etc/keepalived/keepalived.conf): one VRRP instance per VIP, unicast between
 the proxies of the region, PASS authentication; the VIP's master has the highest
 priority and the others follow in ring order; a dead HAProxy puts every instance in
-FAULT, which gives the addresses up to the other proxy.
+FAULT, which gives the addresses up to the other proxy: at once when HAProxy's process ends
+(systemd writes HAPROXY_DOWN_FILE from the haproxy.service drop-in, keepalived tracks the
+file), and after two failed checks of the monitor URI when HAProxy runs but does not answer.
 """
 
 from __future__ import annotations
@@ -50,6 +52,11 @@ PUBLIC_PEM = f"{CERT_DIR}/public.pem"
 PEER_CA = f"{CERT_DIR}/peer-ca.pem"
 SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 STATS_SOCKET = "/run/haproxy/admin.sock"
+# systemd writes 1 here when HAProxy ends and 0 when it runs (HAPROXY_DROPIN); keepalived
+# tracks the file and puts every instance in FAULT on a 1.
+HAPROXY_DROPIN = "/etc/systemd/system/haproxy.service.d/keystone-multiregion.conf"
+HAPROXY_DOWN_DIR = "/run/keystone-multiregion"
+HAPROXY_DOWN_FILE = f"{HAPROXY_DOWN_DIR}/haproxy-down"
 # HAProxy's liveness for keepalived: loopback only.
 MONITOR_ADDRESS = "127.0.0.1"
 MONITOR_PORT = 8404
@@ -158,6 +165,7 @@ def _context(topo: Topology, node: Node, needed: dict) -> dict:
         "public_pem": PUBLIC_PEM,
         "peer_ca": PEER_CA if needed.get("public_ca_cert") else SYSTEM_CA_BUNDLE,
         "stats_socket": STATS_SOCKET,
+        "haproxy_down_file": HAPROXY_DOWN_FILE, "haproxy_down_dir": HAPROXY_DOWN_DIR,
         "monitor_address": MONITOR_ADDRESS, "monitor_port": MONITOR_PORT, "monitor_uri": MONITOR_URI,
         "metrics_port": PORTS["haproxy_metrics"],
         "forwarded_header": FORWARDED_HEADER,
@@ -200,10 +208,11 @@ PROXY = RoleLayer(
     files=(
         ("proxy/sysctl.conf.j2", "/etc/sysctl.d/60-keystone-multiregion.conf", "0644"),
         ("proxy/haproxy.cfg.j2", HAPROXY_CFG, "0644"),
+        ("proxy/haproxy-service.conf.j2", HAPROXY_DROPIN, "0644"),
         ("proxy/keepalived.conf.j2", KEEPALIVED_CONF, "0600"),  # carries the VRRP password
     ),
     context=_context, secret_files=_secret_files, cloud_config=_cloud_config,
     on_change={HAPROXY_CFG: "haproxy:reload", PUBLIC_PEM: "haproxy:reload", PEER_CA: "haproxy:reload",
-               KEEPALIVED_CONF: "keepalived:reload", "/etc/sysctl.d/60-keystone-multiregion.conf": "sysctl:apply"})
+               KEEPALIVED_CONF: "keepalived:reload", HAPROXY_DROPIN: "systemd:daemon-reload", "/etc/sysctl.d/60-keystone-multiregion.conf": "sysctl:apply"})
 
 LAYERS = {"proxy": PROXY}

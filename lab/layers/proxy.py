@@ -25,9 +25,11 @@ import time
 from pathlib import Path
 
 import keystone_multiregion
-from keystone_multiregion.roles.proxy import HAPROXY_CFG, KEEPALIVED_CONF, STATS_SOCKET
+from keystone_multiregion.roles.proxy import (HAPROXY_CFG, HAPROXY_DOWN_DIR, HAPROXY_DROPIN, KEEPALIVED_CONF,
+                                              STATS_SOCKET)
 from keystone_multiregion.security import PORTS
 
+from .. import service
 from ..checks import Check
 from ..util import LabError
 
@@ -35,7 +37,7 @@ ROLES = ("proxy",)
 # curl: keepalived's health script asks HAProxy's monitor URI with it.
 PACKAGES = ("haproxy", "keepalived", "curl", "ca-certificates")
 PROXY_SYSCTL = "/etc/sysctl.d/60-keystone-multiregion.conf"
-RUN_DIRS = ("/run/haproxy", "/run/keepalived")
+RUN_DIRS = ("/run/haproxy", "/run/keepalived", HAPROXY_DOWN_DIR)
 HAPROXY_PID = "/run/haproxy/haproxy.pid"
 KEEPALIVED_PIDS = {"-p": "/run/keepalived/keepalived.pid", "-r": "/run/keepalived/vrrp.pid",
                    "-c": "/run/keepalived/checkers.pid"}
@@ -266,9 +268,36 @@ def wait(predicate, timeout: float, interval: float = 0.05):
 
 # -- daemons ------------------------------------------------------------------------------
 
+# What systemd does for haproxy.service's ExecStopPost when the unit's process ends, for
+# whatever reason: wait for the process (a pidfd is readable once it has ended), then run the
+# drop-in's command lines in the node.
+STOP_POST = "haproxy-stop-post"
+_WAIT_AND_RUN = r"""
+import json, os, select, subprocess, sys
+try:
+    fd = os.pidfd_open(int(sys.argv[1]))
+    select.select([fd], [], [])
+except ProcessLookupError:
+    pass
+for argv in json.loads(sys.argv[2]):
+    subprocess.run(argv, timeout=30)
+"""
+
+
 def start_haproxy(dep, name: str, timeout: float = 15) -> None:
-    dep.lab.procs.start(name, "haproxy", HAPROXY_ARGV, ready=lambda: server_states(dep, name) is not None,
-                        ready_timeout=timeout)
+    """Start HAProxy as haproxy.service does, with our drop-in's hooks: ExecStartPost once it
+    answers, ExecStopPost whenever its process ends."""
+    procs = dep.lab.procs
+    if procs.record(name, STOP_POST):
+        procs.stop(name, STOP_POST, timeout=5)
+    rec = procs.start(name, "haproxy", HAPROXY_ARGV, ready=lambda: server_states(dep, name) is not None,
+                      ready_timeout=timeout)
+    dropin = procs.host_path(name, HAPROXY_DROPIN)
+    for argv in service.exec_lines(dropin, "ExecStartPost"):
+        procs.run(name, argv, timeout=30)
+    stop_post = service.exec_lines(dropin, "ExecStopPost")
+    if stop_post:
+        procs.start(name, STOP_POST, [sys.executable, "-c", _WAIT_AND_RUN, str(rec["pid"]), json.dumps(stop_post)])
 
 
 def start_keepalived(dep, name: str, timeout: float = 15) -> None:

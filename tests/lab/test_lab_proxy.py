@@ -146,6 +146,9 @@ def test_a2_vip_moves_when_keepalived_stops(drills):
 def test_a3_vip_moves_when_haproxy_dies(drills):
     m = _run(drills.drill_vip_haproxy_killed).measured
     assert all(v is not None for v in m["move_s"].values())
+    # The drop-in's ExecStopPost ran when the process ended (the file keepalived tracks read 1),
+    # and its ExecStartPost when HAProxy ran again.
+    assert m["stop_post_s"] is not None and m["down_file_after_repair"] == "0"
 
 
 def test_b_database_frontend_moves_to_the_next_node(drills):
