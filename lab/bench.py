@@ -12,9 +12,13 @@ netem where the kernel has it):
   connections, and the bytes that crossed between regions per validation (nftables
   counters on every host, for traffic to another region's CIDR; the idle traffic of the
   same length, Galera's heartbeats, measured just before and subtracted);
-- validations per second in-region at concurrency 1, 4, 16, 64;
+- validations per second in-region at concurrency 1, 4, 16, 64; and at concurrency 16 by
+  Keystone nodes in the region (1, 2) and uwsgi processes per node (1, 2: the topology's
+  `keystone.uwsgi_processes`, pushed to the running nodes);
 - token issue, a write through Keystone (project create), and a raw commit on one
   persistent database connection, against the round trip to the farthest voter;
+- failovers (the proxy drills, each repeated), a region's rejoin by IST after a partition,
+  and SST time against the database's size;
 - the lab's cold start (packages present) and memory per region.
 
 Clients are long-running processes (lab/benchclient.py), one per client namespace
@@ -42,6 +46,17 @@ from .util import LabError
 CLIENT = Path(__file__).with_name("benchclient.py")
 BENCH_TABLE = "inet ksl_bench"
 CONCURRENCY = (1, 4, 16, 64)
+# The scaling run: Keystone nodes in the home region and uwsgi processes per node, at one
+# concurrency. The bench's lab has SCALING_NODES[-1] Keystone nodes in its home region; all
+# but the first are in maintenance on the proxies until the scaling run, so everything else
+# measures the lab's own layout (one node per role).
+SCALING_NODES = (1, 2)
+SCALING_PROCESSES = (1, 2)
+SCALING_CONCURRENCY = 16
+# Database sizes (MB of rows added before each SST), in order; the quick run's are smaller.
+SST_SIZES_MB = (0, 100, 300)
+SST_SIZES_MB_QUICK = (10,)
+FILL_DB = "ksl_bench_fill"
 SETTLE_S = 1.0  # after a run, before its bytes are counted
 # The targets (issue 16). Each: name, the comparison, the target value, the unit.
 TARGETS = (
@@ -153,6 +168,24 @@ def wan_noise_per_request(idle_before: int, idle_after: int, window_s: float, el
     return round(abs(idle_before - idle_after) / window_s * elapsed_s / requests, 1)
 
 
+def bench_topology(data: dict) -> dict:
+    """The lab's topology (as loaded from YAML) for the bench: the home region (the second
+    region, where the bench's client validates) with SCALING_NODES[-1] Keystone nodes."""
+    out = json.loads(json.dumps(data))
+    home = out["regions"][1]
+    roles = home.setdefault("roles", {})
+    roles["keystone"] = {**roles.get("keystone", {}), "count": SCALING_NODES[-1]}
+    return out
+
+
+def scaling_grid(scaling: dict) -> tuple[list[int], dict[int, list[dict | None]]]:
+    """(Keystone node counts, {uwsgi processes: the run at each count, None where not run})."""
+    runs = scaling["runs"]
+    nodes = sorted({r["nodes"] for r in runs})
+    return nodes, {p: [next((r for r in runs if r["processes"] == p and r["nodes"] == n), None) for n in nodes]
+                   for p in sorted({r["processes"] for r in runs})}
+
+
 def add_scale(report: dict) -> None:
     """The scale model from the run at the WAN latency (commit cost per farthest round trip)."""
     at = report.get("runs", {}).get(str(report.get("wan_latency_ms")), {})
@@ -246,6 +279,21 @@ def markdown(report: dict) -> str:
         lines.append(f"| {ms} ms | " + " | ".join(
             f"{tput[str(c)]['per_s']}/s (p99 {tput[str(c)]['p99']} ms)" if str(c) in tput else "-"
             for c in CONCURRENCY) + " |")
+    scaling = report.get("scaling")
+    if scaling:
+        nodes, grid = scaling_grid(scaling)
+        lines += ["", f"| uwsgi processes per Keystone node (lab-b, 0 ms, concurrency {scaling['concurrency']}) | "
+                  + " | ".join(f"{n} Keystone node{'s' if n > 1 else ''}" for n in nodes) + " |",
+                  "|---|" + "---|" * len(nodes)]
+        for procs, rows in grid.items():
+            lines.append(f"| {procs} | " + " | ".join(f"{r['per_s']}/s (p99 {r['p99']} ms)" if r else "-"
+                                                      for r in rows) + " |")
+    sst = report.get("sst")
+    if sst:
+        lines += ["", f"| SST to {sst['joiner']} (0 ms): rows added MB | data directory MB | SST s | transfer |",
+                  "|---|---|---|---|"]
+        for row in sst["runs"]:
+            lines.append(f"| {row['added_mb']} | {row['datadir_mb']} | {row['sst_s']} | {row['transfer']} |")
     if report.get("failovers"):
         lines += ["", "| failure (lab-a, 0 ms) | first answer s: min / median / max | failed / requests | runs |",
                   "|---|---|---|---|"]
@@ -277,7 +325,19 @@ def markdown(report: dict) -> str:
     if mem:
         lines += ["", "Memory (RSS of the lab's processes) per region: "
                   + ", ".join(f"{r} {v} MB" for r, v in mem.items()) + f"; cold start {report.get('cold_start_s')} s."]
+    phases = report.get("cold_start_phases_s")
+    if phases:
+        lines += ["", f"Cold start of {report.get('nodes')} nodes, by part (s): "
+                  + ", ".join(f"{k} {v}" for k, v in phases.items()) + "."]
     return "\n".join(lines) + "\n"
+
+
+def _save(fig, out: Path, name: str, files: list[str]) -> None:
+    import matplotlib.pyplot as plt
+    fig.tight_layout()
+    fig.savefig(out / name, dpi=110)
+    plt.close(fig)
+    files.append(name)
 
 
 def plots(report: dict, out: Path) -> list[str]:
@@ -298,10 +358,7 @@ def plots(report: dict, out: Path) -> list[str]:
     ax.set_ylim(bottom=0)
     ax.set_title("Token validation from lab-b: own region vs Keystone in lab-a only")
     ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(out / "validation-latency.png", dpi=110)
-    plt.close(fig)
-    files.append("validation-latency.png")
+    _save(fig, out, "validation-latency.png", files)
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for m, run in runs.items():
@@ -313,10 +370,30 @@ def plots(report: dict, out: Path) -> list[str]:
     ax.set_ylabel("validations per second (lab-b)")
     ax.set_title("In-region validation throughput")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "throughput.png", dpi=110)
-    plt.close(fig)
-    files.append("throughput.png")
+    _save(fig, out, "throughput.png", files)
+    scaling = report.get("scaling")
+    if scaling:
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        nodes, grid = scaling_grid(scaling)
+        for procs, rows in grid.items():
+            ax.plot([n for n, r in zip(nodes, rows) if r], [r["per_s"] for r in rows if r], marker="o",
+                    label=f"{procs} uwsgi process{'es' if procs > 1 else ''} per node")
+        ax.set_xticks(nodes)
+        ax.set_xlabel("Keystone nodes in lab-b")
+        ax.set_ylabel(f"validations per second (concurrency {scaling['concurrency']})")
+        ax.set_ylim(bottom=0)
+        ax.set_title(f"Throughput by Keystone nodes and uwsgi processes ({report['machine'].split(',')[0]})")
+        ax.legend()
+        _save(fig, out, "scaling.png", files)
+    sst = report.get("sst")
+    if sst:
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        ax.plot([r["datadir_mb"] for r in sst["runs"]], [r["sst_s"] for r in sst["runs"]], marker="o")
+        ax.set_xlabel("donor's data directory (MB)")
+        ax.set_ylabel("SST until Synced (s)")
+        ax.set_ylim(bottom=0)
+        ax.set_title("Full state transfer (mariabackup over TLS) by database size")
+        _save(fig, out, "sst.png", files)
     if report.get("scale"):
         fig, ax = plt.subplots(figsize=(8, 4.5))
         sizes = [r["regions"] for r in report["scale"]]
@@ -327,10 +404,7 @@ def plots(report: dict, out: Path) -> list[str]:
         ax.set_ylabel("modelled commit latency (ms)")
         ax.set_title("Commit latency by cluster size (measured cost per round trip, real city round trips)")
         ax.legend()
-        fig.tight_layout()
-        fig.savefig(out / "scale.png", dpi=110)
-        plt.close(fig)
-        files.append("scale.png")
+        _save(fig, out, "scale.png", files)
     return files
 
 
@@ -586,6 +660,140 @@ class Bench:
         self.log(f"  rejoin: {out}")
         return out
 
+    # Keystone nodes and uwsgi processes
+    def keystone_serving(self, count: int) -> list[str]:
+        """Let the first `count` Keystone nodes of the home region serve, the others in
+        maintenance on every proxy of the region (HAProxy's runtime API, every backend that
+        has them); returns the serving nodes once every proxy sees them UP."""
+        from .layers import proxy as layer
+        nodes = [n.name for n in self.topo.nodes(self.home, "keystone")]
+        if count > len(nodes):
+            raise LabError(f"{self.home} has {len(nodes)} Keystone nodes, not {count}")
+        proxies = [p.name for p in self.topo.nodes(self.home, "proxy")]
+        for proxy in proxies:
+            states = layer.server_states(self.dep, proxy) or {}
+            for backend, servers in states.items():
+                for i, node in enumerate(nodes):
+                    if node in servers:
+                        state = "ready" if i < count else "maint"
+                        layer.haproxy_command(self.dep, proxy, f"set server {backend}/{node} state {state}")
+
+        def serving() -> bool:
+            for proxy in proxies:
+                states = layer.server_states(self.dep, proxy) or {}
+                for servers in states.values():
+                    for i, node in enumerate(nodes):
+                        if node in servers:
+                            up = servers[node]["status"].startswith("UP")
+                            if up != (i < count):
+                                return False
+            return True
+        if not layer.wait(serving, 30, 0.2):
+            raise LabError(f"the proxies of {self.home} do not show {count} Keystone nodes serving")
+        return nodes[:count]
+
+    def uwsgi_workers(self, node: str) -> int:
+        """Worker processes of the node's uwsgi (children of its master)."""
+        pid = self.dep.lab.procs.pid(node, "keystone")
+        try:
+            with open(f"/proc/{pid}/task/{pid}/children") as fh:
+                return len(fh.read().split())
+        except (OSError, TypeError):
+            return 0
+
+    def set_uwsgi_processes(self, processes: int) -> dict:
+        """keystone.uwsgi_processes changed in the topology and pushed to the running lab as
+        an operator changes it (change_topology: every node, one after the other; uwsgi
+        reloads); returns how long the push took and the workers each Keystone node runs."""
+        import yaml
+
+        from keystone_multiregion.topology import load_topology_file
+        data = yaml.safe_load(Path(self.dep.topology_path).read_text())
+        data.setdefault("keystone", {})["uwsgi_processes"] = processes
+        path = Path(self.dep.lab.labdir) / f"bench-topology-uwsgi-{processes}.yaml"
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        t = time.monotonic()
+        self.dep.change_topology(load_topology_file(path), path, log=lambda *_: None)
+        pushed = round(time.monotonic() - t, 1)
+        self.topo = self.dep.topo
+        nodes = [n.name for n in self.topo.nodes(self.home, "keystone")]
+        from .layers import proxy as layer
+        layer.wait(lambda: all(self.uwsgi_workers(n) == processes for n in nodes), 60, 0.5)
+        return {"push_s": pushed, "workers": {n: self.uwsgi_workers(n) for n in nodes}}
+
+    def scaling(self) -> dict:
+        """Validations per second in the home region at SCALING_CONCURRENCY by Keystone nodes
+        serving and uwsgi processes per node."""
+        auth, subject = self.ks.admin_token(self.home), self.ks.admin_token(self.home)
+        seconds = 3.0 if self.quick else 8.0
+        keystone = [n.name for n in self.topo.nodes(self.home, "keystone")]
+        counts = [c for c in SCALING_NODES if c <= len(keystone)]
+        runs, pushes = [], {}
+        # The quick run measures the processes as deployed (no push).
+        for wanted in ([None] if self.quick else SCALING_PROCESSES):
+            if wanted is not None:
+                pushes[str(wanted)] = self.set_uwsgi_processes(wanted)
+                self.log(f"  uwsgi processes {wanted}: {pushes[str(wanted)]}")
+            processes = self.uwsgi_workers(keystone[0])
+            for count in counts:
+                serving = self.keystone_serving(count)
+                r = self.http(self.home, self.home, "GET", "/v3/auth/tokens",
+                              {"X-Auth-Token": auth, "X-Subject-Token": subject}, count=20000,
+                              concurrency=SCALING_CONCURRENCY, duration=seconds, warmup=1)
+                ok = r["statuses"].get("200", 0)
+                row = {"processes": processes, "nodes": count, "serving": serving,
+                       "per_s": round(ok / r["elapsed_s"], 1), "failed": r["requests"] - ok,
+                       **{k: v for k, v in percentiles(r["latencies_ms"]).items() if k in ("p50", "p99")}}
+                runs.append(row)
+                self.log(f"  {row}")
+        self.keystone_serving(1)
+        return {"concurrency": SCALING_CONCURRENCY, "runs": runs, "pushes": pushes}
+
+    # SST against the database's size
+    def datadir_mb(self, node: str) -> float:
+        root = self.dep.lab.procs.host_path(node, "/var/lib/mysql")
+        total = 0
+        for base, _, names in os.walk(root):
+            for name in names:
+                try:
+                    total += os.lstat(os.path.join(base, name)).st_size
+                except OSError:
+                    pass
+        return round(total / 1024 / 1024, 1)
+
+    def sst(self, sizes_mb) -> dict:
+        """A full state transfer to the last region's Galera node at each database size: rows
+        added (1 MB each, through the first region's node), the joiner stopped cleanly, its
+        grastate.dat removed (its state unknown: only an SST can bring it back), started again;
+        timed until it is Synced. The rows are dropped at the end."""
+        from .drills import GaleraDrills
+        g = GaleraDrills(self.dep)
+        joiner_region, writer_region = g.regions[-1], g.regions[0]
+        joiner, writer = g.node[joiner_region], g.node[writer_region]
+        self.dep.sql(writer, f"CREATE DATABASE IF NOT EXISTS {FILL_DB}; CREATE TABLE IF NOT EXISTS {FILL_DB}.pad "
+                             "(id INT AUTO_INCREMENT PRIMARY KEY, pad LONGBLOB NOT NULL) ENGINE=InnoDB")
+        added, runs = 0, []
+        try:
+            for size in sizes_mb:
+                while added < size:  # bounded: one statement per MB, at most 20 per call
+                    n = min(20, size - added)
+                    self.dep.sql(writer, "; ".join([f"INSERT INTO {FILL_DB}.pad (pad) VALUES (REPEAT('x', 1048576))"]
+                                                   * n), timeout=300)
+                    added += n
+                donor_mb = self.datadir_mb(writer)
+                offsets = g.log_offsets()
+                self.dep.lab.procs.stop(joiner, "mariadb", timeout=300)  # SIGTERM: it leaves the cluster
+                os.unlink(self.dep.lab.procs.host_path(joiner, "/var/lib/mysql/grastate.dat"))
+                t = time.monotonic()
+                self.dep.start_galera(joiner, timeout=900)
+                row = {"added_mb": size, "datadir_mb": donor_mb, "sst_s": round(time.monotonic() - t, 1),
+                       "transfer": g.transfer_kind(joiner_region, offsets), "joiner_datadir_mb": self.datadir_mb(joiner)}
+                runs.append(row)
+                self.log(f"  SST: {row}")
+        finally:
+            self.dep.sql(writer, f"DROP DATABASE IF EXISTS {FILL_DB}", timeout=120, check=False)
+        return {"joiner": joiner, "donor_writer": writer, "runs": runs}
+
     def memory_mb(self) -> dict:
         out = {}
         for rec in self.dep.lab.procs.processes().values():
@@ -621,8 +829,13 @@ class Bench:
         self.log("failovers (0 ms)")
         failovers = self.failovers(1 if self.quick else 3)
         self.log("rejoin after a partition (0 ms)")
-        return {"runs": runs, "wan_mode": mode, "memory_mb_per_region": self.memory_mb(), "failovers": failovers,
-                "rejoin": self.rejoin(15 if self.quick else 60)}
+        rejoin = self.rejoin(15 if self.quick else 60)
+        memory = self.memory_mb()  # the lab's own layout, before the scaling run adds workers
+        self.log("SST against the database's size (0 ms)")
+        sst = self.sst(SST_SIZES_MB_QUICK if self.quick else SST_SIZES_MB)
+        self.log(f"throughput by Keystone nodes and uwsgi processes (0 ms, concurrency {SCALING_CONCURRENCY})")
+        return {"runs": runs, "wan_mode": mode, "memory_mb_per_region": memory, "failovers": failovers,
+                "rejoin": rejoin, "sst": sst, "scaling": self.scaling()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -647,12 +860,19 @@ def main(argv: list[str] | None = None) -> int:
     report = {"started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": _machine(),
               "wan_latency_ms": int(args.wan_latency_ms) if args.wan_latency_ms.is_integer() else args.wan_latency_ms}
     with session(args.labdir, args.prefix, purge=True) as lab:
-        dep = LabDeployment(lab, load_topology_file(LAB_TOPOLOGY))
+        import yaml
+        topology = Path(args.labdir) / "bench-topology.yaml"
+        topology.write_text(yaml.safe_dump(bench_topology(yaml.safe_load(Path(LAB_TOPOLOGY).read_text())),
+                                           sort_keys=False))
+        dep = LabDeployment(lab, load_topology_file(topology), topology)
         dep.install()  # first, so that the cold start is timed with every package present
         dep.up(install=False, log=lambda *_: None)
         t0 = time.monotonic()
         report["cold_start_s"] = round(dep.up_seconds, 1)
+        report["cold_start_phases_s"] = dep.up_phases
+        report["nodes"] = len(dep.topo.nodes())
         bench = Bench(dep, quick=args.quick)
+        bench.keystone_serving(1)  # the lab's own layout until the scaling run
         bench.add_clients()
         bench.install_counters()
         report.update(bench.run(args.wan_latency_ms))

@@ -82,6 +82,38 @@ def test_summary_and_plots(tmp_path):
         assert (tmp_path / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_scaling_and_sst_in_the_summary_and_plots(tmp_path):
+    report = _report(
+        scaling={"concurrency": 16, "runs": [
+            {"processes": 1, "nodes": 1, "per_s": 70.0, "p99": 300.0, "failed": 0},
+            {"processes": 1, "nodes": 2, "per_s": 95.0, "p99": 250.0, "failed": 0},
+            {"processes": 2, "nodes": 1, "per_s": 90.0, "p99": 260.0, "failed": 0},
+            {"processes": 2, "nodes": 2, "per_s": 99.0, "p99": 240.0, "failed": 0}]},
+        sst={"joiner": "galera-lab-c-1", "runs": [
+            {"added_mb": 0, "datadir_mb": 150.0, "sst_s": 14.0, "transfer": "SST"},
+            {"added_mb": 100, "datadir_mb": 260.0, "sst_s": 19.5, "transfer": "SST"}]})
+    report["targets"] = bench.targets(report)
+    text = bench.markdown(report)
+    assert "| uwsgi processes per Keystone node (lab-b, 0 ms, concurrency 16) | 1 Keystone node | 2 Keystone nodes |" \
+        in text
+    assert "| 2 | 90.0/s (p99 260.0 ms) | 99.0/s (p99 240.0 ms) |" in text
+    assert "| 100 | 260.0 | 19.5 | SST |" in text
+    files = bench.plots(report, tmp_path)
+    assert files == ["validation-latency.png", "throughput.png", "scaling.png", "sst.png"]
+    for f in files:
+        assert (tmp_path / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_bench_lab_has_two_keystone_nodes_in_the_clients_region():
+    import yaml
+    from keystone_multiregion.topology import load_topology
+    from lab.deployment import LAB_TOPOLOGY
+    data = yaml.safe_load(open(LAB_TOPOLOGY))
+    topo = load_topology(bench.bench_topology(data))
+    assert [len(topo.nodes(r.name, "keystone")) for r in topo.regions] == [1, 2, 1]
+    assert data["regions"][1].get("roles") is None  # the lab's own topology is untouched
+
+
 class _Server:
     """A TLS HTTP/1.1 server on loopback for identity.test; `close` answers like uwsgi with
     rem-header = Content-Length (no length: the body ends with the connection)."""

@@ -71,3 +71,22 @@ def test_a_region_cut_off_rejoins_by_ist(bench_report):
     r = bench_report["rejoin"]
     assert r["problems"] == [] and r["commits_meanwhile"] > 0, r
     assert r["rejoin_s"] is not None and r["transfer"] == "IST", r
+
+
+def test_a_full_state_transfer_carries_the_rows_added(bench_report):
+    sst = bench_report["sst"]
+    assert sst["runs"], sst
+    for row in sst["runs"]:
+        # The joiner's state was unknown (grastate.dat removed): only an SST brings it back,
+        # and its data directory then holds what was added.
+        assert row["transfer"] == "SST" and row["sst_s"] is not None, row
+        assert row["joiner_datadir_mb"] >= row["added_mb"], row
+
+
+def test_throughput_is_measured_by_keystone_nodes_serving(bench_report, deployment):
+    scaling = bench_report["scaling"]
+    nodes = len(deployment.topo.nodes("lab-b", "keystone"))
+    assert sorted(r["nodes"] for r in scaling["runs"]) == list(range(1, min(nodes, 2) + 1)), scaling
+    for row in scaling["runs"]:
+        assert row["per_s"] > 0 and row["failed"] == 0 and row["processes"] >= 1, row
+        assert len(row["serving"]) == row["nodes"], row
