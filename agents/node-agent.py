@@ -11,6 +11,11 @@ runs the very same file over SSH. Standard library only.
     node-agent check                 drift: every applied file still as pushed (exit 1 names
                                      the files that differ)
     node-agent health [--timeout S]  the node's role is healthy (exit 0), waiting up to S
+    node-agent metrics               the node's own metrics for Prometheus, written for
+                                     node_exporter's textfile collector (METRICS_FILE):
+                                     files drifted from the last push, certificate expiry,
+                                     and by role: VIPs held, memcached answering, Keystone
+                                     healthy and its keys as pushed (a systemd timer runs it)
 
 A push is refused, with one line and nothing changed (exit 2), when: the payload does not
 parse or is for another node; a file fails its check (`haproxy -c`, `keepalived -t`, a
@@ -47,11 +52,16 @@ LOCK = f"{STATE_DIR}/node-agent.lock"
 SERVICE_MANAGER = "/etc/keystone-multiregion/service-manager"
 KEY_DIGESTS = f"{STATE_DIR}/key-digests.json"  # keystone-node: the keys are installed
 GALERA_DRAIN = f"{STATE_DIR}/galera-drain"  # galera-node's health check answers 503 meanwhile
+# node_exporter's textfile collector reads *.prom here (Debian's prometheus-node-exporter).
+METRICS_DIR = "/var/lib/prometheus/node-exporter"
+METRICS_FILE = f"{METRICS_DIR}/keystone-multiregion.prom"
+METRICS_CACHE = f"{STATE_DIR}/certificate-expiry.json"  # file digest -> notAfter (no openssl each run)
+KEYSTONE_NODE = "/usr/local/sbin/keystone-node"
 
 # The actions in the order they run (keystone_multiregion/push.py, ACTIONS).
 ORDER = ("none", "systemd:daemon-reload", "galera:settings", "galera:restart", "galera:users", "garbd:restart",
          "haproxy:reload", "keepalived:reload", "sysctl:apply", "memcached:restart", "keystone:reload",
-         "exporter:restart")
+         "exporter:restart", "node-exporter:restart")
 # MariaDB settings a running server takes with SET GLOBAL; any other change restarts it.
 GALERA_LIVE = {"max_connections", "wsrep_slave_threads", "wsrep_applier_threads", "wsrep_sync_wait",
                "wsrep_dirty_reads", "innodb_buffer_pool_size", "max_allowed_packet", "wait_timeout",
@@ -507,6 +517,8 @@ def run_actions(actions, changed, health, previous, log):
             systemctl("restart", "memcached")
         elif action == "exporter:restart":
             systemctl("restart", "prometheus-mysqld-exporter")
+        elif action == "node-exporter:restart":
+            systemctl("restart", "prometheus-node-exporter")
         elif action == "keystone:reload":
             if systemctl("is-active", "keystone-api", check=False).returncode == 0:
                 systemctl("reload", "keystone-api")
@@ -632,6 +644,102 @@ def cmd_leave(args):
     return 0
 
 
+def _labels(labels):
+    def esc(v):
+        return str(v).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+    return "{" + ",".join(f'{k}="{esc(v)}"' for k, v in sorted(labels.items())) + "}" if labels else ""
+
+
+def exposition(gauges):
+    """Prometheus text format of [(name, help, [(labels, value), ...]), ...]."""
+    lines = []
+    for name, text, samples in gauges:
+        full = f"keystone_multiregion_{name}"
+        lines += [f"# HELP {full} {text}", f"# TYPE {full} gauge"]
+        lines += [f"{full}{_labels(labels)} {value}" for labels, value in samples]
+    return "\n".join(lines) + "\n"
+
+
+def not_after(pem):
+    """The Unix time the first certificate in `pem` expires (openssl), or None."""
+    out = subprocess.run(["openssl", "x509", "-noout", "-enddate"], input=pem, capture_output=True, timeout=10)
+    text = out.stdout.decode(errors="replace").strip()
+    if out.returncode != 0 or not text.startswith("notAfter="):
+        return None
+    import calendar
+    return calendar.timegm(time.strptime(text.split("=", 1)[1].replace("  ", " "), "%b %d %H:%M:%S %Y %Z"))
+
+
+def addresses_held():
+    """Every IPv4 address on this node's interfaces."""
+    out = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True, timeout=10)
+    return {field.split("/")[0] for line in out.stdout.splitlines() for i, field in enumerate(line.split())
+            if i > 0 and line.split()[i - 1] == "inet"}
+
+
+def node_metrics():
+    """What this node says about itself (see the module's docstring), as gauges."""
+    node_facts = facts() or {}
+    role, address = node_facts.get("role"), node_facts.get("address")
+    ports = node_facts.get("ports") or {}
+    applied = json.loads(read_bytes(APPLIED) or b"{}").get("files", {})
+    drifted, certs, cache = 0, [], {}
+    try:
+        known = json.loads(read_bytes(METRICS_CACHE) or b"{}")
+    except ValueError:
+        known = {}
+    for p, digest in sorted(applied.items()):
+        data = read_bytes(p)
+        if data is None or sha256(data) != digest:
+            drifted += 1
+        if data and b"-----BEGIN CERTIFICATE-----" in data:
+            key = sha256(data)
+            cache[key] = known[key] if key in known else not_after(data)  # only the files of now stay
+            if cache[key] is not None:
+                certs.append(({"path": p}, cache[key]))
+    gauges = [
+        ("push_recorded", "1 when the region stack has pushed this node's files (node-agent apply)",
+         [({}, 1 if applied else 0)]),
+        ("files_drifted", "Pushed files that differ from the last push (node-agent check names them)",
+         [({}, drifted)]),
+        ("certificate_expiry_timestamp_seconds", "When the first certificate of each pushed PEM file expires",
+         certs),
+    ]
+    if role == "proxy":
+        held = addresses_held()
+        gauges.append(("vip_held", "1 when this proxy holds the VIP (keepalived)",
+                       [({"vip": v["name"], "address": v["address"]}, 1 if v["address"] in held else 0)
+                        for v in node_facts.get("vips", [])]))
+    if role == "memcached":
+        up = tcp_answers(address, int(ports.get("memcached", 11211)), b"version\r\n")
+        gauges.append(("memcached_up", "1 when memcached answers on this node", [({}, 1 if up else 0)]))
+    if role == "keystone":
+        code = http_status(f"http://{address}:{ports.get('keystone', 5000)}/healthcheck")
+        gauges.append(("keystone_healthy", "1 when Keystone's /healthcheck answers 200 on this node",
+                       [({}, 1 if code == 200 else 0)]))
+        if read_bytes(KEY_DIGESTS) is not None:
+            out = subprocess.run(["python3", path(KEYSTONE_NODE), "key-check"], capture_output=True, text=True,
+                                 timeout=60)
+            gauges.append(("keys_drifted", "Key repositories (Fernet, credential) that differ from what the "
+                           "stack pushed (keystone-node key-check)", [({}, out.stderr.count("DRIFT:"))]))
+    gauges.append(("metrics_timestamp_seconds", "When node-agent last wrote these metrics", [({}, round(time.time()))]))
+    return gauges, cache
+
+
+def cmd_metrics(args):
+    gauges, cache = node_metrics()
+    text = exposition(gauges)
+    for target, content in ((args.out or METRICS_FILE, text), (METRICS_CACHE, json.dumps(cache))):
+        directory = os.path.dirname(path(target))
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".metrics-")
+        with os.fdopen(fd, "w") as fh:
+            fh.write(content)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path(target))  # node_exporter never reads half a file
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="node-agent", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -641,12 +749,14 @@ def main(argv=None):
     health = sub.add_parser("health")
     health.add_argument("--timeout", type=float, default=60)
     health.add_argument("--params", help="JSON health parameters (as in a payload)")
+    metrics = sub.add_parser("metrics", help="write this node's metrics for node_exporter's textfile collector")
+    metrics.add_argument("--out", help=f"another file than {METRICS_FILE}")
     leave = sub.add_parser("leave", help="leave the Galera cluster for good, before the VM is deleted")
     leave.add_argument("--last", action="store_true", help="even as the cluster's last member")
     args = parser.parse_args(argv)
     try:
         return {"apply": cmd_apply, "check": cmd_check, "health": cmd_health,
-                "leave": cmd_leave}[args.command](args)
+                "leave": cmd_leave, "metrics": cmd_metrics}[args.command](args)
     except Refused as exc:
         print(f"node-agent: refused, nothing changed: {exc}", file=sys.stderr)
         return 2

@@ -1,7 +1,8 @@
 """Prometheus for a deployment: what to scrape, and the alerts, from the topology.
 
-Every Galera node runs Debian's prometheus-mysqld-exporter, and every proxy serves HAProxy's
-own exporter. Both are reachable from `monitoring.cidr` only (keystone_multiregion/security.py).
+Every Galera node runs Debian's prometheus-mysqld-exporter, every proxy serves HAProxy's own
+exporter, and every node runs Debian's prometheus-node-exporter, which also serves what the
+node says about itself (`node-agent metrics`, keystone_multiregion/roles/node.py). Both are reachable from `monitoring.cidr` only (keystone_multiregion/security.py).
 `prometheus_config` lists them with their region, node and role as labels. `alert_rules`
 holds the alerts, with the topology's numbers written in (the cluster's size) and
 `monitoring.alert_after_s` as their `for:`. `python -m keystone_multiregion monitoring --out
@@ -13,9 +14,12 @@ from __future__ import annotations
 from .security import PORTS
 from .topology import Topology
 
-# job -> (role, port): what Prometheus scrapes on each node of the role.
-JOBS = {"galera": ("galera", PORTS["mysqld_exporter"]), "haproxy": ("proxy", PORTS["haproxy_metrics"])}
+# job -> (role, port): what Prometheus scrapes on each node of the role (None: every node).
+JOBS = {"galera": ("galera", PORTS["mysqld_exporter"]), "haproxy": ("proxy", PORTS["haproxy_metrics"]),
+        "node": (None, PORTS["node_exporter"])}
 RULES_FILE = "keystone-multiregion-alerts.yml"
+# A certificate a node serves or trusts alerts this long before it expires.
+CERTIFICATE_WARNING_DAYS = 21
 
 
 def scrape_targets(topo: Topology, job: str) -> list[dict]:
@@ -30,7 +34,10 @@ def prometheus_config(topo: Topology, rules_dir: str = ".") -> dict:
         "global": {"scrape_interval": interval, "evaluation_interval": interval,
                    "external_labels": {"deployment": topo.name}},
         "rule_files": [f"{rules_dir.rstrip('/')}/{RULES_FILE}"],
-        "scrape_configs": [{"job_name": job, "metrics_path": "/metrics", "static_configs": scrape_targets(topo, job)}
+        "scrape_configs": [{"job_name": job, "metrics_path": "/metrics", "static_configs": scrape_targets(topo, job),
+                            # What a node says about itself changes only when node-agent writes it.
+                            **({"scrape_interval": f"{max(topo.monitoring.scrape_interval_s, topo.monitoring.node_metrics_interval_s)}s"}
+                               if job == "node" else {})}
                            for job in JOBS],
     }
 
@@ -70,5 +77,47 @@ def alert_rules(topo: Topology) -> dict:
         _rule("HAProxyDown", 'up{job="haproxy"} == 0', after, "critical",
               "{{ $labels.node }} ({{ $labels.region }}): HAProxy's exporter does not answer",
               "`systemctl status haproxy keepalived` on the node: its VIPs should be on the other proxy"),
+        # What each node says about itself (node-agent metrics, through node_exporter).
+        _rule("NodeDown", 'up{job="node"} == 0', after, "critical",
+              "{{ $labels.node }} ({{ $labels.region }}): node_exporter does not answer",
+              "the VM is down or cut off from the monitoring network: `openstack server show`, then "
+              "`systemctl status prometheus-node-exporter` on it"),
+        _rule("NodeMetricsStale",
+              f'time() - keystone_multiregion_metrics_timestamp_seconds{{job="node"}} > '
+              f'{3 * topo.monitoring.node_metrics_interval_s}', after, "warning",
+              "{{ $labels.node }}: node-agent has not written its metrics for three intervals",
+              "`systemctl status keystone-multiregion-metrics.timer keystone-multiregion-metrics.service`"),
+        _rule("VipHeldByNone", 'sum by (region, vip, address) (keystone_multiregion_vip_held{job="node"}) == 0',
+              after, "critical",
+              "{{ $labels.vip }} ({{ $labels.address }}, {{ $labels.region }}) is held by no proxy: its clients "
+              "get no answer",
+              "`systemctl status keepalived haproxy` on the region's proxies; `journalctl -u keepalived` says "
+              "why each is in FAULT"),
+        _rule("VipHeldByTwo", 'sum by (region, vip, address) (keystone_multiregion_vip_held{job="node"}) > 1',
+              after, "critical",
+              "{{ $labels.vip }} ({{ $labels.address }}, {{ $labels.region }}) is held by {{ $value }} proxies: "
+              "split brain",
+              "the proxies do not hear each other's VRRP adverts (IP protocol 112 between them): check their "
+              "security group and link"),
+        _rule("MemcachedDown", 'keystone_multiregion_memcached_up{job="node"} == 0', after, "warning",
+              "{{ $labels.node }} ({{ $labels.region }}): memcached does not answer; Keystone validates "
+              "without its cache (slower, more database reads)",
+              "`systemctl restart memcached` on the node"),
+        _rule("KeystoneNodeUnhealthy", 'keystone_multiregion_keystone_healthy{job="node"} == 0', after, "warning",
+              "{{ $labels.node }} ({{ $labels.region }}): Keystone's /healthcheck does not answer 200",
+              "`systemctl status keystone-api` and `journalctl -u keystone-api` on the node"),
+        _rule("KeystoneKeysDrifted", 'keystone_multiregion_keys_drifted{job="node"} > 0', after, "critical",
+              "{{ $labels.node }}: {{ $value }} Keystone key repositories differ from what the stack pushed: "
+              "tokens from other nodes may not validate here",
+              "`keystone-node key-check` on the node names them; push the keys again (README: key drift)"),
+        _rule("FilesDrifted", 'keystone_multiregion_files_drifted{job="node"} > 0', after, "warning",
+              "{{ $labels.node }}: {{ $value }} files differ from the region stack's last push",
+              "`node-agent check` on the node names them; `pulumi up` on the region's stack pushes them again"),
+        _rule("CertificateExpiresSoon",
+              f'keystone_multiregion_certificate_expiry_timestamp_seconds{{job="node"}} - time() < '
+              f'{CERTIFICATE_WARNING_DAYS} * 86400', after, "warning",
+              "{{ $labels.node }}: the certificate in {{ $labels.path }} expires in less than "
+              f"{CERTIFICATE_WARNING_DAYS} days",
+              "renew it (README: certificates) and run `pulumi up`: the push installs it"),
     ]
     return {"groups": [{"name": "keystone-multiregion", "rules": rules}]}

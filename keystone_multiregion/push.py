@@ -44,12 +44,14 @@ ACTIONS = (
     "memcached:restart",     # only while another memcached node of the region answers
     "keystone:reload",       # uwsgi's graceful reload: workers finish their requests
     "exporter:restart",      # a Prometheus exporter's settings (it holds no state)
+    "node-exporter:restart",  # node_exporter's settings (every node)
 )
 
 
 def actions_for(role: str) -> Mapping[str, str]:
     """{path on the node: action} for a role's files; paths not listed: "none"."""
-    return LAYERS[role].on_change
+    from .roles.node import NODE
+    return {**NODE.on_change, **LAYERS[role].on_change}
 
 
 def health_params(topo: Topology, rendered: RenderedNode) -> dict:

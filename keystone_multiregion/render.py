@@ -20,6 +20,8 @@ import yaml
 
 from .roles import LAYERS, File
 from .roles.base import NODE_AGENT
+from .roles.node import NODE
+from .security import PORTS
 from .secrets import require_secrets, role_has_secrets
 from .topology import Node, Topology
 
@@ -74,6 +76,9 @@ def node_facts(topo: Topology, node: Node) -> dict:
         "galera_bootstrap": node.role == "galera" and node.region == topo.bootstrap_region and node.number == 1,
         # The one Keystone node that runs db_sync and bootstrap.
         "keystone_bootstrap": node.role == "keystone" and node.region == topo.bootstrap_region and node.number == 1,
+        # What `node-agent metrics` looks at: the ports it asks, and a proxy's region's VIPs.
+        "ports": {k: PORTS[k] for k in ("keystone", "memcached")},
+        "vips": [{"name": v.name, "address": v.address} for v in topo.vips(node.region)] if node.role == "proxy" else [],
     }
 
 
@@ -95,7 +100,7 @@ def cloud_config(topo: Topology, node: Node, files: tuple[File, ...], needed: Ma
         "preserve_hostname": False,
         "manage_etc_hosts": True,
         "package_update": True,
-        "packages": list(LAYERS[node.role].packages),
+        "packages": list(LAYERS[node.role].packages) + [p for p in NODE.packages if p not in LAYERS[node.role].packages],
         "write_files": [
             {"path": f.path, "content": f.content, "owner": f.owner, "permissions": f.permissions}
             for f in files
@@ -106,6 +111,7 @@ def cloud_config(topo: Topology, node: Node, files: tuple[File, ...], needed: Ma
         # The stack's host key for this node: whoever pushes files to it over SSH pins it.
         doc["ssh_keys"] = {"ed25519_private": host_key["private"], "ed25519_public": host_key["public"]}
     LAYERS[node.role].cloud_config(topo, node, doc)
+    NODE.cloud_config(topo, node, doc)  # what every node runs, after the role's own steps
     return doc
 
 
@@ -118,6 +124,10 @@ def render_node(topo: Topology, node_name: str, secrets: Mapping) -> RenderedNod
     files = [File(FACTS_PATH, json.dumps(node_facts(topo, node), indent=2, sort_keys=True) + "\n")]
     for template, path, perms in layer.files:
         files.append(File(path, render_template(template, **context), permissions=perms))
+    # What every node runs whatever its role (node_exporter and the node's own metrics).
+    common = {**context, **NODE.context(topo, node, needed)}
+    for template, path, perms in NODE.files:
+        files.append(File(path, render_template(template, **common), permissions=perms))
     files += layer.secret_files(topo, node, needed)
     # Every node runs the agent that applies later pushes (keystone_multiregion/push.py).
     files.append(File(NODE_AGENT, render_template("agents/node-agent.py"), permissions="0755"))

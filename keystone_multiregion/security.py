@@ -37,6 +37,7 @@ PORTS = {
     # prometheus-mysqld-exporter) and HAProxy's own exporter.
     "mysqld_exporter": 9104,
     "haproxy_metrics": 8405,
+    "node_exporter": 9100,
 }
 VRRP_PROTOCOL = "112"  # IP protocol number of VRRP; keepalived speaks it between the pair.
 ANYWHERE = "0.0.0.0/0"
@@ -114,6 +115,7 @@ def security_rules(topo: Topology, region: str) -> tuple[Rule, ...]:
 
     for group in security_groups(topo, region):
         allow(group, "tcp", PORTS["ssh"], [topo.admin_cidr], "SSH from the admin network")
+        allow(group, "tcp", PORTS["node_exporter"], [topo.monitoring.cidr], "Prometheus: node_exporter")
 
     # Galera: clients are the local proxies and the peers; replication from every voter;
     # IST and SST only between data nodes of every region.

@@ -220,6 +220,8 @@ class MonitoringIn(_Schema):
     scrape_interval_s: int = _fix("give a whole number of seconds, e.g. 15", 15, ge=1, le=300)
     # How long a condition holds before its alert fires (the rules' `for:`).
     alert_after_s: int = _fix("give a whole number of seconds, e.g. 60", 60, ge=1, le=3600)
+    # How often each node writes its own metrics (node-agent metrics, a systemd timer).
+    node_metrics_interval_s: int = _fix("give a whole number of seconds, e.g. 15", 15, ge=5, le=300)
 
 
 class DnsIn(_Schema):
@@ -378,6 +380,7 @@ class Monitoring:
     cidr: str
     scrape_interval_s: int
     alert_after_s: int
+    node_metrics_interval_s: int = 15
 
 
 @dataclass(frozen=True)
@@ -730,7 +733,8 @@ def load_topology(data: Mapping[str, Any]) -> Topology:
         monitoring=Monitoring(cidr=str(_cidr(spec.monitoring.cidr, "monitoring.cidr", versions=(4, 6))
                                        if spec.monitoring.cidr else admin_net),
                               scrape_interval_s=spec.monitoring.scrape_interval_s,
-                              alert_after_s=spec.monitoring.alert_after_s),
+                              alert_after_s=spec.monitoring.alert_after_s,
+                              node_metrics_interval_s=spec.monitoring.node_metrics_interval_s),
         _nodes=nodes)
     _check_quorum(topo)
     _check_quotas(topo)

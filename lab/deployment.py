@@ -41,12 +41,17 @@ LAB_TOPOLOGY = Path(__file__).resolve().parent / "topology.yaml"
 GALERA_TOOL = ["python3", GALERA_NODE_TOOL]
 
 # An HTTP GET from inside a lab namespace, bounded by a timeout; prints the status code.
+# One HTTP GET from inside a lab namespace: prints {"status": N, "body": "..."} (an HTTP
+# error status with its body too); nothing when nothing answered.
 _HTTP_GET = r"""
-import sys, urllib.request, urllib.error
+import json, sys, urllib.request, urllib.error
 try:
-    print(urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2])).status)
+    with urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2])) as r:
+        print(json.dumps({"status": r.status, "body": r.read().decode(errors="replace")}))
 except urllib.error.HTTPError as exc:
-    print(exc.code)
+    print(json.dumps({"status": exc.code, "body": exc.read().decode(errors="replace")}))
+except Exception:
+    pass
 """
 
 class LabDeployment:
@@ -150,16 +155,28 @@ class LabDeployment:
             for node in self.topo.nodes():
                 if only is None or node.role in only:
                     start_sshd(self, node.name)
+            phases, t = {}, time.monotonic()
+
+            def phase(name: str) -> None:
+                nonlocal t
+                phases[name] = round(time.monotonic() - t, 1)
+                t = time.monotonic()
+            phase("network and nodes")
             for layer in self.started:
                 layer.start(self, [n for n in self.topo.nodes() if n.role in layer.ROLES], log)
+                phase(layer.__name__.rsplit(".", 1)[-1])
             # As the stack does once a node exists: its files pushed (no change on a new node),
             # one node of a role after the other, each push ending once the node is healthy.
             self.push_all(log, only)
+            phase("push")
             # As each region stack does once its pushes are done: its catalog entries.
             if (only is None or {"keystone", "proxy"} <= set(only)) and catalog.serving_regions(self.topo):
                 self.register_catalog(log)
+                phase("catalog")
             if only is None and self.topo.nodes(role="galera"):
                 monitoring.start(self, log)  # the exporters, and Prometheus on the ops host
+                phase("monitoring")
+        self.up_phases = phases  # seconds of each part of the cold start, in order
         with self.lab.state.update() as d:
             d["probes"]["argv_secrets"] = {"findings": watch.findings, "samples": watch.samples}
         self.up_seconds = time.monotonic() - t0  # the bench's cold start (packages present)
@@ -300,6 +317,9 @@ class LabDeployment:
         elif unit == "prometheus-mysqld-exporter":
             self.lab.procs.stop(name, monitoring.EXPORTER, timeout=10)
             monitoring.start_exporter(self, name)
+        elif unit == "prometheus-node-exporter":
+            self.lab.procs.stop(name, monitoring.NODE_EXPORTER, timeout=10)
+            monitoring.start_node_exporter(self, name)
         else:
             raise LabError(f"the lab cannot restart {unit}")
 
@@ -381,11 +401,21 @@ class LabDeployment:
     def memcached_stats(self, client: str, server: str, timeout: float = 2.0) -> dict[str, str] | None:
         return layers.memcached.stats(self, client, server, timeout)
 
-    def http_status(self, client: str, url: str, timeout: float = 2.0) -> int | None:
-        """The HTTP status `client` gets for `url`, or None if nothing answered."""
+    def http_get(self, client: str, url: str, timeout: float = 2.0) -> tuple[int, str] | None:
+        """(status, body) of a GET of `url` from inside `client`'s namespace, or None if
+        nothing answered."""
         out = self.lab.net.exec(client, [sys.executable, "-c", _HTTP_GET, url, str(timeout)],
                                 timeout=timeout + 5, check=False)
-        return int(out.stdout.strip()) if out.returncode == 0 and out.stdout.strip().isdigit() else None
+        try:
+            got = json.loads(out.stdout.strip().splitlines()[-1])
+        except (IndexError, ValueError):
+            return None
+        return got["status"], got["body"]
+
+    def http_status(self, client: str, url: str, timeout: float = 2.0) -> int | None:
+        """The HTTP status `client` gets for `url`, or None if nothing answered."""
+        got = self.http_get(client, url, timeout)
+        return got[0] if got else None
 
     def status(self) -> list[str]:
         lines = []

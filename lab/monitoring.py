@@ -3,7 +3,10 @@ them, and drills O1/O2 that see its alerts fire and clear.
 
 Every Galera node runs Debian's prometheus-mysqld-exporter from its rendered
 /etc/default/prometheus-mysqld-exporter (the same file cloud-init writes), as the system user
-`prometheus`; every proxy's HAProxy serves its own exporter (the rendered haproxy.cfg).
+`prometheus`; every proxy's HAProxy serves its own exporter (the rendered haproxy.cfg); every
+node runs Debian's prometheus-node-exporter from its rendered defaults file, and its metrics
+timer (the rendered keystone-multiregion-metrics.timer/.service: `node-agent metrics` every
+OnUnitActiveSec, which node_exporter's textfile collector serves).
 Prometheus (Debian's package) runs on the `ops` host, in admin_cidr, which is the lab's
 monitoring.cidr, with prometheus.yml and the alert rules from
 keystone_multiregion/monitoring.py. The security groups (nftables in every node) admit the
@@ -12,25 +15,45 @@ scrapes from there only.
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 from pathlib import Path
 
 import yaml
 
 from keystone_multiregion.monitoring import RULES_FILE, alert_rules, prometheus_config
+from keystone_multiregion.roles.node import METRICS_DIR, METRICS_SERVICE, METRICS_TIMER, NODE_EXPORTER_DEFAULTS
 from keystone_multiregion.security import PORTS
 
+from . import service
 from .layers.proxy import wait
 from .ssh import OPS_HOST, ops_address
 from .util import LabError
 
-PACKAGES = ("prometheus", "prometheus-mysqld-exporter")
+PACKAGES = ("prometheus", "prometheus-mysqld-exporter", "prometheus-node-exporter")
 PROMETHEUS_PORT = 9090
 EXPORTER = "mysqld-exporter"
 # The unit's EnvironmentFile, then the unit's User= and ExecStart.
 _EXPORTER_CMD = (". /etc/default/prometheus-mysqld-exporter && export DATA_SOURCE_NAME && "
                  "exec setpriv --reuid=prometheus --regid=prometheus --init-groups "
                  "/usr/bin/prometheus-mysqld-exporter $ARGS")
+# Every node: node_exporter as Debian's unit runs it, and the metrics timer's service.
+NODE_EXPORTER = "node-exporter"
+_NODE_EXPORTER_CMD = (f". {NODE_EXPORTER_DEFAULTS} && exec setpriv --reuid=prometheus --regid=prometheus "
+                      "--init-groups /usr/bin/prometheus-node-exporter $ARGS")
+METRICS_TIMER_PROC = "metrics-timer"
+# What systemd does with keystone-multiregion-metrics.timer: the service's ExecStart every
+# OnUnitActiveSec. Bounded in runs (the lab's timers stop by themselves after TIMER_HOURS).
+TIMER_HOURS = 6
+_TIMER_LOOP = r"""
+import json, subprocess, sys, time
+interval, runs, argvs = float(sys.argv[1]), int(sys.argv[2]), json.loads(sys.argv[3])
+for _ in range(runs):
+    for argv in argvs:
+        subprocess.run(argv, timeout=60)
+    time.sleep(interval)
+"""
 WAIT_LIMIT_S = 180  # every wait for an alert is bounded (a safety bound, not a target)
 
 
@@ -43,14 +66,9 @@ def prometheus_url(dep) -> str:
 
 
 def _get(dep, host: str, url: str, timeout: float = 5) -> str | None:
-    """GET from inside a lab namespace; the body, or None."""
-    script = ("import sys, urllib.request\n"
-              "try:\n"
-              f"    sys.stdout.write(urllib.request.urlopen({url!r}, timeout={timeout}).read().decode())\n"
-              "except Exception as exc:\n"
-              "    sys.exit(1)\n")
-    out = dep.lab.net.exec(host, ["python3", "-c", script], check=False, timeout=timeout + 5)
-    return out.stdout if out.returncode == 0 else None
+    """GET from inside a lab namespace; the body of a 200, or None."""
+    got = dep.http_get(host, url, timeout)
+    return got[1] if got and got[0] == 200 else None
 
 
 def start_exporter(dep, name: str) -> None:
@@ -60,15 +78,59 @@ def start_exporter(dep, name: str) -> None:
                         ready=lambda: "mysql_up" in (_get(dep, OPS_HOST, url, timeout=2) or ""), ready_timeout=60)
 
 
-def start(dep, log=print) -> None:
-    t = time.monotonic()
+def _node_exporter_answers(dep, name: str) -> bool:
+    url = f"http://{dep.topo.node(name).address}:{PORTS['node_exporter']}/metrics"
+    return "node_" in (_get(dep, OPS_HOST, url, timeout=2) or "")
+
+
+def start_node_exporter(dep, name: str, wait_ready: bool = True) -> None:
+    dep.lab.procs.make_root(name, [METRICS_DIR])
+    os.chmod(dep.lab.procs.host_path(name, METRICS_DIR), 0o755)
+    dep.lab.procs.start(name, NODE_EXPORTER, ["sh", "-c", _NODE_EXPORTER_CMD],
+                        ready=(lambda: _node_exporter_answers(dep, name)) if wait_ready else None, ready_timeout=60)
+
+
+def start_metrics_timer(dep, name: str) -> None:
+    """The node's metrics timer as systemd runs it, from its rendered unit files."""
+    procs = dep.lab.procs
+    interval = float(service.unit_values(procs.host_path(name, METRICS_TIMER), "OnUnitActiveSec")[0].rstrip("s"))
+    argvs = service.exec_lines(procs.host_path(name, METRICS_SERVICE), "ExecStart")
+    runs = int(TIMER_HOURS * 3600 / interval)
+    procs.start(name, METRICS_TIMER_PROC, [sys.executable, "-c", _TIMER_LOOP, str(interval), str(runs),
+                                           json.dumps(argvs)])
+
+
+def _configure(dep) -> Path:
+    """Exporters on every node of the topology (mysqld_exporter on the Galera nodes,
+    node_exporter and the metrics timer everywhere), and Prometheus's configuration and rules
+    for it written; returns their directory."""
     for node in dep.topo.nodes(role="galera"):
         if not dep.lab.procs.is_alive(node.name, EXPORTER):
             start_exporter(dep, node.name)
+    started = []
+    for node in dep.topo.nodes():  # all at once, then waited for together
+        if not dep.lab.procs.is_alive(node.name, NODE_EXPORTER):
+            start_node_exporter(dep, node.name, wait_ready=False)
+            started.append(node.name)
+        if not dep.lab.procs.is_alive(node.name, METRICS_TIMER_PROC):
+            start_metrics_timer(dep, node.name)
+    pending = set(started)
+
+    def answered() -> bool:
+        pending.difference_update([n for n in sorted(pending) if _node_exporter_answers(dep, n)])
+        return not pending
+    if not wait(answered, 60, interval=0.2):
+        raise LabError(f"node_exporter does not answer on {sorted(pending)}")
     d = _dir(dep)
     d.mkdir(parents=True, exist_ok=True)
     (d / "prometheus.yml").write_text(yaml.safe_dump(prometheus_config(dep.topo, str(d)), sort_keys=False))
     (d / RULES_FILE).write_text(yaml.safe_dump(alert_rules(dep.topo), sort_keys=False))
+    return d
+
+
+def start(dep, log=print) -> None:
+    t = time.monotonic()
+    d = _configure(dep)
     if not dep.lab.procs.is_alive(OPS_HOST, "prometheus"):
         dep.lab.procs.start(OPS_HOST, "prometheus", [
             "prometheus", f"--config.file={d / 'prometheus.yml'}", f"--storage.tsdb.path={d / 'data'}",
@@ -86,12 +148,7 @@ def reconfigure(dep, log=print) -> None:
     import signal
     if not dep.lab.procs.is_alive(OPS_HOST, "prometheus"):
         return
-    for node in dep.topo.nodes(role="galera"):
-        if not dep.lab.procs.is_alive(node.name, EXPORTER):
-            start_exporter(dep, node.name)
-    d = _dir(dep)
-    (d / "prometheus.yml").write_text(yaml.safe_dump(prometheus_config(dep.topo, str(d)), sort_keys=False))
-    (d / RULES_FILE).write_text(yaml.safe_dump(alert_rules(dep.topo), sort_keys=False))
+    _configure(dep)
     dep.lab.procs.kill(OPS_HOST, "prometheus", signal.SIGHUP)
     up = wait(lambda: _all_up(dep), 60, interval=0.5)
     log(f"monitoring: Prometheus reloaded, {len(targets(dep))} exporters, {'all up' if up else 'NOT all up'}")
@@ -113,7 +170,7 @@ def targets(dep) -> dict[str, str]:
 
 def _all_up(dep) -> bool:
     seen = targets(dep)
-    return len(seen) == sum(len(dep.topo.nodes(role=r)) for r in ("galera", "proxy")) and \
+    return len(seen) == sum(len(dep.topo.nodes(role=r)) for r in ("galera", "proxy")) + len(dep.topo.nodes()) and \
         set(seen.values()) == {"up"}
 
 
@@ -130,7 +187,8 @@ def _result(*args):
 class MonitoringDrills:
     """O1: a region cut off from the others fires GaleraNotPrimary for its member (and only
     its member), which clears after the heal. O2: a region's Keystone nodes stopped fire
-    KeystoneOnBackups for that region, cleared once they are back. Outcomes asserted,
+    KeystoneOnBackups for that region, cleared once they are back. O3 and O4 (below) see the
+    nodes' own metrics alert: a VIP held by nobody, memcached down. Outcomes asserted,
     durations reported."""
 
     def __init__(self, dep):
@@ -210,9 +268,44 @@ class MonitoringDrills:
         return self._fire_and_clear(f"O2. every Keystone node of {region} stopped: KeystoneOnBackups for {region}",
                                     "KeystoneOnBackups", region, stop, start)
 
+    def drill_vip_held_by_none(self):
+        """O3: keepalived stopped on both proxies of a region: its VIPs are held by nobody
+        (each proxy's node-agent metrics say so), VipHeldByNone fires for the region, and clears
+        once keepalived runs again and the VIPs are back on their masters."""
+        from .layers import proxy as proxy_layer
+        region = self.cut
+        proxies = [n.name for n in self.topo.nodes(region, "proxy")]
+
+        def stop():
+            for name in proxies:
+                self.dep.lab.procs.stop(name, "keepalived", timeout=10)
+
+        def start():
+            for name in proxies:
+                if not self.dep.lab.procs.is_alive(name, "keepalived"):
+                    proxy_layer.start_keepalived(self.dep, name)
+
+        def settled(problems, measured):
+            if not proxy_layer.wait(lambda: proxy_layer.vips_settled(self.dep, region), WAIT_LIMIT_S, 0.2):
+                problems.append(f"the VIPs of {region} are not back on their masters: "
+                                f"{proxy_layer.vip_holders(self.dep, region)}")
+        return self._fire_and_clear(f"O3. keepalived stopped on both proxies of {region}: VipHeldByNone for {region}",
+                                    "VipHeldByNone", region, stop, start, settled)
+
+    def drill_memcached_down(self):
+        """O4: a region's memcached stopped: MemcachedDown fires for that node (its node-agent
+        metrics), and clears once memcached runs again."""
+        from .layers import memcached as memcached_layer
+        node = self.topo.nodes(self.stopped, "memcached")[0]
+        return self._fire_and_clear(
+            f"O4. memcached stopped on {node.name}: MemcachedDown for {node.name}", "MemcachedDown", node.name,
+            lambda: self.dep.lab.procs.stop(node.name, "memcached", timeout=10),
+            lambda: memcached_layer.start(self.dep, [node], log=lambda *_: None))
+
     def run_all(self, log=print) -> list:
         results = []
-        for drill in (self.drill_not_primary, self.drill_keystone_backends):
+        for drill in (self.drill_not_primary, self.drill_keystone_backends, self.drill_vip_held_by_none,
+                      self.drill_memcached_down):
             result = drill()
             log(result.line())
             results.append(result)

@@ -9,7 +9,7 @@ Each verb does what the unit on a VM does:
     reload haproxy       SIGUSR2 to the master (Debian's haproxy.service ExecReload)
     reload keepalived    SIGHUP (keepalived.service ExecReload)
     reload keystone-api  SIGHUP to uwsgi's master (our keystone-api.service ExecReload)
-    restart memcached | mariadb | garb   stop, then start as the lab's layer does
+    restart memcached | mariadb | garb | prometheus-*-exporter   stop, then start as the lab does
     stop UNIT            SIGTERM, then wait for the process to end (node-agent leave)
     disable UNIT         nothing to do (the lab starts nothing at boot)
     is-active UNIT       exit 0 while the process runs
@@ -31,28 +31,33 @@ from pathlib import Path
 # unit -> the lab's process name for it
 PROCESSES = {"haproxy": "haproxy", "keepalived": "keepalived", "keystone-api": "keystone", "memcached": "memcached",
              "mariadb": "mariadb", "garb": "garbd", "galera-health": "health",
-             "prometheus-mysqld-exporter": "mysqld-exporter"}
+             "prometheus-mysqld-exporter": "mysqld-exporter", "prometheus-node-exporter": "node-exporter"}
 # How long a stop waits for the daemon to end (MariaDB's clean shutdown: it leaves the cluster).
 STOP_TIMEOUT_S = {"mariadb": 300}
 RELOAD_SIGNALS = {"haproxy": signal.SIGUSR2, "keepalived": signal.SIGHUP, "keystone-api": signal.SIGHUP}
 VM_PATH = "/etc/keystone-multiregion/service-manager"
 
 
-def exec_lines(path: str, key: str) -> list[list[str]]:
-    """The command lines of `key` (ExecStartPost, ExecStopPost, ...) in a unit file or
-    drop-in, in order, as systemd would run them: its prefixes (-@:+!) dropped, the rest split
-    as systemd splits it (shell-like quoting). A missing file has none."""
-    out = []
+def unit_values(path: str, key: str) -> list[str]:
+    """Every value of `key` in a unit file or drop-in, in order (a missing file has none)."""
     try:
         with open(path) as fh:
             lines = fh.read().splitlines()
     except FileNotFoundError:
-        return out
+        return []
+    out = []
     for line in lines:
         name, sep, value = line.strip().partition("=")
         if sep and name.strip() == key and value.strip():
-            out.append(shlex.split(value.strip().lstrip("-@:+!")))
+            out.append(value.strip())
     return out
+
+
+def exec_lines(path: str, key: str) -> list[list[str]]:
+    """The command lines of `key` (ExecStart, ExecStartPost, ExecStopPost, ...) in a unit file
+    or drop-in, in order, as systemd would run them: its prefixes (-@:+!) dropped, the rest
+    split as systemd splits it (shell-like quoting)."""
+    return [shlex.split(value.lstrip("-@:+!")) for value in unit_values(path, key)]
 
 
 def shim(dep, host: str) -> tuple[str, str]:

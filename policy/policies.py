@@ -76,6 +76,7 @@ SERVICE_PORTS = {
     5000: "Keystone internal endpoint, plain HTTP",
     8404: "HAProxy monitor",
     9104: "mysqld_exporter (Prometheus)",
+    9100: "node_exporter (Prometheus)",
     8405: "HAProxy's Prometheus exporter",
 }
 SSH_PORT = 22

@@ -59,8 +59,9 @@ def test_security_group_rules(stack):
     # Peers in this region through their group (one rule), the others' by /32.
     local_galera, local_proxies, local_keystone = (f"sg-{role}-{region}-id" for role in ("galera", "proxy", "keystone"))
     galera_peers = _hosts(n for n in TOPO.nodes(role="galera") if n.region != region) | {local_galera}
-    admin = {("tcp", 22, TOPO.admin_cidr)}
     monitoring = TOPO.monitoring.cidr  # Prometheus: the exporters, from this network only
+    # Every group: SSH from the admin network, node_exporter from the monitoring network.
+    admin = {("tcp", 22, TOPO.admin_cidr), ("tcp", 9100, monitoring)}
 
     galera = _rules(run, region, "galera")
     # every region's database frontend may fail over here

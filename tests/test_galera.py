@@ -102,7 +102,12 @@ def test_first_boot_order(topo, secrets):
         ["rm", "-f", "/usr/sbin/policy-rc.d"], ["systemctl", "daemon-reload"],
         ["python3", "/usr/local/sbin/galera-node", "prepare"], ["python3", "/usr/local/sbin/galera-node", "start"],
         ["systemctl", "enable", "--now", "galera-health.service"],
-        ["systemctl", "enable", "--now", "prometheus-mysqld-exporter.service"]]
+        ["systemctl", "enable", "--now", "prometheus-mysqld-exporter.service"],
+        # Then what every node runs (roles/node.py): node_exporter on its settings, the metrics timer.
+        ["systemctl", "daemon-reload"],
+        ["systemctl", "enable", "prometheus-node-exporter.service", "keystone-multiregion-metrics.timer"],
+        ["systemctl", "restart", "prometheus-node-exporter.service"],
+        ["systemctl", "start", "keystone-multiregion-metrics.timer"]]
     # The exporter's settings are written before its package installs (cloud-init keeps them).
     exporter = _files(render_node(topo, "galera-region-a-1", secrets))["/etc/default/prometheus-mysqld-exporter"]
     assert 'DATA_SOURCE_NAME="prometheus@unix(/run/mysqld/mysqld.sock)/"' in exporter.content

@@ -27,6 +27,7 @@ def test_every_exporter_is_scraped_with_its_region_and_node():
     jobs = {j["job_name"]: j["static_configs"] for j in cfg["scrape_configs"]}
     assert {t["targets"][0] for t in jobs["galera"]} == {f"{n.address}:9104" for n in TOPO.nodes(role="galera")}
     assert {t["targets"][0] for t in jobs["haproxy"]} == {f"{n.address}:8405" for n in TOPO.nodes(role="proxy")}
+    assert {t["targets"][0] for t in jobs["node"]} == {f"{n.address}:9100" for n in TOPO.nodes()}
     first = jobs["galera"][0]["labels"]
     assert first == {"region": "region-a", "node": "galera-region-a-1", "role": "galera"}
     assert cfg["rule_files"] == [f"/etc/prometheus/{RULES_FILE}"]
@@ -114,6 +115,79 @@ def test_promtool_unit_tests_of_every_alert(promtool, tmp_path):
             _expected("HAProxyDown", {"job": "haproxy", "node": "proxy-region-a-2", "region": "region-a"})]},
     ]}]
     test_file = tmp_path / "alerts-test.yml"
+    test_file.write_text(yaml.safe_dump({"rule_files": [rules], "evaluation_interval": "1m", "tests": tests}))
+    out = subprocess.run([promtool, "test", "rules", str(test_file)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "SUCCESS" in out.stdout
+
+
+def test_promtool_unit_tests_of_the_nodes_own_alerts(promtool, tmp_path):
+    """What the nodes say about themselves (node-agent metrics via node_exporter): a VIP held
+    by no proxy and one held by two, memcached down, Keystone unhealthy, keys and files
+    drifted, a certificate expiring, metrics gone stale, a node_exporter gone; the healthy
+    series beside them fire nothing."""
+    rules = _write(tmp_path, alert_rules(TOPO))
+    n = lambda node, region, **more: "{" + ", ".join(  # noqa: E731
+        f'{k}="{v}"' for k, v in {"job": "node", "node": node, "region": region, **more}.items()) + "}"
+    v1, v2, v3 = [(v.name, v.address) for v in TOPO.vips("region-a")][:3]
+    vip = lambda proxy, v: "keystone_multiregion_vip_held" + n(proxy, "region-a", vip=v[0], address=v[1])  # noqa: E731
+    day = 86400
+    series = [
+        # v1: proxy-1 lets it go at minute 1 and nobody takes it; v2: both hold it from minute 1; v3: fine
+        {"series": vip("proxy-region-a-1", v1), "values": "1 0x20"},
+        {"series": vip("proxy-region-a-2", v1), "values": "0x21"},
+        {"series": vip("proxy-region-a-1", v2), "values": "0 1x20"},
+        {"series": vip("proxy-region-a-2", v2), "values": "1x21"},
+        {"series": vip("proxy-region-a-1", v3), "values": "1x21"},
+        {"series": vip("proxy-region-a-2", v3), "values": "0x21"},
+        {"series": "keystone_multiregion_memcached_up" + n("memcached-region-b-1", "region-b"), "values": "1 0x20"},
+        {"series": "keystone_multiregion_memcached_up" + n("memcached-region-a-1", "region-a"), "values": "1x21"},
+        {"series": "keystone_multiregion_keystone_healthy" + n("keystone-region-c-1", "region-c"),
+         "values": "1 0x20"},
+        {"series": "keystone_multiregion_keys_drifted" + n("keystone-region-c-2", "region-c"), "values": "0 2x20"},
+        {"series": "keystone_multiregion_files_drifted" + n("galera-region-b-1", "region-b"), "values": "0 1x20"},
+        # certificates: one expires 10 days after the start, one in a year
+        {"series": "keystone_multiregion_certificate_expiry_timestamp_seconds"
+                   + n("proxy-region-b-1", "region-b", path="/etc/haproxy/certs/public.pem"),
+         "values": f"{10 * day}x21"},
+        {"series": "keystone_multiregion_certificate_expiry_timestamp_seconds"
+                   + n("proxy-region-b-2", "region-b", path="/etc/haproxy/certs/public.pem"),
+         "values": f"{365 * day}x21"},
+        # galera-region-a-1's timer stops writing after minute 0 (its timestamp stays at 0)
+        {"series": "keystone_multiregion_metrics_timestamp_seconds" + n("galera-region-a-1", "region-a"),
+         "values": "0x21"},
+        {"series": "keystone_multiregion_metrics_timestamp_seconds" + n("galera-region-a-2", "region-a"),
+         "values": "0+60x21"},
+        {"series": "up" + n("memcached-region-c-1", "region-c"), "values": "1 0x20"},
+        {"series": "up" + n("memcached-region-a-1", "region-a"), "values": "1x21"},
+    ]
+    after = TOPO.monitoring.alert_after_s
+    fired = f"{60 + after + 60}s"
+    names = ("VipHeldByNone", "VipHeldByTwo", "MemcachedDown", "KeystoneNodeUnhealthy", "KeystoneKeysDrifted",
+             "FilesDrifted", "NodeDown")
+    expect = {
+        "VipHeldByNone": [_expected("VipHeldByNone", {"region": "region-a", "vip": v1[0], "address": v1[1]})],
+        "VipHeldByTwo": [_expected("VipHeldByTwo", {"region": "region-a", "vip": v2[0], "address": v2[1]}, value=2)],
+        "MemcachedDown": [_expected("MemcachedDown", {"job": "node", "node": "memcached-region-b-1",
+                                                      "region": "region-b"})],
+        "KeystoneNodeUnhealthy": [_expected("KeystoneNodeUnhealthy", {"job": "node", "node": "keystone-region-c-1",
+                                                                      "region": "region-c"})],
+        "KeystoneKeysDrifted": [_expected("KeystoneKeysDrifted", {"job": "node", "node": "keystone-region-c-2",
+                                                                  "region": "region-c"}, value=2)],
+        "FilesDrifted": [_expected("FilesDrifted", {"job": "node", "node": "galera-region-b-1",
+                                                    "region": "region-b"}, value=1)],
+        "NodeDown": [_expected("NodeDown", {"job": "node", "node": "memcached-region-c-1", "region": "region-c"})],
+    }
+    cert = {"job": "node", "node": "proxy-region-b-1", "region": "region-b", "path": "/etc/haproxy/certs/public.pem"}
+    stale = {"job": "node", "node": "galera-region-a-1", "region": "region-a"}
+    tests = [{"interval": "1m", "input_series": series, "alert_rule_test": [
+        {"eval_time": "0m", "alertname": name, "exp_alerts": []} for name in names] + [
+        {"eval_time": fired, "alertname": name, "exp_alerts": expect[name]} for name in names] + [
+        {"eval_time": fired, "alertname": "CertificateExpiresSoon",
+         "exp_alerts": [_expected("CertificateExpiresSoon", cert)]},
+        {"eval_time": "20m", "alertname": "NodeMetricsStale", "exp_alerts": [_expected("NodeMetricsStale", stale)]},
+    ]}]
+    test_file = tmp_path / "node-alerts-test.yml"
     test_file.write_text(yaml.safe_dump({"rule_files": [rules], "evaluation_interval": "1m", "tests": tests}))
     out = subprocess.run([promtool, "test", "rules", str(test_file)], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr

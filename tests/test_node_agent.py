@@ -343,3 +343,123 @@ def test_the_arbitrator_takes_a_new_peer_list_without_a_restart_and_other_change
     assert out.returncode == 0, out.stderr
     assert _last_json(out)["actions"] == ["garbd:restart"]
     assert any(c.startswith("systemctl restart garb") for c in arb.calls())
+
+
+# --- node-agent metrics ----------------------------------------------------------------------
+
+FAKE_IP = """#!/bin/sh
+# `ip -o -4 addr show` as the node would answer it: the addresses in $FAKE_IP_ADDRS
+i=2
+for a in $FAKE_IP_ADDRS; do echo "$i: eth0    inet $a/24 brd 10.10.1.255 scope global eth0"; i=$((i+1)); done
+"""
+
+
+def _metrics(text: str) -> dict[str, float]:
+    """{'name{labels}': value} of a Prometheus text file (comments skipped)."""
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, value = line.rsplit(" ", 1)
+            out[key] = float(value)
+    return out
+
+
+def test_metrics_of_a_proxy_say_what_it_holds_what_drifted_and_when_its_certificates_expire(proxy, topo):
+    """node-agent metrics on a proxy's tree, after a push: the VIPs `ip` shows it holding, a
+    pushed file changed by hand counted as drift, and the expiry of each pushed certificate
+    (the first certificate of the file, as the file's own notAfter says)."""
+    from cryptography import x509
+
+    from keystone_multiregion.roles.node import METRICS_DIR
+    from keystone_multiregion.roles.proxy import PEER_CA, PUBLIC_PEM
+    assert proxy.apply(proxy.payload()).returncode == 0
+    vips = topo.vips("region-a")
+    held = [v for v in vips if v.master == "proxy-region-a-1"]
+    (proxy.root.parent / "bin" / "ip").write_text(FAKE_IP)
+    os.chmod(proxy.root.parent / "bin" / "ip", 0o755)
+    proxy.env["FAKE_IP_ADDRS"] = " ".join(["10.10.1.21"] + [v.address for v in held])
+    proxy.file(HAPROXY_CFG).write_text(proxy.file(HAPROXY_CFG).read_text() + "# changed by hand\n")
+    out = proxy.agent("metrics")
+    assert out.returncode == 0, out.stderr
+    text = proxy.file(f"{METRICS_DIR}/keystone-multiregion.prom").read_text()
+    m = _metrics(text)
+    assert m["keystone_multiregion_files_drifted"] == 1 and m["keystone_multiregion_push_recorded"] == 1
+    for v in vips:
+        assert m[f'keystone_multiregion_vip_held{{address="{v.address}",vip="{v.name}"}}'] == (1 if v in held else 0)
+    assert 0 < len(held) < len(vips)
+    for pem in (PUBLIC_PEM, PEER_CA):
+        if not proxy.file(pem).exists():
+            continue
+        cert = x509.load_pem_x509_certificate(proxy.file(pem).read_bytes())
+        expected = cert.not_valid_after_utc.timestamp()
+        assert m[f'keystone_multiregion_certificate_expiry_timestamp_seconds{{path="{pem}"}}'] == expected
+    assert "# TYPE keystone_multiregion_vip_held gauge" in text
+    # The file is whole and readable by node_exporter's user.
+    assert stat.S_IMODE(os.stat(proxy.file(f"{METRICS_DIR}/keystone-multiregion.prom")).st_mode) == 0o644
+    # Put back as pushed: no drift.
+    proxy.file(HAPROXY_CFG).write_text(next(f.content for f in proxy.rendered.files if f.path == HAPROXY_CFG))
+    assert proxy.agent("metrics").returncode == 0
+    assert _metrics(proxy.file(f"{METRICS_DIR}/keystone-multiregion.prom").read_text())[
+        "keystone_multiregion_files_drifted"] == 0
+
+
+def test_metrics_of_a_memcached_node_answering_or_not(tmp_path, topo, secrets, monitor):
+    """memcached_up follows what answers at the node's address (here loopback: the facts are
+    pointed there, so the test never reaches outside this machine)."""
+    import socket
+
+    from keystone_multiregion.render import FACTS_PATH
+    from keystone_multiregion.roles.node import METRICS_DIR
+    node = Node(tmp_path, topo, secrets, "memcached-region-a-1", monitor)
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    facts = json.loads(node.file(FACTS_PATH).read_text())
+    facts.update(address="127.0.0.1", ports={**facts["ports"], "memcached": server.getsockname()[1]})
+    node.file(FACTS_PATH).write_text(json.dumps(facts))
+
+    def up() -> float:
+        assert node.agent("metrics").returncode == 0
+        m = _metrics(node.file(f"{METRICS_DIR}/keystone-multiregion.prom").read_text())
+        assert m["keystone_multiregion_push_recorded"] == 0  # nothing pushed yet
+        assert "keystone_multiregion_vip_held" not in " ".join(m)
+        return m["keystone_multiregion_memcached_up"]
+    assert up() == 0  # bound, not listening: refused
+    server.listen(1)
+
+    def answer():
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(64)
+            conn.sendall(b"VERSION 1.6.18\r\n")
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    try:
+        assert up() == 1
+    finally:
+        thread.join(timeout=10)
+        server.close()
+
+
+def test_every_node_runs_node_exporter_and_the_metrics_timer(topo, secrets):
+    import importlib.util
+
+    import yaml
+
+    from keystone_multiregion.roles.node import METRICS_DIR, METRICS_TIMER, NODE_EXPORTER_DEFAULTS
+    spec = importlib.util.spec_from_file_location("node_agent", AGENT)
+    agent = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(agent)
+    assert agent.METRICS_DIR == METRICS_DIR  # what node-agent writes is what node_exporter reads
+    for node in topo.nodes():
+        rendered = render_node(topo, node.name, secrets)
+        files = {f.path: f for f in rendered.files}
+        args = files[NODE_EXPORTER_DEFAULTS].content
+        assert f"--web.listen-address={node.address}:9100" in args
+        assert f"--collector.textfile.directory={METRICS_DIR}" in args
+        assert f"OnUnitActiveSec={topo.monitoring.node_metrics_interval_s}s" in files[METRICS_TIMER].content
+        doc = yaml.safe_load(rendered.user_data)
+        assert "prometheus-node-exporter" in doc["packages"]
+        assert doc["runcmd"][-1] == ["systemctl", "start", "keystone-multiregion-metrics.timer"]
+        actions = {f["path"]: f["on_change"] for f in push.payload(topo, rendered)["files"]}
+        assert actions[NODE_EXPORTER_DEFAULTS] == "node-exporter:restart"
+        assert actions[METRICS_TIMER] == "systemd:daemon-reload"

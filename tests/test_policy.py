@@ -103,7 +103,7 @@ def test_service_ports_match_the_security_table():
     assert set(policies.SERVICE_PORTS) == {PORTS[k] for k in ("mysql", "galera_replication", "galera_ist",
                                                                   "galera_sst", "galera_health", "memcached",
                                                                   "keystone", "mysqld_exporter",
-                                                                  "haproxy_metrics")} | {MONITOR_PORT}
+                                                                  "haproxy_metrics", "node_exporter")} | {MONITOR_PORT}
     assert policies.SSH_PORT == PORTS["ssh"] and policies.HTTPS_PORT == PORTS["https"]
     assert policies.VRRP_PROTOCOL == VRRP_PROTOCOL
 

@@ -203,9 +203,9 @@ BAD = [
      "index, name, openstack_region, public_hostname, roles, witness"),
     ("project over the security group rule quota",
      lambda d: d.update(quotas={"security_group_rules": 60}),
-     "topology: quotas.security_group_rules: region region-a needs 69 security group rules in its project (57 of "
+     "topology: quotas.security_group_rules: region region-a needs 73 security group rules in its project (61 of "
      "its own, 12 that Neutron adds), above the quota of 60; raise the project's quota with `openstack "
-     "--os-region-name region-a quota set --secgroup-rules 69 <project>` and set quotas.security_group_rules: 69 "
+     "--os-region-name region-a quota set --secgroup-rules 73 <project>` and set quotas.security_group_rules: 73 "
      "(or set defaults.peer_rules: cidr, one rule per region)"),
     ("project over the security group quota",
      lambda d: d.update(quotas={"security_groups": 4}),
@@ -308,7 +308,8 @@ def test_two_regions_need_a_witness_site():
     assert topo.vips("witness") == ()
     rules = security_rules(topo, "witness")
     assert {r.group for r in rules} == {"arbitrator"}
-    assert {(r.protocol, r.port) for r in rules} == {("tcp", 22), ("tcp", 4567), ("udp", 4567)}
+    # SSH from the admin network, node_exporter from the monitoring network, replication.
+    assert {(r.protocol, r.port) for r in rules} == {("tcp", 22), ("tcp", 9100), ("tcp", 4567), ("udp", 4567)}
     # Without the witness the two regions are even: 6 voters.
     data["regions"] = data["regions"][:2]
     del data["arbitrator"]
@@ -407,17 +408,17 @@ def test_peers_in_the_same_region_share_one_group_rule():
 
 
 def test_rules_counted_per_project_with_what_neutron_adds():
-    # 57 of ours + 2 egress in each of our 4 groups + the default group's 4.
-    assert project_usage(load_topology(example()), "region-a").rules == 69
+    # 61 of ours + 2 egress in each of our 4 groups + the default group's 4.
+    assert project_usage(load_topology(example()), "region-a").rules == 73
     assert project_usage(load_topology(example()), "region-a").groups == 5
-    assert project_usage(load_topology(five_regions()), "par").rules == 67
-    # Nine regions need 103: above Neutron's default quota, refused with the command that raises it.
-    with pytest.raises(TopologyError, match=r"quotas.security_group_rules: region r1 needs 103 security group "
-                                            r"rules .* --secgroup-rules 103 <project>`"):
+    assert project_usage(load_topology(five_regions()), "par").rules == 71
+    # Nine regions need 107: above Neutron's default quota, refused with the command that raises it.
+    with pytest.raises(TopologyError, match=r"quotas.security_group_rules: region r1 needs 107 security group "
+                                            r"rules .* --secgroup-rules 107 <project>`"):
         load_topology(nine_regions())
     data = nine_regions()
-    data["quotas"] = {"security_group_rules": 103}
-    assert project_usage(load_topology(data), "r9").rules == 103
+    data["quotas"] = {"security_group_rules": 107}
+    assert project_usage(load_topology(data), "r9").rules == 107
     data["defaults"]["peer_rules"] = "cidr"
     del data["quotas"]
     assert project_usage(load_topology(data), "r9").rules < 100
@@ -470,7 +471,7 @@ def test_validate_checks_every_region_stack(tmp_path, capsys):
     assert main(["--project-dir", str(tmp_path), "validate"]) == 0
     out = capsys.readouterr().out
     assert "stacks: region-a -> region-a, region-b -> region-b\n" in out
-    assert "security group rules 69 of 100, groups 5 of 10" in out
+    assert "security group rules 73 of 100, groups 5 of 10" in out
 
 
 @pytest.mark.parametrize("dns, field, words", [
