@@ -170,11 +170,16 @@ def wan_noise_per_request(idle_before: int, idle_after: int, window_s: float, el
 
 def bench_topology(data: dict) -> dict:
     """The lab's topology (as loaded from YAML) for the bench: the home region (the second
-    region, where the bench's client validates) with SCALING_NODES[-1] Keystone nodes."""
+    region, where the bench's client validates) with SCALING_NODES[-1] Keystone nodes, and
+    monitoring at production's defaults (the lab scrapes every second and writes node metrics
+    every 10 s so that its drills see alerts at once; on two cores shared by every node that
+    is load no deployment's nodes carry, since their Prometheus runs elsewhere)."""
     out = json.loads(json.dumps(data))
     home = out["regions"][1]
     roles = home.setdefault("roles", {})
     roles["keystone"] = {**roles.get("keystone", {}), "count": SCALING_NODES[-1]}
+    out["monitoring"] = {k: v for k, v in (out.get("monitoring") or {}).items()
+                         if k not in ("scrape_interval_s", "alert_after_s", "node_metrics_interval_s")}
     return out
 
 
@@ -295,12 +300,13 @@ def markdown(report: dict) -> str:
         for row in sst["runs"]:
             lines.append(f"| {row['added_mb']} | {row['datadir_mb']} | {row['sst_s']} | {row['transfer']} |")
     if report.get("failovers"):
-        lines += ["", "| failure (lab-a, 0 ms) | first answer s: min / median / max | failed / requests | runs |",
-                  "|---|---|---|---|"]
+        lines += ["", "| failure (lab-a, 0 ms) | first answer s: min / median / max | failed / requests | runs | "
+                  "what the failed requests saw |", "|---|---|---|---|---|"]
         for name, f in report["failovers"].items():
             a = f["first_answer_s"]
+            seen = "; ".join(f.get("errors") or []) or "-"
             lines.append(f"| {name} | {a['min']} / {a['median']} / {a['max']} | {f['failed']} / {f['requests']} | "
-                         f"{a['runs']} |")
+                         f"{a['runs']} | {seen} |")
     if report.get("scale"):
         lines += ["", f"Scale model: commit = local commit + {report['scale_commit_per_rtt']} x the round trip "
                   "to the farthest region (measured above); round trips between cities from WonderProxy's "
@@ -625,7 +631,7 @@ class Bench:
         drills = ProxyDrills(self.dep)
         out = {}
         for name, method, first_key, failed_key, total_key in FAILOVERS:
-            firsts, failed, total, problems = [], 0, 0, []
+            firsts, failed, total, problems, errors = [], 0, 0, [], []
             for _ in range(repeats):
                 result = getattr(drills, method)()
                 m = result.measured
@@ -633,8 +639,11 @@ class Bench:
                 failed += int(m.get(failed_key) or 0)
                 total += int(m.get(total_key) or 0)
                 problems += result.problems
+                # What the failed requests saw (the drills name it differently).
+                errors += [e for e in (m.get("client_errors") or m.get("read_errors") or m.get("errors") or [])
+                           if e not in errors]
             out[name] = {"first_answer_s": spread(firsts), "failed": failed, "requests": total,
-                         "problems": problems[:3]}
+                         "problems": problems[:3], "errors": errors[:5]}
             self.log(f"  {name}: {out[name]}")
         return out
 

@@ -155,7 +155,7 @@ class LabDeployment:
             for node in self.topo.nodes():
                 if only is None or node.role in only:
                     start_sshd(self, node.name)
-            phases, t = {}, time.monotonic()
+            phases, t = {}, t0
 
             def phase(name: str) -> None:
                 nonlocal t

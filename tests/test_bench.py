@@ -112,6 +112,9 @@ def test_the_bench_lab_has_two_keystone_nodes_in_the_clients_region():
     topo = load_topology(bench.bench_topology(data))
     assert [len(topo.nodes(r.name, "keystone")) for r in topo.regions] == [1, 2, 1]
     assert data["regions"][1].get("roles") is None  # the lab's own topology is untouched
+    # Monitoring at production's defaults, not the lab's every-second scrapes.
+    assert (topo.monitoring.scrape_interval_s, topo.monitoring.node_metrics_interval_s) == (15, 15)
+    assert data["monitoring"]["scrape_interval_s"] == 1
 
 
 class _Server:
