@@ -60,9 +60,10 @@ def test_daemons_run_on_the_rendered_files(deployment):
         listening = deployment.lab.net.exec(node.name, ["ss", "-Hltn"]).stdout.split("\n")
         local = {line.split()[3] for line in listening if line.strip()}
         vips = {v.address for v in deployment.topo.vips(node.region)}
-        # ... and on the node's own address sshd (the stack pushes the node's files over SSH)
-        # and HAProxy's Prometheus exporter (its security group: monitoring.cidr only)
-        own = {f"{node.address}:22", f"{node.address}:8405"}
+        # ... and on the node's own address sshd (the stack pushes the node's files over SSH),
+        # HAProxy's Prometheus exporter and node_exporter (their security group rules:
+        # monitoring.cidr only)
+        own = {f"{node.address}:22", f"{node.address}:8405", f"{node.address}:9100"}
         assert local and all(a.rsplit(":", 1)[0] in vips | {"127.0.0.1"} or a in own for a in local), local
         assert own <= local
         assert not [a for a in local if a.startswith(("0.0.0.0:", "*:", "[::]:"))]
