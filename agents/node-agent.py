@@ -673,8 +673,11 @@ def not_after(pem):
 def addresses_held():
     """Every IPv4 address on this node's interfaces."""
     out = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True, timeout=10)
-    return {field.split("/")[0] for line in out.stdout.splitlines() for i, field in enumerate(line.split())
-            if i > 0 and line.split()[i - 1] == "inet"}
+    held = set()
+    for line in out.stdout.splitlines():
+        fields = line.split()
+        held.update(address.split("/")[0] for word, address in zip(fields, fields[1:]) if word == "inet")
+    return held
 
 
 def node_metrics():
@@ -728,15 +731,10 @@ def node_metrics():
 
 def cmd_metrics(args):
     gauges, cache = node_metrics()
-    text = exposition(gauges)
-    for target, content in ((args.out or METRICS_FILE, text), (METRICS_CACHE, json.dumps(cache))):
-        directory = os.path.dirname(path(target))
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".metrics-")
-        with os.fdopen(fd, "w") as fh:
-            fh.write(content)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path(target))  # node_exporter never reads half a file
+    # Written as pushed files are (install: beside, then renamed): node_exporter never reads
+    # half a file.
+    install({"path": args.out or METRICS_FILE, "content": exposition(gauges), "mode": "0644"})
+    install({"path": METRICS_CACHE, "content": json.dumps(cache), "mode": "0644"})
     return 0
 
 

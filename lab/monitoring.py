@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from keystone_multiregion.monitoring import RULES_FILE, alert_rules, prometheus_config
+from keystone_multiregion.monitoring import JOBS, RULES_FILE, alert_rules, prometheus_config, scrape_targets
 from keystone_multiregion.roles.node import METRICS_DIR, METRICS_SERVICE, METRICS_TIMER, NODE_EXPORTER_DEFAULTS
 from keystone_multiregion.security import PORTS
 
@@ -170,8 +170,7 @@ def targets(dep) -> dict[str, str]:
 
 def _all_up(dep) -> bool:
     seen = targets(dep)
-    return len(seen) == sum(len(dep.topo.nodes(role=r)) for r in ("galera", "proxy")) + len(dep.topo.nodes()) and \
-        set(seen.values()) == {"up"}
+    return len(seen) == sum(len(scrape_targets(dep.topo, job)) for job in JOBS) and set(seen.values()) == {"up"}
 
 
 def alerts(dep) -> list[dict]:
