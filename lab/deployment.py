@@ -31,7 +31,7 @@ from keystone_multiregion.secrets import SecretsError, require_secrets
 from keystone_multiregion.security import PORTS
 from keystone_multiregion.topology import Node, Topology
 
-from . import Lab, argv_secrets, catalog, firewall, layers, monitoring, packages, service
+from . import Lab, argv_secrets, catalog, firewall, layers, monitoring, objectstore, packages, service
 from .checks import Check
 from .net import HostSpec
 from .ssh import OPS_HOST, SSHD_PACKAGES, client_key, ops_address, ssh, start_sshd
@@ -112,7 +112,8 @@ class LabDeployment:
         packages.ensure_packages(sorted({p for layer in layers.ORDER if set(layer.ROLES) & roles
                                          for p in layer.PACKAGES} | set(SSHD_PACKAGES)
                                         | (set(catalog.CLIENT_PACKAGES) if "keystone" in roles else set())
-                                        | (set(monitoring.PACKAGES) if "galera" in roles else set())))
+                                        | (set(monitoring.PACKAGES) if "galera" in roles else set())
+                                        | (set(objectstore.PACKAGES) if "galera" in roles else set())))
 
     def up(self, install: bool = True, log=print, wan_latency_ms: float = 0,
            only: tuple[str, ...] | None = None) -> None:
