@@ -20,6 +20,22 @@ only. Reads the node's facts from /etc/keystone-multiregion/node.json.
                                  one query at a time, its answer reused for 1 s
     galera-node recover-report   stopped node: {uuid, seqno, safe_to_bootstrap} as JSON
                                  (runs mariadbd --wsrep-recover when seqno is -1)
+    galera-node backup [--full|--incremental|--binlogs-only] [--scheduled]
+                                 a backup of this node (desynced while mariabackup runs),
+                                 encrypted, checksummed, into the region's container and the
+                                 next region's, with the binary logs since the last one
+                                 (agents/galera_backup.py); --scheduled: the timer's run, only
+                                 on the region's backup node, full when the last is too old
+    galera-node backups [--region R] [--verify]
+                                 what exists: id, kind, age, size, sha256, checks
+    galera-node restore [--to TIME | --to-gtid GTID | --backup ID] [--from REGION] [--exec]
+                                 on a stopped node while no member runs: the newest backup
+                                 chain before the target, checked, then the binary logs up to
+                                 it replayed; starts a new cluster from this node (the other
+                                 members then `rejoin`). Refuses a backup whose checksum or
+                                 signature fails, one from another deployment, a running cluster
+    galera-node rejoin [--exec]  a stopped member whose data belongs to an earlier cluster:
+                                 its Galera state set aside, it joins the running one by SST
     galera-node bootstrap-here [--exec]
                                  full-outage recovery on the most advanced node only:
                                  refuses without the data volume or while a peer is in a
@@ -299,7 +315,9 @@ def peer_cluster_status(peer, options, timeout=15):
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write("[client]\n" + "".join(f"{k}\n" if v is None else f"{k} = {v}\n" for k, v in options.items()))
-        argv = ["mariadb", f"--defaults-extra-file={path}", "-h", peer, "-P", str(MYSQL_PORT), "-N", "-B"]
+        # --defaults-file: these options only. With --defaults-extra-file, root's own ~/.my.cnf
+        # (read after it) would put root's name and password in place of the status account's.
+        argv = ["mariadb", f"--defaults-file={path}", "-h", peer, "-P", str(MYSQL_PORT), "-N", "-B"]
         try:
             rows = _client(argv, "SHOW GLOBAL STATUS LIKE 'wsrep_cluster_status'", timeout)
         except RuntimeError as exc:
@@ -573,6 +591,78 @@ def cmd_bootstrap_here(args):
     return 0 if wait_ready(timeout=args.timeout) else 1
 
 
+# -- backups (agents/galera_backup.py, shipped next to this program) ------------------------
+
+BACKUP_MODULE_DIR = "/usr/local/lib/keystone-multiregion"
+
+
+def _backup_module():
+    for d in (BACKUP_MODULE_DIR, os.path.dirname(os.path.abspath(__file__))):
+        if d not in sys.path:
+            sys.path.insert(0, d)
+    import galera_backup
+    return galera_backup
+
+
+def _backup_command(handler, what):
+    def run(args):
+        gb = _backup_module()
+        try:
+            return handler(gb, args)
+        except gb.Refusal as exc:
+            return refuse(what, str(exc))
+        except (RuntimeError, subprocess.TimeoutExpired, OSError) as exc:
+            print(f"galera-node: {what} failed: {exc}", file=sys.stderr, flush=True)
+            return 1
+    return run
+
+
+def _backup(gb, args):
+    return gb.cmd_backup(sys.modules[__name__], args)
+
+
+def _backups(gb, args):
+    return gb.cmd_backups(sys.modules[__name__], args)
+
+
+def _restore(gb, args):
+    summary = gb.restore(sys.modules[__name__], args)
+    node = facts()
+    write_markers({**node, "restored_from": summary["chain"][0]})
+    print(json.dumps({"node": node["name"], "action": "new-cluster-from-restore"}), flush=True)
+    if args.exec:
+        _exec_mariadbd(["--wsrep-new-cluster"])
+    subprocess.run(["galera_new_cluster"], check=True, timeout=900)
+    if not wait_ready(timeout=args.timeout):
+        print("galera-node: the restored node did not become Synced/Primary", file=sys.stderr)
+        return 1
+    return cmd_init_cluster(args)
+
+
+def _rejoin(gb, args):
+    if gb.mariadbd_running(sys.modules[__name__]):
+        raise gb.Refusal("MariaDB runs on this node: it is a member already")
+    problem = volume_problem()
+    if problem:
+        raise gb.Refusal(problem)
+    node = facts()
+    primary, unknown = primary_peers(node)
+    if not primary:
+        raise gb.Refusal("no peer runs a Primary component to join: restore a backup on one node first "
+                         "(galera-node restore)" + (f"; no answer from: {'; '.join(unknown)}" if unknown else ""))
+    aside = os.path.join(gb.WORK, "rejoin-" + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
+    os.makedirs(aside, mode=0o700)
+    for name in ("grastate.dat", "gvwstate.dat"):
+        if os.path.exists(os.path.join(DATADIR, name)):
+            shutil.move(os.path.join(DATADIR, name), os.path.join(aside, name))
+    print(json.dumps({"node": node["name"], "action": "join-by-sst", "joins": primary, "galera_state_kept": aside}),
+          flush=True)
+    if args.exec:
+        _exec_mariadbd([])
+    subprocess.run(["systemctl", "start", "mariadb"], check=True, timeout=3600)
+    return 0 if wait_ready(timeout=args.timeout) else 1
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="galera-node", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -591,10 +681,36 @@ def main(argv=None):
     health.add_argument("--address", required=True)
     health.add_argument("--port", type=int, default=9200)
     sub.add_parser("recover-report")
+    b = sub.add_parser("backup")
+    kind = b.add_mutually_exclusive_group()
+    kind.add_argument("--full", action="store_true")
+    kind.add_argument("--incremental", action="store_true")
+    kind.add_argument("--binlogs-only", action="store_true", help="only ship the binary logs closed since the last")
+    b.add_argument("--scheduled", action="store_true", help="the timer's run: only on the region's backup node")
+    ls = sub.add_parser("backups")
+    ls.add_argument("--region", help="one region's container (default: this region's and the next)")
+    ls.add_argument("--verify", action="store_true", help="download every backup and check its checksum")
+    r = sub.add_parser("restore")
+    target = r.add_mutually_exclusive_group()
+    target.add_argument("--to", metavar="TIME", help="point in time (UTC), e.g. 2026-12-06T16:30:00Z: "
+                        "everything committed before it")
+    target.add_argument("--to-gtid", metavar="GTID", help="stop just before this transaction, e.g. 1-1-4711")
+    target.add_argument("--backup", metavar="ID", help="exactly this backup (and its chain), no binary logs after")
+    r.add_argument("--from", dest="source", metavar="REGION", help="restore from this region's container")
+    r.add_argument("--ignore-peer", action="append", default=[], metavar="ADDRESS")
+    rj = sub.add_parser("rejoin")
+    for p in (r, rj):
+        p.add_argument("--exec", action="store_true", help="exec mariadbd in the foreground (no systemd)")
+        p.add_argument("--timeout", type=float, default=1800, help="seconds to wait for Synced/Primary")
     args = parser.parse_args(argv)
+    if args.command == "restore":
+        args.no_binlogs = bool(args.backup)
     handler = {"prepare": cmd_prepare, "start": cmd_start, "init-cluster": cmd_init_cluster, "status": cmd_status,
                "health-server": cmd_health_server, "recover-report": cmd_recover_report,
-               "bootstrap-here": cmd_bootstrap_here}[args.command]
+               "bootstrap-here": cmd_bootstrap_here, "backup": _backup_command(_backup, "back up"),
+               "backups": _backup_command(_backups, "list backups"),
+               "restore": _backup_command(_restore, "restore"),
+               "rejoin": _backup_command(_rejoin, "rejoin")}[args.command]
     return handler(args)
 
 

@@ -93,6 +93,10 @@ def generate_secrets(topo) -> dict:
     values["public_ca_cert"] = public_ca
     values["lab_public_ca_key"] = public_ca_key  # the lab issues a region added later its certificate
     values["public_tls"] = {}
+    if topo.backup is not None:
+        # Stand-ins for the operator's object store credentials (the lab puts its store's in).
+        from .secrets import BACKUP_STORE, BACKUP_STORE_FIELDS
+        values[BACKUP_STORE] = {f: _random.token_hex(16) for f in BACKUP_STORE_FIELDS[topo.backup.store.auth_version]}
     return extend_secrets(topo, values)
 
 

@@ -103,7 +103,7 @@ def cloud_config(topo: Topology, node: Node, files: tuple[File, ...], needed: Ma
         "packages": list(LAYERS[node.role].packages) + [p for p in NODE.packages if p not in LAYERS[node.role].packages],
         "write_files": [
             {"path": f.path, "content": f.content, "owner": f.owner, "permissions": f.permissions}
-            for f in files
+            for f in files if not f.push_only
         ],
     }
     host_key = (needed or {}).get("ssh_host_key")
@@ -117,7 +117,8 @@ def cloud_config(topo: Topology, node: Node, files: tuple[File, ...], needed: Ma
 
 def render_node(topo: Topology, node_name: str, secrets: Mapping) -> RenderedNode:
     node = topo.node(node_name)
-    needed = require_secrets(node.role, secrets, node_name=node.name, region=node.region)
+    needed = require_secrets(node.role, secrets, node_name=node.name, region=node.region,
+                             backup_auth_version=topo.backup.store.auth_version if topo.backup else None)
     layer = LAYERS[node.role]
     context = {"node": node, "region": topo.region(node.region), "topology": topo, "secrets": needed,
                **layer.context(topo, node, needed)}

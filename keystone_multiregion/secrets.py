@@ -33,7 +33,15 @@ SECRETS: dict[str, tuple[int, str]] = {
     "keystone_admin_password": (32, "the Keystone bootstrap admin user"),
     # keepalived's PASS authentication uses at most 8 characters.
     "vrrp_password": (8, "VRRP authentication between the proxies of a region"),
+    # Pushed to the Galera nodes only (never in user_data), never stored with the backups.
+    "backup_key": (64, "encrypts and authenticates every database backup before it leaves the node"),
 }
+# The object store's credentials for the backups: given by the operator (shared stack config
+# `backupStore`, a secret), {"user", "key"} for Swift v1 auth or {"application_credential_id",
+# "application_credential_secret"} for Keystone v3. Pushed like the backup key.
+BACKUP_STORE = "backup_store"
+BACKUP_STORE_FIELDS = {"1": ("user", "key"), "3": ("application_credential_id", "application_credential_secret")}
+BACKUP_ROLES = ("galera",)
 CA_CERT = "galera_ca_cert"
 # The development CA of the public endpoints (used when no real certificates are configured).
 PUBLIC_CA_CERT = "public_ca_cert"
@@ -86,6 +94,7 @@ def placeholder_secrets(node_names=(), regions=()) -> dict:
                                    "public": f"ssh-ed25519 <ssh host key of {n}>"} for n in node_names}
     for repo in KEY_REPOSITORIES:
         values[repo] = {str(i): f"<secret:{repo} {i}>" for i in range(2)}
+    values[BACKUP_STORE] = {f: f"<secret:backupStore.{f}>" for fields in BACKUP_STORE_FIELDS.values() for f in fields}
     return values
 
 
@@ -108,11 +117,30 @@ def _missing(name: str, role: str, why: str, source: str) -> SecretsError:
         "run `pulumi up` on the shared stack first, or add it to the secrets file")
 
 
+def require_backup_secrets(secrets: Mapping, auth_version: str, source: str = "secrets") -> dict:
+    """The backup key and the object store's credentials, or one clear error."""
+    key = (secrets or {}).get("backup_key")
+    if not isinstance(key, str) or not key:
+        raise _missing("backup_key", "galera", SECRETS["backup_key"][1], source)
+    store = (secrets or {}).get(BACKUP_STORE)
+    fields = BACKUP_STORE_FIELDS[auth_version]
+    if not isinstance(store, Mapping) or not all(isinstance(store.get(f), str) and store.get(f) for f in fields):
+        raise SecretsError(
+            f"{source}: {BACKUP_STORE} is missing or incomplete (needed by the galera nodes: the object store's "
+            f"credentials for backup.store.auth_version '{auth_version}': {', '.join(fields)}); set the shared "
+            "stack's secret config: pulumi config set --secret --path 'backupStore." + fields[0] + "' ... "
+            "(and ." + fields[1] + ")")
+    return {"backup_key": key, BACKUP_STORE: {f: store[f] for f in fields}}
+
+
 def require_secrets(role: str, secrets: Mapping, node_name: str | None = None, source: str = "secrets",
-                    region: str | None = None) -> dict:
-    """What a node of `role` needs, or one clear error naming the first missing piece."""
+                    region: str | None = None, backup_auth_version: str | None = None) -> dict:
+    """What a node of `role` needs, or one clear error naming the first missing piece.
+    backup_auth_version: the topology's backup.store.auth_version when it has backups."""
     secrets = secrets or {}
     out: dict = {}
+    if role in BACKUP_ROLES and backup_auth_version:
+        out.update(require_backup_secrets(secrets, backup_auth_version, source))
     for name in ROLE_SECRETS[role]:
         value = secrets.get(name)
         if not isinstance(value, str) or not value:

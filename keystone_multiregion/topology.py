@@ -224,6 +224,33 @@ class MonitoringIn(_Schema):
     node_metrics_interval_s: int = _fix("give a whole number of seconds, e.g. 15", 15, ge=5, le=300)
 
 
+class BackupStoreIn(_Schema):
+    # The object store (Swift API) the backups go to: the infrastructure cloud's, never one
+    # that authenticates through the Keystone being backed up (a restore must not need it).
+    auth_url: str = _fix("give the object store's auth URL, e.g. auth_url: https://keystone.infra.example.com:5000/v3 "
+                         "(Swift v1 auth: https://swift.example.com/auth/v1.0 with auth_version: '1')",
+                         min_length=8)
+    auth_version: Literal["3", "1"] = _fix("write '3' (Keystone v3 application credential) or '1' "
+                                           "(Swift's own v1 auth)", "3")
+    # Where the store's endpoints are: the only place the Galera nodes send backups to.
+    cidr: str = _fix("give the network of the object store's endpoints, e.g. cidr: 203.0.113.0/24")
+
+
+class BackupIn(_Schema):
+    store: BackupStoreIn = _fix("give the object store as a mapping: backup.store: {auth_url: ..., cidr: ...}")
+    # One container per region (the region stack creates it); each region's backups are also
+    # copied to the next region's container.
+    container_prefix: str | None = _fix("give a prefix of lower-case letters, digits and dashes, e.g. "
+                                        "container_prefix: keystone-backups (default: <name>-backups)", None)
+    full_interval_h: int = _fix("give the hours between full backups, e.g. 24", 24, ge=1, le=24 * 31)
+    # Incremental backups, and the binary logs shipped with them (the point-in-time window).
+    incremental_interval_h: int = _fix("give the hours between incremental backups, e.g. 1", 1, ge=1, le=24)
+    keep_days: int = _fix("give the days a backup is kept, e.g. 14", 14, ge=1, le=3650)
+    # The region's latest good backup older than this: BackupTooOld fires.
+    max_age_h: int | None = _fix("give the age in hours after which an alert fires (default: twice the "
+                                 "incremental interval)", None, ge=1)
+
+
 class DnsIn(_Schema):
     zone: str = _fix("name the Designate zone that holds the public names, e.g. zone: example.com.")
     ttl: int = _fix("give the records' TTL in seconds, e.g. ttl: 300", 300, ge=30, le=86400)
@@ -243,6 +270,7 @@ class TopologyIn(_Schema):
                             "quotas: {security_group_rules: 100, security_groups: 10}", QuotasIn())
     dns: DnsIn | None = _fix("give dns as a mapping, e.g. dns: {zone: example.com.}", None)
     monitoring: MonitoringIn = _fix("give monitoring settings as key: value pairs", MonitoringIn())
+    backup: BackupIn | None = _fix("give backup as a mapping, at least backup.store: {auth_url: ..., cidr: ...}", None)
 
 
 class TopologyError(ValueError):
@@ -384,6 +412,28 @@ class Monitoring:
 
 
 @dataclass(frozen=True)
+class BackupStore:
+    auth_url: str
+    auth_version: str
+    cidr: str
+
+
+@dataclass(frozen=True)
+class Backup:
+    """Scheduled mariabackup backups of each region's first Galera node, encrypted on the node,
+    stored in the region's container and copied to the next region's (agents/galera-node.py)."""
+    store: BackupStore
+    container_prefix: str
+    full_interval_h: int
+    incremental_interval_h: int
+    keep_days: int
+    max_age_h: int
+
+    def container(self, region: str) -> str:
+        return f"{self.container_prefix}-{region}"
+
+
+@dataclass(frozen=True)
 class Dns:
     """Each region stack manages its public_hostname's A records in this Designate zone."""
     zone: str  # fully qualified, with the trailing dot
@@ -412,6 +462,7 @@ class Topology:
     keystone: KeystoneSettings | None = None
     dns: Dns | None = None
     monitoring: Monitoring | None = None
+    backup: Backup | None = None
     _nodes: tuple[Node, ...] = field(default=(), repr=False, compare=False)
 
     # -- look-ups -------------------------------------------------------------------
@@ -735,10 +786,40 @@ def load_topology(data: Mapping[str, Any]) -> Topology:
                               scrape_interval_s=spec.monitoring.scrape_interval_s,
                               alert_after_s=spec.monitoring.alert_after_s,
                               node_metrics_interval_s=spec.monitoring.node_metrics_interval_s),
-        _nodes=nodes)
+        backup=_backup(spec, regions), _nodes=nodes)
     _check_quorum(topo)
     _check_quotas(topo)
     return topo
+
+
+def _backup(spec: TopologyIn, regions) -> Backup | None:
+    b = spec.backup
+    if b is None:
+        return None
+    url = b.store.auth_url
+    if not re.match(r"^https?://[^/\s]+(/\S*)?$", url):
+        raise TopologyError("backup.store.auth_url", f"{url!r} is not an http(s) URL",
+                            "give the object store's auth URL, e.g. https://keystone.infra.example.com:5000/v3")
+    cidr = _cidr(b.store.cidr, "backup.store.cidr", versions=(4, 6))
+    for i, r in enumerate(regions):
+        if cidr.version == 4 and cidr.overlaps(ipaddress.ip_network(r.cidr)):
+            raise TopologyError("backup.store.cidr", f"{cidr} overlaps regions[{i}].cidr {r.cidr}",
+                                "backups leave the regions: give the object store's own network")
+    prefix = b.container_prefix or f"{spec.name}-backups"
+    if not re.match(r"^[a-z][a-z0-9-]{0,200}[a-z0-9]$", prefix):
+        raise TopologyError("backup.container_prefix", f"{prefix!r} is not a valid container prefix",
+                            "use lower-case letters, digits and dashes, starting with a letter")
+    if b.full_interval_h < b.incremental_interval_h:
+        raise TopologyError("backup.full_interval_h", f"{b.full_interval_h} h is shorter than "
+                            f"backup.incremental_interval_h ({b.incremental_interval_h} h)",
+                            "make full backups at most as often as incremental ones")
+    if b.keep_days * 24 < b.full_interval_h:
+        raise TopologyError("backup.keep_days", f"{b.keep_days} days keep no full backup until the next one "
+                            f"({b.full_interval_h} h)", "keep backups at least one full interval")
+    max_age = b.max_age_h or 2 * b.incremental_interval_h
+    return Backup(store=BackupStore(auth_url=url, auth_version=b.store.auth_version, cidr=str(cidr)),
+                  container_prefix=prefix, full_interval_h=b.full_interval_h,
+                  incremental_interval_h=b.incremental_interval_h, keep_days=b.keep_days, max_age_h=max_age)
 
 
 def _dns(spec: DnsIn | None, regions) -> Dns | None:

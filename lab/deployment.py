@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from keystone_multiregion import changes, pki, push
+from keystone_multiregion import changes, pki, push, render
 from keystone_multiregion.render import RenderedNode, render_node, write_rendered
 from keystone_multiregion.roles.galera import GALERA_NODE_TOOL
 from keystone_multiregion.secrets import SecretsError, require_secrets
@@ -80,18 +80,36 @@ class LabDeployment:
         if path.exists():
             values = yaml.safe_load(path.read_text()) or {}
             # Reuse them while they cover this topology (an older lab's file may not).
+            values = self._with_backup_store(values)
             try:
                 for n in self.topo.nodes():
-                    require_secrets(n.role, values, node_name=n.name, region=n.region)
+                    require_secrets(n.role, values, node_name=n.name, region=n.region,
+                                    backup_auth_version=self._backup_auth_version)
+                self.save_secrets(values)
                 return values
             except SecretsError:
                 pass
-        values = pki.generate_secrets(self.topo)
+        values = self._with_backup_store(pki.generate_secrets(self.topo))
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            yaml.safe_dump(values, fh)
+        self.save_secrets(values)
         return values
+
+    @property
+    def _backup_auth_version(self) -> str | None:
+        return self.topo.backup.store.auth_version if self.topo.backup else None
+
+    def _with_backup_store(self, values: dict) -> dict:
+        """The lab's object store credentials as the shared stack's backupStore (the operator's
+        config there); a backup key when an older lab's secrets have none."""
+        if self.topo.backup is None:
+            return values
+        objectstore._secrets_of(self)  # made once per lab directory, before the store runs
+        creds = objectstore.credentials(self)
+        out = {**values, "backup_store": {"user": creds["user"], "key": creds["key"]}}
+        if not out.get("backup_key"):
+            import secrets as _random
+            out["backup_key"] = _random.token_hex(32)
+        return out
 
     def save_secrets(self, values: dict) -> None:
         """The lab's secrets after a change a stack would make (a renewed certificate)."""
@@ -140,6 +158,8 @@ class LabDeployment:
                            + [HostSpec(OPS_HOST, "admin", str(ops_address(self.topo)))],
                            region_cidrs={**{r.name: r.cidr for r in self.topo.regions}, "admin": self.topo.admin_cidr})
         log(f"network: {len(self.topo.regions)} regions, {len(rendered)} namespaces")
+        if self.topo.backup is not None and (only is None or "galera" in only):
+            objectstore.start(self, log)  # where the Galera nodes put their backups
         if wan_latency_ms:
             mode = self.set_wan_latency(wan_latency_ms)
             log(f"WAN latency: {wan_latency_ms} ms each way between regions ({mode})")
@@ -389,8 +409,17 @@ class LabDeployment:
         # Each rendered file appears at its VM path, for this node's processes only; and the
         # lab's stand-in for systemctl, which node-agent calls for reloads and restarts.
         _, manager = service.shim(self, node.name)
-        self.lab.procs.set_binds(node.name, {**{f.path: str(node_dir / f.path.lstrip("/")) for f in r.files},
-                                             service.VM_PATH: manager})
+        # A file the stack only pushes (never in user_data) starts empty: the first push fills it.
+        push_only = Path(self.lab.labdir) / "push-only" / node.name
+        binds = {}
+        for f in r.files:
+            binds[f.path] = str(node_dir / f.path.lstrip("/"))
+            if f.push_only:
+                placeholder = push_only / f.path.lstrip("/")
+                placeholder.parent.mkdir(parents=True, exist_ok=True)
+                render._write(placeholder, "", int(f.permissions, 8))
+                binds[f.path] = str(placeholder)
+        self.lab.procs.set_binds(node.name, {**binds, service.VM_PATH: manager})
         # Each node's own state directory (node-agent records what it applied there).
         self.lab.procs.make_root(node.name, [push.STATE_DIR])
         firewall.apply(self.lab.net, self.topo, node)

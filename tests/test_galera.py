@@ -103,6 +103,7 @@ def test_first_boot_order(topo, secrets):
         ["python3", "/usr/local/sbin/galera-node", "prepare"], ["python3", "/usr/local/sbin/galera-node", "start"],
         ["systemctl", "enable", "--now", "galera-health.service"],
         ["systemctl", "enable", "--now", "prometheus-mysqld-exporter.service"],
+        ["systemctl", "enable", "--now", "keystone-multiregion-backup.timer"],
         # Then what every node runs (roles/node.py): node_exporter on its settings, the metrics timer.
         ["systemctl", "daemon-reload"],
         ["systemctl", "enable", "prometheus-node-exporter.service", "keystone-multiregion-metrics.timer"],

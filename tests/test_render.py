@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from helpers import ROOT, example, five_regions
-from keystone_multiregion import pki
+from keystone_multiregion import pki, push
 from keystone_multiregion.render import render_node, render_region, render_template
 from keystone_multiregion.secrets import SecretsError, placeholder_secrets
 from keystone_multiregion.topology import load_topology
@@ -32,7 +32,25 @@ def test_write_files_carry_rendered_files_byte_for_byte(topo):
         doc = _doc(rendered.user_data)
         assert doc["hostname"] == node.name
         assert [(w["path"], w["content"], w["permissions"]) for w in doc["write_files"]] == \
-               [(f.path, f.content, f.permissions) for f in rendered.files]
+               [(f.path, f.content, f.permissions) for f in rendered.files if not f.push_only]
+
+
+def test_backup_secrets_are_pushed_never_in_user_data(topo):
+    """The backup key and the object store's credentials reach a Galera node by push only."""
+    secrets = {**SECRETS, "backup_key": "k" * 64,
+               "backup_store": {"application_credential_id": "app-id-1234", "application_credential_secret": "s3cr3t-x"}}
+    for node in topo.nodes(role="galera"):
+        rendered = render_node(topo, node.name, secrets)
+        pushed = [f for f in rendered.files if f.push_only]
+        assert [f.path for f in pushed] == ["/etc/keystone-multiregion/backup-secrets.json"]
+        assert pushed[0].permissions == "0600"
+        body = json.loads(pushed[0].content)
+        assert body == {"key": "k" * 64, "store": secrets["backup_store"]}
+        for value in ("k" * 64, "s3cr3t-x", "app-id-1234"):
+            assert value not in rendered.user_data
+        assert "/etc/keystone-multiregion/backup-secrets.json" in [f["path"] for f in push.payload(topo, rendered)["files"]]
+    for node in topo.nodes(role="keystone"):
+        assert not any(f.push_only for f in render_node(topo, node.name, secrets).files)
 
 
 def test_node_facts(topo):

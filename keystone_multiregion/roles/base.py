@@ -21,6 +21,9 @@ class File:
     # Written by cloud-init at first boot only, never pushed later (the bootstrap password,
     # which the node removes once the deployment has its admin).
     first_boot_only: bool = False
+    # Pushed by the region stack only, never written by cloud-init (a secret that must not be
+    # in user_data: the backup key and the object store's credentials).
+    push_only: bool = False
 
 
 def _nothing(*_args) -> dict:

@@ -7,6 +7,7 @@ import json
 
 from ..security import PORTS
 from ..topology import ARBITRATOR, Node, Topology
+from . import backup
 from .base import File, RoleLayer
 
 # The data volume is known by its file system label (galera-node DATA_LABEL checks that the
@@ -22,6 +23,10 @@ TLS_PATHS = {"ca": f"{TLS_DIR}/ca.pem", "cert": f"{TLS_DIR}/node-cert.pem", "key
 GALERA_CONF = "/etc/mysql/mariadb.conf.d/99-keystone-multiregion.cnf"
 GALERA_SST_CONF = "/etc/mysql/mariadb.conf.d/99-keystone-multiregion-sst.cnf"
 GALERA_NODE_TOOL = "/usr/local/sbin/galera-node"
+# galera-node's backup code, a module it imports from here (agents/galera_backup.py).
+BACKUP_MODULE = "/usr/local/lib/keystone-multiregion/galera_backup.py"
+# wsrep_gtid_domain_id: the same on every node (the cluster's write-sets keep one GTID).
+WSREP_GTID_DOMAIN = 1
 # garbd's own system user (Debian's garb.service says User=nobody, whom other daemons share):
 # the only user that reads the arbitrator's TLS key. The drop-in sets it.
 GARBD_USER = "garbd"
@@ -71,7 +76,17 @@ def _context(topo: Topology, node: Node, needed: dict) -> dict:
         "peers": peers if node.role == "galera" else [f"{a}:{PORTS['galera_replication']}" for a in peers],
         "provider_options": provider_options(topo, node),
         "tls_key_path": TLS_PATHS["key"], "tls_cert_path": TLS_PATHS["cert"], "tls_ca_path": TLS_PATHS["ca"],
+        # Binary logs and GTIDs (galera.cnf): one GTID domain for the cluster's write-sets, one
+        # per node for anything written outside replication.
+        "binlog_expire_s": backup.binlog_expire_s(topo),
+        "wsrep_gtid_domain_id": WSREP_GTID_DOMAIN,
+        "gtid_domain_id": 1000 * topo.region(node.region).index + node.number,
+        "backup_interval_h": topo.backup.incremental_interval_h if topo.backup else 1,
     }
+
+
+def _galera_files(topo: Topology, node: Node, needed: dict) -> list[File]:
+    return _tls_files(topo, node, needed) + backup.files(topo, node, needed)
 
 
 def _tls_files(topo: Topology, node: Node, needed: dict) -> list[File]:
@@ -107,6 +122,7 @@ def _galera_cloud_config(topo: Topology, node: Node, doc: dict) -> None:
         ["python3", GALERA_NODE_TOOL, "start"],
         ["systemctl", "enable", "--now", "galera-health.service"],
         ["systemctl", "enable", "--now", "prometheus-mysqld-exporter.service"],
+        ["systemctl", "enable", "--now", "keystone-multiregion-backup.timer"],
     ]
     # The data volume is attached at boot (a block device of the instance). Make a file
     # system only if it has none (overwrite: false keeps existing data), and mount it by
@@ -133,23 +149,28 @@ def _arbitrator_cloud_config(topo: Topology, node: Node, doc: dict) -> None:
 
 
 GALERA = RoleLayer(
-    packages=("mariadb-server", "mariadb-backup", "galera-4", "socat", "prometheus-mysqld-exporter"),
+    packages=("mariadb-server", "mariadb-backup", "galera-4", "socat", "prometheus-mysqld-exporter",
+              "python3-swiftclient"),
     files=(
         ("galera/galera.cnf.j2", GALERA_CONF, "0644"),
         ("galera/sst-auth.cnf.j2", GALERA_SST_CONF, "0600"),  # galera-node prepare: 0640 root:mysql
         ("galera/root-my.cnf.j2", "/root/.my.cnf", "0600"),
         ("agents/galera-node.py", GALERA_NODE_TOOL, "0755"),
+        ("agents/galera_backup.py", BACKUP_MODULE, "0644"),
         ("galera/galera-health.service.j2", "/etc/systemd/system/galera-health.service", "0644"),
         ("galera/mariadb-data-volume.conf.j2", "/etc/systemd/system/mariadb.service.d/keystone-multiregion.conf",
          "0644"),
         ("galera/mysqld-exporter.j2", MYSQLD_EXPORTER_DEFAULTS, "0644"),
+        ("galera/keystone-multiregion-backup.service", backup.BACKUP_SERVICE, "0644"),
+        ("galera/keystone-multiregion-backup.timer.j2", backup.BACKUP_TIMER, "0644"),
     ),
-    context=_context, secret_files=_tls_files, cloud_config=_galera_cloud_config,
+    context=_context, secret_files=_galera_files, cloud_config=_galera_cloud_config,
     on_change={GALERA_CONF: "galera:settings", GALERA_SST_CONF: "galera:restart",
                **{path: "galera:restart" for path in TLS_PATHS.values()}, DB_USERS: "galera:users",
                "/etc/systemd/system/galera-health.service": "systemd:daemon-reload",
                "/etc/systemd/system/mariadb.service.d/keystone-multiregion.conf": "systemd:daemon-reload",
-               MYSQLD_EXPORTER_DEFAULTS: "exporter:restart"})
+               MYSQLD_EXPORTER_DEFAULTS: "exporter:restart",
+               backup.BACKUP_SERVICE: "systemd:daemon-reload", backup.BACKUP_TIMER: "systemd:daemon-reload"})
 
 ARBITRATOR_LAYER = RoleLayer(
     packages=("galera-arbitrator-4",),

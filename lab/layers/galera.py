@@ -12,7 +12,8 @@ from keystone_multiregion.security import PORTS
 from ..checks import Check
 
 ROLES = ("galera", "arbitrator")
-PACKAGES = ("mariadb-server", "mariadb-client", "mariadb-backup", "galera-4", "socat", "galera-arbitrator-4")
+PACKAGES = ("mariadb-server", "mariadb-client", "mariadb-backup", "galera-4", "socat", "galera-arbitrator-4",
+            "python3-swiftclient")
 # A Galera node's own state directories (on a VM: its volume, /run and /var/log, and the
 # root disk's /var/lib/keystone-multiregion where galera-node keeps its marker).
 GALERA_DIRS = (GALERA_DATADIR, "/run/mysqld", "/var/log/mysql", "/var/lib/keystone-multiregion")
