@@ -8,7 +8,7 @@ import pulumi
 
 from components.keys import SshAccess
 from components.region import RegionArgs, RegionDeployment
-from components.shared import SharedSecrets
+from components.shared import BACKUP_STORE_CONFIG, SharedSecrets, backup_store_config
 from keystone_multiregion.topology import TopologyError, load_topology_file
 
 config = pulumi.Config()
@@ -77,9 +77,21 @@ if config.get_bool("shared"):
     # `pulumi config set fernetRotations N+1` rotates the Fernet keys; roll the change out to
     # every region before the next rotation (README: key rotation).
     # `credentialRotations` likewise rotates the credential keys (then credential-migrate).
+    # With backup: in the topology, the object store's credentials (`backupStore`, a secret),
+    # checked before any resource exists.
+    try:
+        try:
+            store_config = config.get_object(BACKUP_STORE_CONFIG)
+        except pulumi.ConfigTypeError:
+            store_config = "not JSON"  # never echo the value: it is a secret
+        backup_store = backup_store_config(topology, store_config,
+                                           pulumi.runtime.is_config_secret(config.full_key(BACKUP_STORE_CONFIG)))
+    except ValueError as exc:
+        raise pulumi.RunError(str(exc)) from None
     shared = SharedSecrets("shared", topology.name, fernet_rotations=config.get_int("fernetRotations") or 0,
                            max_active_keys=topology.keystone.max_active_keys,
-                           credential_rotations=config.get_int("credentialRotations") or 0)
+                           credential_rotations=config.get_int("credentialRotations") or 0,
+                           backup_store=backup_store)
     pulumi.export("secrets", shared.secrets)
     pulumi.export("galera_ca_key", shared.ca_key)
     # The development CA's key leaves the shared stack only for development deployments: a
@@ -119,6 +131,8 @@ elif region_name:
     # What each Keystone node reported holding after the last key push (equal everywhere).
     pulumi.export("key_digests", deployment.key_digests)
     pulumi.export("file_digests", deployment.file_digests)  # secret: some pushed files are
+    if deployment.backup_container is not None:
+        pulumi.export("backup_container", deployment.backup_container)  # this region's Swift container
 else:
     raise pulumi.RunError("config: keystone-multiregion:region is not set; run "
                           "`pulumi config set region <name>` with a region from topology.yaml, "

@@ -12,6 +12,7 @@ from keystone_multiregion.secrets import PUBLIC_CA_CERT
 from keystone_multiregion.security import security_groups
 from keystone_multiregion.topology import Topology
 
+from .backup import backup_container
 from .catalog import CatalogArgs, RegionCatalog
 from .keys import SshAccess
 from .certificates import signed_certificate
@@ -123,5 +124,9 @@ class RegionDeployment(pulumi.ComponentResource):
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[
                     self.node_groups["keystone"], *self.node_groups["keystone"].pushes.values(),
                     self.node_groups["proxy"], *self.node_groups["proxy"].pushes.values(), self.vips]))
+        # Where this region's Galera node puts its backups (and the previous region's its copies).
+        container = backup_container(topo, region.name, child)
+        self.backup_container = container.name if container is not None else None
         self.addresses = {name: addr for g in self.node_groups.values() for name, addr in g.addresses.items()}
-        self.register_outputs({"addresses": self.addresses, "public_ips": self.public_ips})
+        self.register_outputs({"addresses": self.addresses, "public_ips": self.public_ips,
+                               "backup_container": self.backup_container})

@@ -8,14 +8,46 @@ import pulumi_tls as tls
 
 from keystone_multiregion.certificates import CA_RENEWAL_HOURS, CA_VALIDITY_HOURS
 from keystone_multiregion.keys import CREDENTIAL_MAX_ACTIVE, repository
-from keystone_multiregion.secrets import CA_CERT, KEY_REPOSITORIES, PUBLIC_CA_CERT, SECRETS
+from keystone_multiregion.secrets import (BACKUP_STORE, BACKUP_STORE_FIELDS, CA_CERT, KEY_REPOSITORIES, PUBLIC_CA_CERT,
+                                          SECRETS)
+from keystone_multiregion.topology import Topology
+
+# The shared stack's config key holding the object store's credentials for the backups.
+BACKUP_STORE_CONFIG = "backupStore"
+
+
+def backup_store_config(topo: Topology, value, is_secret: bool) -> dict | None:
+    """The object store's credentials from the shared stack's config `backupStore` (a
+    structured secret), only the fields of the topology's auth_version; None when the
+    topology has no backup. Anything missing, empty or not set as a secret raises ValueError:
+    one line naming the key and the command that fixes it, before any resource exists."""
+    if topo.backup is None:
+        return None
+    version = topo.backup.store.auth_version
+    fields = BACKUP_STORE_FIELDS[version]
+    fix = " and ".join(f"`pulumi config set --secret --path '{BACKUP_STORE_CONFIG}.{f}' <{f}> -s shared`"
+                       for f in fields)
+    why = (f"topology.yaml has backup: (store {topo.backup.store.auth_url}, auth_version '{version}'), whose "
+           f"credentials the Galera nodes receive from the shared stack")
+    if value is None:
+        problem = "is not set"
+    elif not isinstance(value, dict):
+        problem = f"is not a mapping of {', '.join(fields)}"
+    else:
+        missing = [f for f in fields if not isinstance(value.get(f), str) or not value.get(f).strip()]
+        problem = f"lacks {', '.join(missing)}" if missing else ("is not a secret (its values would sit in clear text "
+                                                               "in Pulumi.shared.yaml)" if not is_secret else "")
+    if problem:
+        raise ValueError(f"config: keystone-multiregion:{BACKUP_STORE_CONFIG} {problem}; {why}: run {fix}")
+    return {f: value[f] for f in fields}
 
 
 class SharedSecrets(pulumi.ComponentResource):
     secrets: pulumi.Output[dict]
 
     def __init__(self, name: str, deployment: str, fernet_rotations: int = 0, max_active_keys: int = 5,
-                 credential_rotations: int = 0, opts: pulumi.ResourceOptions | None = None):
+                 credential_rotations: int = 0, backup_store: pulumi.Input[dict] | None = None,
+                 opts: pulumi.ResourceOptions | None = None):
         super().__init__("keystone-multiregion:shared:SharedSecrets", name, None, opts)
         values = {}
         for secret, (length, purpose) in SECRETS.items():
@@ -45,6 +77,11 @@ class SharedSecrets(pulumi.ComponentResource):
         # every region's proxies trust it to verify the others (their backup servers).
         dev_key, dev_ca = self._ca("public-dev-ca", f"{deployment} public endpoints (development CA)")
         values[PUBLIC_CA_CERT] = dev_ca.cert_pem
+        # The object store's credentials for the backups (backup_store_config), given by the
+        # operator: exported in the secret map beside the backup key (SECRETS) that the loop
+        # above generates, so the region stacks push both to their Galera nodes.
+        if backup_store is not None:
+            values[BACKUP_STORE] = pulumi.Output.secret(backup_store)
         self.secrets = pulumi.Output.secret(pulumi.Output.all(**values))
         self.ca_key = pulumi.Output.secret(ca_key.private_key_pem)
         self.public_dev_ca_key = pulumi.Output.secret(dev_key.private_key_pem)

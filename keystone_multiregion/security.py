@@ -1,7 +1,13 @@
 """Security group rules per role, computed from the topology as plain data.
 
-One group per role and region. Ingress only; egress keeps Neutron's default. Every
-remote is a peer's /32 (or, with ``peer_rules: cidr``, its region's CIDR), never
+One group per role and region. Ingress only; egress keeps Neutron's default (to anywhere:
+apt, DNS, NTP and the nodes' own connections need it, and Neutron rules only allow, so an
+egress rule beside the default restricts nothing). The Galera nodes' backups to the object
+store (topology `backup:`) are such egress: where they go is the plan the topology gives
+galera-node, and the policy pack's backup policies check the containers and the store's
+scheme (policy/README.md).
+
+Every remote is a peer's /32 (or, with ``peer_rules: cidr``, its region's CIDR), never
 0.0.0.0/0, except the public HTTPS frontend of the proxies, which is the service itself.
 Keystone's plain-HTTP port (5000: the internal VIP, the Keystone nodes) is admitted from
 the region's own network only; across regions Keystone is reached through the public

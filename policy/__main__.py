@@ -25,8 +25,9 @@ PolicyPack(
     name=policies.PACK_NAME,
     description="keystone-multiregion: only HTTPS faces the world (no database, internal Keystone or "
                 "VRRP port), SSH only from the admin network, unversioned https catalog, anti-affinity, "
-                "protected Galera volumes, one node of a role changed at a time.",
+                "protected Galera volumes and backup containers, one node of a role changed at a time.",
     enforcement_level=EnforcementLevel.MANDATORY,
     policies=policies.make_policies(policies.admin_cidr_from_topology(PROJECT_DIR / "topology.yaml"),
-                                    policies.trusted_cidrs_from_topology(PROJECT_DIR / "topology.yaml")),
+                                    policies.trusted_cidrs_from_topology(PROJECT_DIR / "topology.yaml"),
+                                    policies.backup_from_topology(PROJECT_DIR / "topology.yaml")),
 )

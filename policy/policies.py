@@ -51,6 +51,7 @@ FLOATING_IP = "openstack:networking/floatingIp:FloatingIp"
 FLOATING_IP_ASSOCIATE = "openstack:networking/floatingIpAssociate:FloatingIpAssociate"
 ENDPOINT = "openstack:identity/endpointV3:EndpointV3"
 REMOTE_COMMAND = "command:remote:Command"
+CONTAINER = "openstack:objectstorage/container:Container"
 
 # The metadata key components/nodes.py puts on every VM, and the roles it writes there.
 ROLE_KEY = "keystone-multiregion-role"
@@ -634,6 +635,75 @@ def check_galera_volumes_protected(view: StackView, report: ReportViolation) -> 
                    "(components/nodes.py).", vol.urn)
 
 
+# --- the database backups (topology `backup:`) --------------------------------------------------
+
+def check_backup_containers(view: StackView, backup: Optional[Mapping], report: ReportViolation) -> None:
+    """Every Swift container of the stack is protected and not force-destroyable (the
+    program creates containers only for backups); and, when the pack knows the topology's
+    backups, a region stack with Galera nodes has its region's container."""
+    containers = view.of_type(CONTAINER)
+    for c in containers:
+        props = view.get(c)
+        if not c.opts.protect:
+            report(f"Swift container '{c.name}' ({props.get('name')!r}) holds database backups but is not "
+                   "protected, so a `pulumi up` that renames or drops it (or `pulumi destroy`) would delete "
+                   "it. Fix: opts=ResourceOptions(protect=True, retain_on_delete=True) on the container "
+                   "(components/backup.py).", c.urn)
+        if props.get("forceDestroy") is True:
+            report(f"Swift container '{c.name}' ({props.get('name')!r}) has force_destroy=true: deleting it "
+                   "would delete every backup in it first. Fix: force_destroy=False (components/backup.py).",
+                   c.urn)
+    expected = (backup or {}).get("containers") or {}
+    if not expected:
+        return  # the pack knows no backups (a topology without backup:, or no topology)
+    regions: dict[str, PolicyResource] = {}
+    for inst in view.of_type(INSTANCE):
+        metadata = view.get(inst).get("metadata")
+        if metadata is UNKNOWN:
+            raise _needs(inst.name, "metadata")
+        if (metadata or {}).get(ROLE_KEY) == "galera" and isinstance((metadata or {}).get(REGION_KEY), str):
+            regions.setdefault(metadata[REGION_KEY], inst)
+    for region, inst in sorted(regions.items()):
+        want = expected.get(region)
+        if not isinstance(want, Mapping) or not want.get("container"):
+            continue  # a region the topology holds no backups for
+        names = [view.get(c).get("name") for c in containers]
+        if UNKNOWN in names and want["container"] not in names:
+            raise _needs(region, "container name")
+        found = [c for c in containers if view.get(c).get("name") == want["container"]]
+        if not found:
+            report(f"the stack of region {region} (Galera node '{inst.name}') has no Swift container "
+                   f"{want['container']!r}, where the topology's backup: sends that region's backups (and the "
+                   "previous region's copies): they would fail. Fix: create it, protected, in the region stack "
+                   "(components/backup.py backup_container, called by components/region.py).", inst.urn)
+            continue
+        where = view.get(found[0]).get("region")
+        if want.get("region") and isinstance(where, str) and where and where != want["region"]:
+            report(f"Swift container '{found[0].name}' ({want['container']!r}) is in cloud region {where!r}, "
+                   f"but region {region}'s Galera nodes look for it in {want['region']!r} (openstack_region in "
+                   "topology.yaml). Fix: region=<the region's openstack_region> (components/backup.py).",
+                   found[0].urn)
+
+
+def check_backup_store_https(name: str, backup: Optional[Mapping], report: ReportViolation) -> None:
+    """Advisory: the backups' object store is reached over https (its credentials and a token
+    go with every request), unless the store sits inside the admin network."""
+    url = (backup or {}).get("authUrl")
+    if not isinstance(url, str) or urlsplit(url).scheme.lower() != "http":
+        return
+    store, admin = (backup or {}).get("storeCidr"), (backup or {}).get("adminCidr")
+    try:
+        if store and admin and ipaddress.ip_network(store, strict=False).subnet_of(
+                ipaddress.ip_network(admin, strict=False)):
+            return  # the operator's own admin network (the lab's object store)
+    except (ValueError, TypeError):
+        pass
+    report(f"Swift container '{name}' receives backups through the object store at {url}, plain http: the "
+           "store's credentials and its tokens cross the network in clear text (the backups themselves are "
+           "encrypted on the node). Fix: an https auth_url in backup.store of topology.yaml, or an object store "
+           "inside admin_cidr (backup.store.cidr).")
+
+
 # --- one node of a role at a time ----------------------------------------------------------------
 
 def _natural(name: str) -> list:
@@ -778,6 +848,19 @@ def admin_cidr_from_topology(path: Path) -> Optional[str]:
     return topo.admin_cidr if topo is not None else None
 
 
+def backup_from_topology(path: Path) -> Optional[dict]:
+    """The topology's backups as the backup policies read them: each data region's
+    container and cloud region, the store's auth URL and network, and the admin CIDR; None
+    without a topology or without `backup:` in it."""
+    topo = _topology(path)
+    if topo is None or getattr(topo, "backup", None) is None:
+        return None
+    b = topo.backup
+    return {"containers": {r.name: {"container": b.container(r.name), "region": r.openstack_region}
+                           for r in topo.regions if not r.witness},
+            "authUrl": b.store.auth_url, "storeCidr": b.store.cidr, "adminCidr": topo.admin_cidr}
+
+
 def trusted_cidrs_from_topology(path: Path) -> Optional[list[str]]:
     """The networks that are not "the world": every region's CIDR, `admin_cidr` and
     `monitoring.cidr` (when it is another network); None without a topology."""
@@ -799,17 +882,24 @@ def _resource_policy(name, description, types, check, level=EnforcementLevel.MAN
                                     enforcement_level=level, config_schema=config_schema)
 
 
-def _stack_policy(name, description, check, level=EnforcementLevel.MANDATORY):
+def _stack_policy(name, description, check, level=EnforcementLevel.MANDATORY, config_schema=None, configured=None):
     def validate(args: StackValidationArgs, report: ReportViolation) -> None:
-        check(StackView(args.resources), report)
-    return StackValidationPolicy(name=name, description=description, validate=validate, enforcement_level=level)
+        view = StackView(args.resources)
+        if configured is None:
+            check(view, report)
+        else:
+            check(view, configured(args.get_config() or {}), report)
+    return StackValidationPolicy(name=name, description=description, validate=validate, enforcement_level=level,
+                                 config_schema=config_schema)
 
 
-def make_policies(admin_cidr: Optional[str], trusted_cidrs: Optional[list[str]] = None) -> list:
+def make_policies(admin_cidr: Optional[str], trusted_cidrs: Optional[list[str]] = None,
+                  backup: Optional[dict] = None) -> list:
     """Every policy of the pack. `admin_cidr` is the default of the SSH policy's `adminCidr`
     config, `trusted_cidrs` (the regions' CIDRs and the admin CIDR) the default of the
-    world-facing policies' `trustedCidrs` (the pack's __main__ reads both from topology.yaml);
-    a config value overrides them."""
+    world-facing policies' `trustedCidrs`, `backup` (backup_from_topology) the default of the
+    backup policies' `backup` (the pack's __main__ reads all three from topology.yaml); a
+    config value overrides them."""
     ssh_schema = {"adminCidr": {"type": "string", "description": "The only network SSH may come from."}}
     if admin_cidr:
         ssh_schema["adminCidr"]["default"] = admin_cidr
@@ -835,6 +925,20 @@ def make_policies(admin_cidr: Optional[str], trusted_cidrs: Optional[list[str]] 
     def ssh(args, props, report):
         configured = (args.get_config() or {}).get("adminCidr") or admin_cidr
         check_ssh_only_from_admin(args.name, props, configured, report)
+
+    backup_schema = {"backup": {
+        "type": "object",
+        "description": "The topology's backups: {containers: {<region>: {container, region}}, authUrl, storeCidr, "
+                       "adminCidr} (default: topology.yaml's backup:; none: no container is required)."}}
+    if backup:
+        backup_schema["backup"]["default"] = copy.deepcopy(backup)
+
+    def backup_config(config):
+        configured = config.get("backup")
+        return configured if configured is not None else backup
+
+    def store_https(args, props, report):
+        check_backup_store_https(args.name, backup_config(args.get_config() or {}), report)
 
     def user_data(args, props, report):
         fraction = (args.get_config() or {}).get("warnAtFraction", DEFAULT_USER_DATA_WARN_FRACTION)
@@ -869,6 +973,17 @@ def make_policies(admin_cidr: Optional[str], trusted_cidrs: Optional[list[str]] 
             "Two nodes of one role in a region are never replaced or pushed at the same time (each node's "
             "VM and files push wait for the previous node's push), and a Galera or arbitrator VM ignores "
             "changes to its user_data.", check_one_node_at_a_time),
+        _stack_policy(
+            "backup-container-protected",
+            "Every region stack with Galera nodes has its region's protected Swift container for the database "
+            "backups (topology backup:), and no backup container can be deleted with its backups.",
+            check_backup_containers, config_schema=PolicyConfigSchema(properties=backup_schema),
+            configured=backup_config),
+        _resource_policy(
+            "backup-store-https",
+            "The database backups reach their object store over https (unless it is inside the admin network).",
+            {CONTAINER}, store_https, level=EnforcementLevel.ADVISORY,
+            config_schema=PolicyConfigSchema(properties=copy.deepcopy(backup_schema))),
         _resource_policy(
             "remote-command-pins-host-key",
             "A remote command (the key push to Keystone nodes) pins the host key of the node it connects to.",

@@ -34,7 +34,15 @@ MOCK_SECRETS = {
     "fernet_keys": {"0": "mock-fernet-0", "1": "mock-fernet-1"},
     "credential_keys": {"0": "mock-credential-0", "1": "mock-credential-1"},
     "public_ca_cert": "mock-public-dev-ca\n",
+    # The backups (topology `backup:`, auth_version '3' in the example): the generated key
+    # and the operator's object store credentials (the shared stack's `backupStore` config).
+    "backup_key": "mock-backup-key-5-0123456789abcdef0123456789abcdef",
+    "backup_store": {"application_credential_id": "mock-appcred-id-6",
+                     "application_credential_secret": "mock-appcred-secret-7"},
 }
+# What the operator set with `pulumi config set --secret --path 'backupStore.<field>' ...`
+# on the shared stack (passed to the shared stack's run unless the test says otherwise).
+MOCK_BACKUP_STORE = dict(MOCK_SECRETS["backup_store"])
 MOCK_CA_KEY = "mock-ca-key\n"
 MOCK_PUBLIC_DEV_CA_KEY = "mock-public-dev-ca-key\n"
 
@@ -198,24 +206,30 @@ def last_registered() -> list[Registered]:
 
 def run_program(stack: str, config: dict[str, str], shared_outputs: dict | None = None,
                 ssh_key: str | None = MOCK_SSH_KEY, drifted: tuple[str, ...] = (),
-                dev_certificate: bool = True) -> ProgramRun:
+                dev_certificate: bool = True, backup_store: dict | None = MOCK_BACKUP_STORE,
+                secret_config: tuple[str, ...] = ("sshPrivateKey", "backupStore")) -> ProgramRun:
     """Run __main__.py as the Pulumi engine would for `stack`, against mocks. The operator has
     set the secret sshPrivateKey (`ssh_key`, None: not set) and, as the example stacks do,
     allowDevelopmentCertificate (`dev_certificate`, False: not set); the key push to the nodes
-    in `drifted` (resource names) reads back other keys."""
+    in `drifted` (resource names) reads back other keys. The shared stack gets the secret
+    `backupStore` (`backup_store`, None: not set); config keys in `secret_config` are secrets,
+    and structured values (dicts, lists) are passed as JSON, as the CLI passes them."""
     mocks = _Mocks({"secrets": dict(MOCK_SECRETS), "galera_ca_key": MOCK_CA_KEY,
                     "public_dev_ca_key": MOCK_PUBLIC_DEV_CA_KEY}
                    if shared_outputs is None else shared_outputs, drifted)
     if ssh_key is not None and "sshPrivateKey" not in config:
         config = {**config, "sshPrivateKey": ssh_key}
+    if backup_store is not None and config.get("shared") and "backupStore" not in config:
+        config = {**config, "backupStore": backup_store}
     if dev_certificate and "allowDevelopmentCertificate" not in config:
         config = {**config, "allowDevelopmentCertificate": True}
     global _last_monitor
     monitor = _last_monitor = _RecordingMonitor(mocks)
     pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor,
                              organization=ORGANIZATION)
-    pulumi.runtime.set_all_config({f"{PROJECT}:{k}": str(v) for k, v in config.items()},
-                                  secret_keys=[f"{PROJECT}:sshPrivateKey"])
+    pulumi.runtime.set_all_config(
+        {f"{PROJECT}:{k}": json.dumps(v) if isinstance(v, (dict, list)) else str(v) for k, v in config.items()},
+        secret_keys=[f"{PROJECT}:{k}" for k in secret_config])
     SETTINGS.rpc_manager.clear()
     SETTINGS.outputs.clear()
     # A program that fails (bad config, a missing secret) leaves the futures of resources it

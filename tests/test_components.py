@@ -9,8 +9,8 @@ from keystone_multiregion.secrets import SECRETS
 from keystone_multiregion.security import group_members, security_groups
 from keystone_multiregion.stacks import region_stacks, stack_config
 from keystone_multiregion.topology import load_topology_file
-from pulumi_harness import (MOCK_CA_KEY, MOCK_PUBLIC_DEV_CA_KEY, MOCK_SECRETS, last_registered, mock_node_secrets,
-                            run_program)
+from pulumi_harness import (MOCK_BACKUP_STORE, MOCK_CA_KEY, MOCK_PUBLIC_DEV_CA_KEY, MOCK_SECRETS, last_registered,
+                            mock_node_secrets, run_program)
 
 TOPO = load_topology_file(ROOT / "topology.yaml")
 REGION_STACKS = region_stacks(ROOT)
@@ -418,6 +418,8 @@ def test_witness_stack_runs_only_the_arbitrator(tmp_path):
     groups = run.of_type("openstack:networking/secGroup:SecGroup")
     assert [g.name for g in groups] == ["sg-arbitrator-witness"]
     assert run.named("tls-csr-arbitrator-witness-1").inputs["ipAddresses"] == ["10.10.9.90"]
+    # A witness holds no data, so no backups: the data regions have containers, it has none.
+    assert run.of_type(CONTAINER) == [] and "backup_container" not in run.exports
 
 
 def test_catalog_registers_only_this_regions_unversioned_endpoints(stack):
@@ -617,3 +619,146 @@ def test_galera_members_leave_the_cluster_before_their_vm_goes_the_last_first(st
         assert before == ({f"leave-{leaving[i - 1].name}"} if i else set())
     stateless = {n.name for n in TOPO.nodes(region) if n.role not in ("galera", "arbitrator")}
     assert not [r for r in run.resources if r.name.startswith("leave-") and r.name[6:] in stateless]
+
+
+# --- backups (topology `backup:`) ------------------------------------------------------------------
+
+CONTAINER = "openstack:objectstorage/container:Container"
+
+
+def _export(run, name):
+    from pulumi.runtime.sync_await import _sync_await
+    return _sync_await(run.exports[name].future())
+
+
+def _backup_values():
+    """The backup key and the object store's credentials: what must never be in user_data."""
+    return [MOCK_SECRETS["backup_key"], *MOCK_SECRETS["backup_store"].values()]
+
+
+def test_one_protected_backup_container_per_region(stack):
+    """backup-<region>: named backup.container(region), in the region's cloud region through
+    the region's provider, protected and retained (never deleted by `pulumi up` or `destroy`),
+    never force-destroyed; the stack exports its name."""
+    region, run = stack
+    containers = run.of_type(CONTAINER)
+    assert [c.name for c in containers] == [f"backup-{region}"]
+    c = containers[0]
+    assert c.inputs["name"] == TOPO.backup.container(region) == f"keystone-backups-{region}"
+    assert c.inputs["region"] == TOPO.region(region).openstack_region
+    assert c.inputs["forceDestroy"] is False
+    assert c.protect is True and c.retain_on_delete is True
+    assert f"::openstack-{region}::" in c.provider
+    assert c.parent.endswith(f"keystone-multiregion:region:Region::{region}")
+    assert _export(run, "backup_container") == TOPO.backup.container(region)
+
+
+def test_backup_secrets_are_pushed_to_galera_nodes_and_never_in_user_data(stack):
+    """The backup key and the store's credentials reach the Galera nodes only by the push
+    (backup-secrets.json, 0600, push_only): never in any instance's user_data (which Nova
+    keeps and serves to the VM's metadata clients), never pushed to another role."""
+    import json
+    from keystone_multiregion.roles.backup import BACKUP_SECRETS
+    region, run = stack
+    for instance in run.of_type(INSTANCE):
+        leaked = [v for v in _backup_values() if v in instance.inputs["userData"]]
+        assert leaked == [], (instance.name, leaked)
+        written = [f["path"] for f in yaml.safe_load(instance.inputs["userData"])["write_files"]]
+        assert BACKUP_SECRETS not in written
+    for node in TOPO.nodes(region):
+        cmd = run.named(f"files-{node.name}")
+        files = {f["path"]: f for f in json.loads(cmd.inputs["stdin"])["files"]}
+        if node.role != "galera":
+            assert BACKUP_SECRETS not in files
+            assert not [v for v in _backup_values() if v in cmd.inputs["stdin"]], node.name
+            continue
+        assert "stdin" in cmd.secret_inputs
+        pushed = files[BACKUP_SECRETS]
+        assert pushed["mode"] == "0600"
+        assert json.loads(pushed["content"]) == {"key": MOCK_SECRETS["backup_key"],
+                                                 "store": MOCK_SECRETS["backup_store"]}
+
+
+def test_shared_stack_exports_the_backup_key_and_the_store_credentials():
+    run = run_program("shared", stack_config(ROOT, "shared"))
+    assert run.named("backup-key").protect is True  # generated like every SECRETS entry
+    secrets = _export(run, "secrets")
+    assert secrets["backup_key"] == "random-backup-key"
+    assert secrets["backup_store"] == MOCK_BACKUP_STORE  # the auth_version '3' fields, from backupStore
+    from pulumi.runtime.sync_await import _sync_await
+    assert _sync_await(run.exports["secrets"].is_secret())
+
+
+V3_FIX = ("run `pulumi config set --secret --path 'backupStore.application_credential_id' "
+          "<application_credential_id> -s shared` and `pulumi config set --secret --path "
+          "'backupStore.application_credential_secret' <application_credential_secret> -s shared`")
+
+
+@pytest.mark.parametrize("store, secret, problem", [
+    (None, True, "is not set"),
+    ({"application_credential_id": "id"}, True, "lacks application_credential_secret"),
+    ({"application_credential_id": "id", "application_credential_secret": " "}, True,
+     "lacks application_credential_secret"),
+    ({"user": "u", "key": "k"}, True, "lacks application_credential_id, application_credential_secret"),
+    ("plain-value", True, "is not a mapping of application_credential_id, application_credential_secret"),
+    (MOCK_BACKUP_STORE, False, "is not a secret (its values would sit in clear text in Pulumi.shared.yaml)"),
+], ids=["unset", "incomplete", "empty", "v1-fields", "not-a-mapping", "not-secret"])
+def test_shared_stack_without_the_store_credentials_fails_before_any_resource(store, secret, problem):
+    config = {"shared": True} if store is None else {"shared": True, "backupStore": store}
+    with pytest.raises(Exception) as info:
+        run_program("shared", config, backup_store=None,
+                    secret_config=("sshPrivateKey", "backupStore") if secret else ("sshPrivateKey",))
+    message = str(info.value).strip()
+    assert message == (
+        f"config: keystone-multiregion:backupStore {problem}; topology.yaml has backup: (store "
+        "https://keystone.infra.example.com:5000/v3, auth_version '3'), whose credentials the Galera nodes receive "
+        f"from the shared stack: {V3_FIX}")
+    assert "\n" not in message and "plain-value" not in message  # one line, never the value itself
+    assert last_registered() == []
+
+
+def _topology_file(tmp_path, data):
+    path = tmp_path / "topology.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def test_swift_v1_store_takes_user_and_key(tmp_path):
+    data = example()
+    data["backup"]["store"].update(auth_url="https://swift.infra.example.com/auth/v1.0", auth_version="1")
+    topology = _topology_file(tmp_path, data)
+    run = run_program("shared", {"shared": True, "topology": topology,
+                                 "backupStore": {"user": "acct:backup", "key": "v1-key", "extra": "ignored"}})
+    assert _export(run, "secrets")["backup_store"] == {"user": "acct:backup", "key": "v1-key"}
+    with pytest.raises(Exception) as info:  # the v3 credentials do not do for a v1 store
+        run_program("shared", {"shared": True, "topology": topology})
+    assert "backupStore lacks user, key;" in str(info.value)
+    assert "`pulumi config set --secret --path 'backupStore.user' <user> -s shared`" in str(info.value)
+
+
+def test_without_backup_in_the_topology_nothing_of_it_exists(tmp_path):
+    import json
+    from keystone_multiregion.roles.backup import BACKUP_SECRETS
+    data = example()
+    del data["backup"]
+    topology = _topology_file(tmp_path, data)
+    shared = run_program("shared", {"shared": True, "topology": topology}, backup_store=None)
+    assert "backup_store" not in _export(shared, "secrets")
+    secrets = {k: v for k, v in MOCK_SECRETS.items() if k not in ("backup_key", "backup_store")}
+    run = run_program("region-b", {"region": "region-b", "topology": topology},
+                      shared_outputs={"secrets": secrets, "galera_ca_key": MOCK_CA_KEY,
+                                      "public_dev_ca_key": MOCK_PUBLIC_DEV_CA_KEY})
+    assert run.of_type(CONTAINER) == [] and "backup_container" not in run.exports
+    stdin = json.loads(run.named("files-galera-region-b-1").inputs["stdin"])
+    assert BACKUP_SECRETS not in {f["path"] for f in stdin["files"]}
+
+
+def test_region_stack_without_the_backup_secrets_names_them(tmp_path):
+    """A shared stack from before the backups (no backup_key, no backup_store exported)."""
+    secrets = {k: v for k, v in MOCK_SECRETS.items() if k != "backup_store"}
+    with pytest.raises(Exception) as info:
+        run_program("region-c", {"region": "region-c"},
+                    shared_outputs={"secrets": secrets, "galera_ca_key": MOCK_CA_KEY,
+                                    "public_dev_ca_key": MOCK_PUBLIC_DEV_CA_KEY})
+    assert "backup_store is missing or incomplete" in str(info.value)
+    assert "pulumi config set --secret --path 'backupStore.application_credential_id'" in str(info.value)

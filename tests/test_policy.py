@@ -31,10 +31,10 @@ STACKS = sorted(stack_files(ROOT))
 RULE = policies.SECGROUP_RULE
 MANDATORY = ["no-service-port-open-to-world", "ssh-only-from-admin-cidr", "catalog-endpoint-unversioned-https",
              "control-plane-anti-affinity", "galera-volume-protected", "galera-security-group-not-public",
-             "one-node-at-a-time", "remote-command-pins-host-key"]
-ADVISORY = ["world-open-only-https", "user-data-size", "bastion-pins-host-key"]
+             "one-node-at-a-time", "remote-command-pins-host-key", "backup-container-protected"]
+ADVISORY = ["world-open-only-https", "user-data-size", "bastion-pins-host-key", "backup-store-https"]
 STACK_POLICIES = {"control-plane-anti-affinity", "galera-volume-protected", "galera-security-group-not-public",
-                  "one-node-at-a-time"}
+                  "one-node-at-a-time", "backup-container-protected"}
 
 
 @pytest.fixture(scope="module")
@@ -533,6 +533,14 @@ MUTATIONS = {
     "internal endpoint to the world": ("sg-proxy-region-a-tcp-5000-from-10-10-1-0-24",
                                        _set("remoteIpPrefix", "0.0.0.0/0"), "no-service-port-open-to-world",
                                        "sg-proxy-region-a-tcp-5000-from-10-10-1-0-24"),
+    "backup container unprotected": ("backup-region-a", _unprotect, "backup-container-protected",
+                                     "backup-region-a"),
+    "backup container force-destroyed": ("backup-region-a", _set("forceDestroy", True),
+                                         "backup-container-protected", "backup-region-a"),
+    "backup container in another cloud region": ("backup-region-a", _set("region", "region-b"),
+                                                 "backup-container-protected", "backup-region-a"),
+    "backup container renamed": ("backup-region-a", _set("name", "keystone-backups-region-x"),
+                                 "backup-container-protected", "instance-galera-region-a-1"),
     "VRRP from the world": ("sg-proxy-region-a-vrrp-from-sg-proxy",
                             lambda r: (r.inputs.pop("remoteGroupId"),
                                        r.inputs.__setitem__("remoteIpPrefix", "0.0.0.0/0")),
@@ -684,3 +692,71 @@ def test_arbitrator_taking_user_data_changes_is_refused(pack):
     assert "arbitrator node 'instance-garbd-t-1' does not ignore changes to its user_data" in d.message
     node.ignore_changes = ["userData"]
     assert only(pack.analyze_stack([node]), "one-node-at-a-time") == []
+
+
+# --- the database backups ---------------------------------------------------------------------------
+
+def test_backup_policies_default_to_the_topologys_backups(pack):
+    info = {p.name: p for p in pack.info().policies}
+    for name in ("backup-container-protected", "backup-store-https"):
+        default = info[name].configSchema.properties["backup"]["default"]
+        assert default["containers"] == {r.name: {"container": f"keystone-backups-{r.name}", "region": r.name}
+                                         for r in TOPO.regions}
+        assert default["authUrl"] == TOPO.backup.store.auth_url
+        assert (default["storeCidr"], default["adminCidr"]) == (TOPO.backup.store.cidr, TOPO.admin_cidr)
+    assert policies.backup_from_topology(ROOT / "no-such-topology.yaml") is None
+
+
+@pytest.mark.parametrize("preview", [False, True], ids=["after-up", "preview-new-stack"])
+def test_region_stack_without_its_backup_container_is_refused(pack, runs, preview):
+    """The container removed from region-a's program: the stack policy must fail, and does,
+    naming the region and the container the Galera nodes would look for."""
+    registered = [r for r in runs["region-a"].resources if r.type != policies.CONTAINER]
+    assert len(registered) == len(runs["region-a"].resources) - 1
+    diags = pack.analyze_all(stack_requests("region-a", registered, preview=preview))
+    d = assert_violation([d for d in diags if d.level == "mandatory"], "backup-container-protected",
+                         "instance-galera-region-a-1")
+    assert "region region-a" in d.message and "'keystone-backups-region-a'" in d.message
+    assert {x.policy for x in diags if x.level == "mandatory"} == {"backup-container-protected"}
+
+
+def test_without_backups_in_the_topology_no_container_is_required(pack, runs):
+    registered = [r for r in runs["region-a"].resources if r.type != policies.CONTAINER]
+    try:
+        pack.configure({"backup-container-protected": {"backup": {}}})
+        diags = pack.analyze_all(stack_requests("region-a", registered))
+        assert only(diags, "backup-container-protected") == []
+    finally:
+        pack.configure()
+
+
+def _container(name="backup-t", protect=True, **inputs):
+    return res(policies.CONTAINER, name, {"name": "keystone-backups-t", "region": "t", **inputs}, protect=protect)
+
+
+def test_backup_container_alone_unprotected_fails(pack):
+    """Protection is required of every Swift container, in any stack (the program creates
+    them only for backups)."""
+    d = assert_violation(pack.analyze_stack([_container(protect=False)]), "backup-container-protected", "backup-t")
+    assert "protect=True, retain_on_delete=True" in d.message
+    assert only(pack.analyze_stack([_container()]), "backup-container-protected") == []
+
+
+@pytest.mark.parametrize("auth_url, store_cidr, advised", [
+    ("http://swift.infra.example.com:8080/auth/v1.0", "203.0.113.0/24", True),
+    ("HTTP://swift.infra.example.com/auth/v1.0", "203.0.113.0/24", True),
+    ("http://198.51.100.20:8080/auth/v1.0", "198.51.100.20/32", False),  # inside admin_cidr (the lab's way)
+    ("https://keystone.infra.example.com:5000/v3", "203.0.113.0/24", False),
+])
+def test_backup_store_over_plain_http_is_advisory(pack, auth_url, store_cidr, advised):
+    backup = {**policies.backup_from_topology(ROOT / "topology.yaml"), "authUrl": auth_url, "storeCidr": store_cidr}
+    try:
+        pack.configure({"backup-store-https": {"backup": backup}})
+        diags = pack.analyze(_container())
+        if advised:
+            d = assert_violation(diags, "backup-store-https", "backup-t", level="advisory")
+            assert auth_url in d.message and "clear text" in d.message
+        else:
+            assert only(diags, "backup-store-https") == []
+    finally:
+        pack.configure()
