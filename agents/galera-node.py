@@ -28,7 +28,7 @@ only. Reads the node's facts from /etc/keystone-multiregion/node.json.
                                  on the region's backup node, full when the last is too old
     galera-node backups [--region R] [--verify]
                                  what exists: id, kind, age, size, sha256, checks
-    galera-node restore [--to TIME | --to-gtid GTID | --backup ID] [--from REGION] [--exec]
+    galera-node restore [--to TIME | --to-gtid GTID | --backup ID] [--from REGION] [--exec|--dry-run]
                                  on a stopped node while no member runs: the newest backup
                                  chain before the target, checked, then the binary logs up to
                                  it replayed; starts a new cluster from this node (the other
@@ -627,6 +627,8 @@ def _backups(gb, args):
 
 def _restore(gb, args):
     summary = gb.restore(sys.modules[__name__], args)
+    if args.dry_run:
+        return 0
     node = facts()
     write_markers({**node, "restored_from": summary["chain"][0]})
     print(json.dumps({"node": node["name"], "action": "new-cluster-from-restore"}), flush=True)
@@ -698,6 +700,8 @@ def main(argv=None):
     target.add_argument("--backup", metavar="ID", help="exactly this backup (and its chain), no binary logs after")
     r.add_argument("--from", dest="source", metavar="REGION", help="restore from this region's container")
     r.add_argument("--ignore-peer", action="append", default=[], metavar="ADDRESS")
+    r.add_argument("--dry-run", action="store_true", help="fetch, check, decrypt and prepare the backup, then "
+                   "throw it away: the node and the cluster are left as they are (a backup test)")
     rj = sub.add_parser("rejoin")
     for p in (r, rj):
         p.add_argument("--exec", action="store_true", help="exec mariadbd in the foreground (no systemd)")

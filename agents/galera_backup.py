@@ -396,6 +396,8 @@ def take_backup(g, plan, secrets, wanted=None, log=print):
         copies.append(region)
     chain = state.get("chain") if kind == "incremental" else {"full_id": backup_id, "started": time.time()}
     chain.update(last_id=backup_id, to_lsn=manifest["to_lsn"])
+    if incarnation != state.get("incarnation"):
+        state.update(shipped=[], incarnation_files=[])  # a new sequence: nothing of it shipped yet
     state.update(chain=chain, incarnation=incarnation)
     write_json(STATE, state)
     shutil.rmtree(work, ignore_errors=True)
@@ -646,9 +648,12 @@ def restore(g, args, log=print):
     to_gtid = args.to_gtid
     if to_gtid and not re.match(r"^\d+-\d+-\d+$", to_gtid):
         raise Refusal(f"--to-gtid {to_gtid!r} is not a GTID: write it as domain-server-sequence, e.g. 1-1-4711")
-    problem = g.volume_problem()
+    dry_run = getattr(args, "dry_run", False)
+    problem = None if dry_run else g.volume_problem()
     if problem:
         raise Refusal(problem)
+    if dry_run:
+        return _dry_run(g, args, plan, secrets, to_time, to_gtid, log)
     if mariadbd_running(g):
         raise Refusal("MariaDB runs on this node: stop it first (systemctl stop mariadb); a restore replaces its data")
     node = g.facts()
@@ -664,68 +669,10 @@ def restore(g, args, log=print):
     os.makedirs(run_dir, mode=0o700)
     log_path = os.path.join(run_dir, "restore.log")
     try:
-        # 1. Find and check everything before touching the node.
-        source, manifests, errors = None, [], []
-        for region, store in stores(plan, secrets, args.source):
-            try:
-                manifests = _manifests(store, plan, secrets, os.path.join(run_dir, "manifests"))
-                source = (region, store)
-                break
-            except RuntimeError as exc:
-                errors.append(f"{region}: {exc}")
-        if source is None:
-            raise Refusal(f"no container answered ({'; '.join(errors)})")
-        region, store = source
-        if args.backup:
-            chosen = [m for m in manifests if m.get("id") == args.backup]
-            if not chosen:
-                raise Refusal(f"no backup {args.backup} in {store.container}")
-            if chosen[0]["problem"]:
-                raise Refusal(f"backup {args.backup} in {store.container}: {chosen[0]['problem']}; nothing restored")
-        chain = select_chain(manifests, to_time, to_gtid, args.backup)
-        if chain is None:
-            bad = [m for m in manifests if m.get("problem")]
-            raise Refusal(f"no usable backup in {store.container} before the target"
-                          + (f" ({len(bad)} refused: {bad[0]['problem']})" if bad else ""))
-        downloads = []
-        for m in chain:
-            path = os.path.join(run_dir, m["id"] + ".enc")
-            store.get(f"{plan['deployment']}/data/{m['id']}", path)
-            size, digest = os.path.getsize(path), sha256_file(path)
-            if size != m["size"] or digest != m["sha256"]:
-                raise Refusal(f"backup {m['id']} in {store.container}: checksum fails ({size} bytes, sha256 "
-                              f"{digest[:16]}...; its manifest says {m['size']} bytes, {m['sha256'][:16]}...): "
-                              "nothing restored")
-            downloads.append((m, path))
-        last = chain[-1]
-        binlogs = []
-        if not args.no_binlogs:
-            binlogs = _fetch_binlogs(store, plan, secrets, last, run_dir, log_path)
-        # 2. Decrypt, unpack and prepare (still nothing changed on the node).
+        region, store, chain, binlogs, stop = _fetch_and_prepare(plan, secrets, args, to_time, to_gtid, run_dir,
+                                                                 log_path)
         full_dir = os.path.join(run_dir, "full")
-        for i, (m, path) in enumerate(downloads):
-            target = full_dir if i == 0 else os.path.join(run_dir, f"inc{i}")
-            os.makedirs(target, mode=0o700)
-            stream = path + ".mbs"
-            try:
-                decrypt_to(path, stream, secrets["key"], log_path)
-            except RuntimeError as exc:
-                raise Refusal(f"backup {m['id']} does not decrypt with this deployment's key ({exc}): "
-                              "nothing restored") from None
-            os.unlink(path)
-            _run(["mbstream", "-x", "-C", target], log_path, stdin_path=stream)
-            os.unlink(stream)
-        _run(["mariabackup", "--prepare", f"--target-dir={full_dir}"], log_path)
-        for i in range(1, len(downloads)):
-            _run(["mariabackup", "--prepare", f"--target-dir={full_dir}",
-                  f"--incremental-dir={os.path.join(run_dir, f'inc{i}')}"], log_path)
-        stop = None
-        if to_gtid and binlogs:
-            stop = gtid_stop_position([p for _, p in binlogs], to_gtid)
-            if stop is None:
-                raise Refusal(f"no shipped binary log after backup {last['id']} holds GTID {to_gtid}: nothing restored "
-                              "(ship them first: galera-node backup --binlogs-only on the backup node, if it runs)")
-            binlogs = binlogs[:stop[0] + 1]
+        last = chain[-1]
         # 3. Put it in place: the data directory's old contents are kept, not deleted.
         before = os.path.join(run_dir, "before")
         os.makedirs(before, mode=0o700)
@@ -748,6 +695,92 @@ def restore(g, args, log=print):
         return summary
     finally:
         lock.close()
+
+
+def _dry_run(g, args, plan, secrets, to_time, to_gtid, log):
+    """Everything a restore does before it touches the node: the chain found, downloaded,
+    checked, decrypted and prepared, the binary logs fetched; then thrown away. The cluster
+    keeps running: this is how a backup is tested."""
+    lock = _locked()
+    run_dir = tempfile.mkdtemp(prefix="dry-run-", dir=_workdir())
+    try:
+        region, store, chain, binlogs, _stop = _fetch_and_prepare(
+            plan, secrets, args, to_time, to_gtid, run_dir, os.path.join(run_dir, "restore.log"))
+        summary = {"dry_run": True, "node": plan["node"], "from": region, "container": store.container,
+                   "chain": [m["id"] for m in chain], "backup_gtid": chain[-1].get("gtid"),
+                   "binlogs": [os.path.basename(p) for _, p in binlogs], "prepared": True}
+        log(json.dumps(summary))
+        return summary
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        lock.close()
+
+
+def _fetch_and_prepare(plan, secrets, args, to_time, to_gtid, run_dir, log_path):
+    """Steps 1 and 2 of a restore, in run_dir: (region, store, chain, binlogs, stop)."""
+    # 1. Find and check everything before touching the node.
+    source, manifests, errors = None, [], []
+    for region, store in stores(plan, secrets, args.source):
+        try:
+            manifests = _manifests(store, plan, secrets, os.path.join(run_dir, "manifests"))
+            source = (region, store)
+            break
+        except RuntimeError as exc:
+            errors.append(f"{region}: {exc}")
+    if source is None:
+        raise Refusal(f"no container answered ({'; '.join(errors)})")
+    region, store = source
+    if args.backup:
+        chosen = [m for m in manifests if m.get("id") == args.backup]
+        if not chosen:
+            raise Refusal(f"no backup {args.backup} in {store.container}")
+        if chosen[0]["problem"]:
+            raise Refusal(f"backup {args.backup} in {store.container}: {chosen[0]['problem']}; nothing restored")
+    chain = select_chain(manifests, to_time, to_gtid, args.backup)
+    if chain is None:
+        bad = [m for m in manifests if m.get("problem")]
+        raise Refusal(f"no usable backup in {store.container} before the target"
+                      + (f" ({len(bad)} refused: {bad[0]['problem']})" if bad else ""))
+    downloads = []
+    for m in chain:
+        path = os.path.join(run_dir, m["id"] + ".enc")
+        store.get(f"{plan['deployment']}/data/{m['id']}", path)
+        size, digest = os.path.getsize(path), sha256_file(path)
+        if size != m["size"] or digest != m["sha256"]:
+            raise Refusal(f"backup {m['id']} in {store.container}: checksum fails ({size} bytes, sha256 "
+                          f"{digest[:16]}...; its manifest says {m['size']} bytes, {m['sha256'][:16]}...): "
+                          "nothing restored")
+        downloads.append((m, path))
+    last = chain[-1]
+    binlogs = []
+    if not args.no_binlogs:
+        binlogs = _fetch_binlogs(store, plan, secrets, last, run_dir, log_path)
+    # 2. Decrypt, unpack and prepare (still nothing changed on the node).
+    full_dir = os.path.join(run_dir, "full")
+    for i, (m, path) in enumerate(downloads):
+        target = full_dir if i == 0 else os.path.join(run_dir, f"inc{i}")
+        os.makedirs(target, mode=0o700)
+        stream = path + ".mbs"
+        try:
+            decrypt_to(path, stream, secrets["key"], log_path)
+        except RuntimeError as exc:
+            raise Refusal(f"backup {m['id']} does not decrypt with this deployment's key ({exc}): "
+                          "nothing restored") from None
+        os.unlink(path)
+        _run(["mbstream", "-x", "-C", target], log_path, stdin_path=stream)
+        os.unlink(stream)
+    _run(["mariabackup", "--prepare", f"--target-dir={full_dir}"], log_path)
+    for i in range(1, len(downloads)):
+        _run(["mariabackup", "--prepare", f"--target-dir={full_dir}",
+              f"--incremental-dir={os.path.join(run_dir, f'inc{i}')}"], log_path)
+    stop = None
+    if to_gtid and binlogs:
+        stop = gtid_stop_position([p for _, p in binlogs], to_gtid)
+        if stop is None:
+            raise Refusal(f"no shipped binary log after backup {last['id']} holds GTID {to_gtid}: nothing restored "
+                          "(ship them first: galera-node backup --binlogs-only on the backup node, if it runs)")
+        binlogs = binlogs[:stop[0] + 1]
+    return region, store, chain, binlogs, stop
 
 
 def _run(argv, log_path, stdin_path=None, timeout=TIMEOUT_S):

@@ -57,6 +57,10 @@ METRICS_DIR = "/var/lib/prometheus/node-exporter"
 METRICS_FILE = f"{METRICS_DIR}/keystone-multiregion.prom"
 METRICS_CACHE = f"{STATE_DIR}/certificate-expiry.json"  # file digest -> notAfter (no openssl each run)
 KEYSTONE_NODE = "/usr/local/sbin/keystone-node"
+# A Galera node's backups (roles/backup.py; galera-node backup writes the status).
+BACKUP_PLAN = "/etc/keystone-multiregion/backup.json"
+BACKUP_SECRETS = "/etc/keystone-multiregion/backup-secrets.json"
+BACKUP_STATUS = "/var/lib/keystone-multiregion/backup-status.json"
 
 # The actions in the order they run (keystone_multiregion/push.py, ACTIONS).
 ORDER = ("none", "systemd:daemon-reload", "galera:settings", "galera:restart", "galera:users", "garbd:restart",
@@ -725,8 +729,38 @@ def node_metrics():
                                  timeout=60)
             gauges.append(("keys_drifted", "Key repositories (Fernet, credential) that differ from what the "
                            "stack pushed (keystone-node key-check)", [({}, out.stderr.count("DRIFT:"))]))
+    if role == "galera":
+        gauges += backup_gauges()
     gauges.append(("metrics_timestamp_seconds", "When node-agent last wrote these metrics", [({}, round(time.time()))]))
     return gauges, cache
+
+
+def backup_gauges():
+    """The region's backups, as its backup node sees them (galera-node backup records its runs)."""
+    try:
+        plan = json.loads(read_bytes(BACKUP_PLAN) or b"{}")
+        status = json.loads(read_bytes(BACKUP_STATUS) or b"{}")
+    except ValueError:
+        plan, status = {}, {}
+    if not plan.get("configured") or not plan.get("designated"):
+        return [("backup_node", "1 on the region's backup node (its first Galera node)", [({}, 0)])]
+    gauges = [("backup_node", "1 on the region's backup node (its first Galera node)", [({}, 1)])]
+    try:
+        pushed = os.stat(path(BACKUP_SECRETS)).st_mtime if os.path.getsize(path(BACKUP_SECRETS)) else None
+    except OSError:
+        pushed = None
+    since = status.get("last_success") or pushed
+    if status.get("last_success"):
+        gauges.append(("backup_last_success_timestamp_seconds", "When the region's last good backup finished",
+                       [({}, round(status["last_success"]))]))
+    if since:
+        gauges.append(("backup_counted_from_timestamp_seconds", "The last good backup, or before the first one "
+                       "the time the stack pushed the object store's credentials (backups possible from then on)",
+                       [({}, round(since))]))
+    if "last_result" in status:
+        gauges.append(("backup_last_run_ok", "1 when the last backup run succeeded (galera-node backup)",
+                       [({}, 1 if status["last_result"] == "ok" else 0)]))
+    return gauges
 
 
 def cmd_metrics(args):

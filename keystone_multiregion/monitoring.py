@@ -120,4 +120,18 @@ def alert_rules(topo: Topology) -> dict:
               f"{CERTIFICATE_WARNING_DAYS} days",
               "renew it (README: certificates) and run `pulumi up`: the push installs it"),
     ]
+    if topo.backup is not None:
+        max_age_s = topo.backup.max_age_h * 3600
+        rules += [
+            _rule("BackupTooOld",
+                  f'time() - keystone_multiregion_backup_counted_from_timestamp_seconds{{job="node"}} > {max_age_s}',
+                  after, "critical",
+                  "{{ $labels.region }} has no good backup newer than " + f"{topo.backup.max_age_h} h "
+                  "(its backup node {{ $labels.node }})",
+                  "`systemctl status keystone-multiregion-backup.service` and `galera-node backups` on the node; "
+                  "`galera-node backup` takes one now"),
+            _rule("BackupFailed", 'keystone_multiregion_backup_last_run_ok{job="node"} == 0', after, "warning",
+                  "{{ $labels.node }} ({{ $labels.region }}): the last backup run failed",
+                  "`journalctl -u keystone-multiregion-backup.service` on the node says why"),
+        ]
     return {"groups": [{"name": "keystone-multiregion", "rules": rules}]}

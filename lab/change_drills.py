@@ -88,8 +88,16 @@ class Load:
                 out["writes"] += len(writes)
                 out["failed_writes"] += len(failed)
                 out["errors"] += sorted({r.get("error") or f"HTTP {r.get('status')}" for r in bad + failed})[:3]
+                # The longest a client waited for its write's acknowledgement (a stall, e.g.
+                # flow control), and the longest stretch between two acknowledgements.
+                done = sorted(r["t1"] for r in writes if r.get("ok") and "t1" in r)
+                longest = max([r["t1"] - r["t0"] for r in writes if "t1" in r] or [0.0])
+                gap = max([b - a for a, b in zip(done, done[1:])] or [0.0])
+                out["longest_write_s"] = round(max(out.get("longest_write_s", 0.0), longest), 3)
+                out["longest_ack_gap_s"] = round(max(out.get("longest_ack_gap_s", 0.0), gap), 3)
                 out["per_region"][region] = {"validations": len(checks), "failed_validations": len(bad),
-                                             "writes": len(writes), "failed_writes": len(failed)}
+                                             "writes": len(writes), "failed_writes": len(failed),
+                                             "longest_write_s": round(longest, 3), "longest_ack_gap_s": round(gap, 3)}
             if acked:
                 galera = self.dep.topo.nodes(role="galera")[0].name
                 found = set()

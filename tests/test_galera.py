@@ -264,7 +264,7 @@ log="$FAKE_MARIADB_LOG"
 { echo "--- argv"; for a in "$@"; do echo "$a"; done; echo "--- stdin"; cat; echo; } >> "$log"
 for a in "$@"; do
   case "$a" in
-    --defaults-extra-file=*) f="${a#--defaults-extra-file=}"; echo "--- option file mode $(stat -c %a "$f")" >> "$log";;
+    --defaults-file=*) f="${a#--defaults-file=}"; echo "--- option file mode $(stat -c %a "$f")" >> "$log";;
   esac
 done
 host=""

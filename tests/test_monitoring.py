@@ -215,3 +215,34 @@ def test_alerts_wait_the_topologys_alert_after():
     rules = alert_rules(load_topology(data))["groups"][0]["rules"]
     assert {r["for"] for r in rules} == {"20s"}
     assert 'mysql_global_status_wsrep_cluster_size{job="galera"} < 9' in [r["expr"] for r in rules]
+
+
+def test_promtool_unit_tests_of_the_backup_alerts(promtool, tmp_path):
+    """BackupTooOld fires for the region whose last good backup (or, before the first, the
+    credentials' push) is older than backup.max_age_h; BackupFailed for a failed last run."""
+    rules = _write(tmp_path, alert_rules(TOPO))
+    n = lambda node, region: "{" + f'job="node", node="{node}", region="{region}"' + "}"  # noqa: E731
+    max_age = TOPO.backup.max_age_h * 3600
+    series = [
+        # region-a: backed up every hour; region-b: its last good backup at 0, nothing since
+        {"series": "keystone_multiregion_backup_counted_from_timestamp_seconds" + n("galera-region-a-1", "region-a"),
+         "values": "0+60x300"},
+        {"series": "keystone_multiregion_backup_counted_from_timestamp_seconds" + n("galera-region-b-1", "region-b"),
+         "values": "0x300"},
+        {"series": "keystone_multiregion_backup_last_run_ok" + n("galera-region-a-1", "region-a"), "values": "1x300"},
+        {"series": "keystone_multiregion_backup_last_run_ok" + n("galera-region-b-1", "region-b"),
+         "values": "1x60 0x240"},
+    ]
+    late = {"job": "node", "node": "galera-region-b-1", "region": "region-b"}
+    tests = [{"interval": "1m", "input_series": series, "alert_rule_test": [
+        {"eval_time": "1h", "alertname": "BackupTooOld", "exp_alerts": []},
+        {"eval_time": "4h", "alertname": "BackupTooOld", "exp_alerts": [_expected("BackupTooOld", late)]},
+        {"eval_time": "30m", "alertname": "BackupFailed", "exp_alerts": []},
+        {"eval_time": "3h", "alertname": "BackupFailed", "exp_alerts": [_expected("BackupFailed", late)]},
+    ]}]
+    assert max_age < 4 * 3600
+    test_file = tmp_path / "backup-alerts-test.yml"
+    test_file.write_text(yaml.safe_dump({"rule_files": [rules], "evaluation_interval": "1m", "tests": tests}))
+    out = subprocess.run([promtool, "test", "rules", str(test_file)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "SUCCESS" in out.stdout

@@ -463,3 +463,40 @@ def test_every_node_runs_node_exporter_and_the_metrics_timer(topo, secrets):
         actions = {f["path"]: f["on_change"] for f in push.payload(topo, rendered)["files"]}
         assert actions[NODE_EXPORTER_DEFAULTS] == "node-exporter:restart"
         assert actions[METRICS_TIMER] == "systemd:daemon-reload"
+
+
+def test_metrics_of_the_backup_node_say_when_its_last_good_backup_was(tmp_path, topo, secrets, monitor):
+    """On a region's backup node: nothing backed up yet counts from the credentials' push; a
+    good run sets the last success; a failed run says so and keeps the last success."""
+    from keystone_multiregion.roles.backup import BACKUP_SECRETS, BACKUP_STATUS
+    from keystone_multiregion.roles.node import METRICS_DIR
+    node = Node(tmp_path, topo, secrets, "galera-region-b-1", monitor)
+    prom = node.file(f"{METRICS_DIR}/keystone-multiregion.prom")
+
+    def metrics() -> dict:
+        assert node.agent("metrics").returncode == 0
+        return _metrics(prom.read_text())
+    pushed = os.stat(node.file(BACKUP_SECRETS)).st_mtime
+    m = metrics()
+    assert m["keystone_multiregion_backup_node"] == 1
+    assert m["keystone_multiregion_backup_counted_from_timestamp_seconds"] == round(pushed)
+    assert "keystone_multiregion_backup_last_success_timestamp_seconds" not in m
+    assert "keystone_multiregion_backup_last_run_ok" not in m
+    status = node.file(BACKUP_STATUS)
+    status.parent.mkdir(parents=True, exist_ok=True)
+    status.write_text(json.dumps({"last_result": "ok", "last_success": 1765000000.4, "last_run": 1765000000.4}))
+    m = metrics()
+    assert m["keystone_multiregion_backup_last_success_timestamp_seconds"] == 1765000000
+    assert m["keystone_multiregion_backup_counted_from_timestamp_seconds"] == 1765000000
+    assert m["keystone_multiregion_backup_last_run_ok"] == 1
+    status.write_text(json.dumps({"last_result": "failed: swift upload: 401", "last_success": 1765000000,
+                                  "last_run": 1765003600}))
+    m = metrics()
+    assert m["keystone_multiregion_backup_last_run_ok"] == 0
+    assert m["keystone_multiregion_backup_last_success_timestamp_seconds"] == 1765000000
+    # A Galera node that is not its region's backup node reports only that.
+    other = Node(tmp_path / "other", topo, secrets, "galera-region-b-2", monitor)
+    assert other.agent("metrics").returncode == 0
+    m = _metrics(other.file(f"{METRICS_DIR}/keystone-multiregion.prom").read_text())
+    assert m["keystone_multiregion_backup_node"] == 0
+    assert not [k for k in m if "backup_" in k and "backup_node" not in k]
