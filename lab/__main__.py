@@ -190,6 +190,11 @@ def _drill(args: argparse.Namespace) -> int:
     if dep.lab.procs.is_alive("ops", "prometheus"):
         print("monitoring drills (the lab's Prometheus and the shipped alerts):")
         results += monitoring.MonitoringDrills(dep).run_all(log=lambda line: print("  " + line, flush=True))
+    if dep.topo.backup is not None and dep.running("keystone"):
+        # Last: B2 and B3 replace the cluster with one restored from a backup.
+        from .backup_drills import BackupDrills
+        print("backup drills (the lab's Swift; B2 and B3 restore the whole cluster):")
+        results += BackupDrills(dep).run_all(log=lambda line: print("  " + line, flush=True))
     failed = [r for r in results if not r.ok]
     print(f"drills: {len(results) - len(failed)} passed, {len(failed)} failed")
     if args.report:

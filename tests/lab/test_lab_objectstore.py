@@ -1,7 +1,8 @@
 """The object store for the database backups (#14): a one-replica Swift on the `objstore`
 host, reached from the Galera nodes with the swift CLI (v1 auth, credentials in the
 environment); a wrong key and the account's user without rights are refused, a Keystone node
-cannot even connect, and the lab's teardown leaves no Swift process."""
+cannot even connect. The store runs in the session's lab deployment (conftest.py), whose
+teardown is checked to leave no process, Swift's included."""
 from __future__ import annotations
 
 import os
@@ -15,23 +16,12 @@ CONTAINER = "galera-backups"
 
 
 @pytest.fixture(scope="module")
-def store(lab_tools, tmp_path_factory):
-    """The lab topology with its Galera layer only, and the object store started on it."""
-    from keystone_multiregion.topology import load_topology_file
-    from lab import objectstore, session
-    from lab.deployment import LAB_TOPOLOGY, LabDeployment
-    from lab.testing import assert_clean, ns_inode
-
-    prefix = os.environ.get("KSL_OBJSTORE_PREFIX", "ksls-")
-    labdir = str(tmp_path_factory.mktemp("ksl-objstore"))
-    with session(labdir, prefix, purge=True) as lab:
-        dep = LabDeployment(lab, load_topology_file(LAB_TOPOLOGY))
-        dep.up(only=("galera",))
-        dep.objstore_creds = objectstore.start(dep)
-        yield dep
-        inodes = {ns_inode(ns) for ns in lab.state.read()["namespaces"]}
-        pids = [rec["pid"] for rec in lab.state.read()["processes"].values()]
-    assert_clean(prefix, labdir, inodes, pids)
+def store(deployment):
+    """The session's lab deployment, whose object store up() started (a second start starts
+    nothing; its teardown, checked by the deployment fixture, leaves no process)."""
+    from lab import objectstore
+    deployment.objstore_creds = objectstore.start(deployment, log=lambda *_: None)
+    return deployment
 
 
 def _swift(dep, node, args, creds, timeout=60):
@@ -148,18 +138,3 @@ def test_the_servers_run_as_swift_and_a_second_start_starts_nothing(store):
     assert creds == store.objstore_creds
     assert {n: procs.pid(objectstore.OBJSTORE_HOST, n) for n in pids} == pids
     assert all(procs.is_alive(objectstore.OBJSTORE_HOST, n) for n in pids)
-
-
-def test_zz_teardown_leaves_no_swift_process(store):
-    """Last in the module: the lab's teardown, then nothing of the store runs any more."""
-    from lab import objectstore
-    from lab.testing import ns_inode, pids_in_netns
-    from lab.util import pid_matches
-    procs = store.lab.procs
-    inode = ns_inode(store.lab.net.netns(objectstore.OBJSTORE_HOST))
-    recorded = [rec["pid"] for rec in procs.processes(objectstore.OBJSTORE_HOST).values()]
-    in_ns = pids_in_netns({inode})
-    assert len(recorded) == 5 and set(recorded) <= set(in_ns)
-    store.lab.teardown()
-    assert pids_in_netns({inode}) == []
-    assert [p for p in set(recorded) | set(in_ns) if pid_matches(p, None)] == []

@@ -60,6 +60,7 @@ def test_b4_altered_truncated_and_foreign_backups_refused(drills):
     m = _ok(drills.drill_refused_backups())
     assert all(r["exit"] == 2 for r in m["refusals"].values())
     assert m["good_copy"]["exit"] == 0
+    print(json.dumps({"verify": m["verify"], "refusals": m["refusals"]}))
 
 
 def test_restore_refused_while_the_cluster_runs(drills):
@@ -84,6 +85,8 @@ def test_b2_point_in_time_restore_undoes_a_mistake(drills):
         assert set(state["logins"]) == {201}
     assert m["missing_before_mistake"] == []
     assert m["tampered_copy"]["exit"] == 2
+    print(json.dumps({k: m[k] for k in ("mistake_at", "restore_s", "rejoin_s", "serving_again_s",
+                                        "acked_before_mistake", "after_target_kept", "tampered_copy")}))
 
 
 def test_b3_total_loss_rebuilt_from_backups(drills):
