@@ -8,6 +8,7 @@
     python -m keystone_multiregion recover-plan REPORT.json [REPORT.json ...] [--accept-missing]
     python -m keystone_multiregion gate --region R --url https://HOST [--address IP ...] [--ca FILE]
         [--samples N] [--wait SECONDS]
+    python -m keystone_multiregion import-keys --fernet DIR --credential DIR --out FILE [--stack shared]
 
 The render needs neither a cloud nor the Pulumi CLI. Without --secrets, secrets are
 written as visible placeholders (<secret:NAME>), so the output is safe to diff in a pull
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -76,8 +78,16 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--wait", type=float, default=0.0,
                        help="repeat a failed round until this many seconds have passed (default 0: one round)")
     check.add_argument("--interval", type=float, default=15.0, help="seconds between rounds (default 15)")
+    imp = sub.add_parser("import-keys", help="moving an existing Keystone in: check its Fernet and credential key "
+                                             "repositories and write the shared stack's importedKeys config")
+    imp.add_argument("--fernet", required=True, help="a copy of the source's Fernet key directory")
+    imp.add_argument("--credential", required=True, help="a copy of the source's credential key directory")
+    imp.add_argument("--out", required=True, help="new file (0600) for the config value: it holds the keys")
+    imp.add_argument("--stack", default="shared", help="the shared stack (its rotation counters are recorded)")
     args = parser.parse_args(argv)
 
+    if args.command == "import-keys":
+        return _import_keys(args)
     if args.command == "gate":
         try:
             ok, line = gate.run(args.region, args.url, args.address, args.ca, args.samples, timeout=args.timeout,
@@ -127,6 +137,13 @@ def main(argv: list[str] | None = None) -> int:
                       f"{use.rules} of {topo.quotas.security_group_rules}, groups {use.groups} of "
                       f"{topo.quotas.security_groups}")
             print("  stacks: " + (", ".join(f"{s} -> {r}" for s, r in stacks.items()) or "none"))
+            b = topo.backup
+            if b is None:
+                print("  WARNING: no backup section: nothing undoes a mistake that replicates to every region; "
+                      "add backup.store to topology.yaml (README: Backups and point-in-time recovery)")
+            else:
+                print(f"  backups: full every {b.full_interval_h} h, incremental every {b.incremental_interval_h} h, "
+                      f"kept {b.keep_days} days, into {b.container_prefix}-<region> at {b.store.auth_url}")
             return 0
         if args.picture:
             from .picture import render_png, topology_dot
@@ -161,6 +178,34 @@ def main(argv: list[str] | None = None) -> int:
     except (TopologyError, SecretsError, RecoveryError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def _import_keys(args) -> int:
+    from .migration import (IMPORTED_KEYS_CONFIG, SETTING, KeyImportError, imported_value, read_key_dir, summary,
+                            write_secret_file)
+    try:
+        fernet = read_key_dir("--fernet", args.fernet)
+        credential = read_key_dir("--credential", args.credential)
+        try:
+            config = stack_config(Path(args.project_dir), args.stack)
+        except ValueError:
+            config = {}  # no stack file yet: no rotation so far
+        rotations = {repo: int(config.get(setting) or 0) for repo, setting in SETTING.items()}
+        value = imported_value(fernet, credential, rotations)
+        if os.path.lexists(args.out):
+            raise KeyImportError(f"--out {args.out}: exists; give a new file (it will hold the keys, mode 0600)")
+        write_secret_file(args.out, value)
+    except (KeyImportError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for line in summary(value):
+        print(line)
+    print(f"{args.out}: the shared stack's {IMPORTED_KEYS_CONFIG} (mode 0600, it holds the keys); rotations "
+          f"continue from fernetRotations {rotations['fernet_keys']} and credentialRotations "
+          f"{rotations['credential_keys']}. Next:")
+    print(f"  pulumi config set --secret {IMPORTED_KEYS_CONFIG} -s {args.stack} < {args.out} && shred -u {args.out}")
+    print(f"  pulumi up -s {args.stack}, then pulumi up on every region stack (the nodes take the imported keys)")
+    return 0
 
 
 def _plan(args, new) -> int:

@@ -242,3 +242,15 @@ def test_validate_command_summarises_the_topology():
     result = _cli("validate")
     assert result.returncode == 0, result.stderr
     assert "3 regions, 9 Galera voters, bootstrap region region-a" in result.stdout
+
+
+def test_validate_says_what_is_backed_up_and_warns_without_backups(tmp_path):
+    result = _cli("validate")
+    assert "backups: full every 24 h, incremental every 1 h, kept 14 days, into keystone-backups-<region>" \
+        in result.stdout
+    data = yaml.safe_load((ROOT / "topology.yaml").read_text())
+    del data["backup"]
+    (tmp_path / "topology.yaml").write_text(yaml.safe_dump(data))
+    result = _cli("--topology", str(tmp_path / "topology.yaml"), "--project-dir", str(ROOT), "validate")
+    assert result.returncode == 0, result.stderr
+    assert "WARNING: no backup section" in result.stdout
