@@ -168,21 +168,28 @@ class Store:
     def get(self, name, path):
         self._swift(["download", "--output", path, self.container, name])
 
-    def list(self, prefix):
-        return [line for line in self._swift(["list", "--prefix", prefix, self.container], timeout=300).splitlines()
-                if line]
-
     def delete(self, name):
         self._swift(["delete", self.container, name], timeout=300)
 
-    def get_json(self, name, workdir):
-        path = os.path.join(workdir, "m-" + hashlib.sha256(name.encode()).hexdigest()[:16] + ".json")
-        self.get(name, path)
-        with open(path) as fh:
-            try:
-                return json.load(fh)
-            except ValueError:
-                return {"unreadable": name}
+    def get_all_json(self, prefix, workdir):
+        """Every object under `prefix`, in one client run (it fetches them in parallel), as
+        {name: parsed JSON} ({"unreadable": name} for one that does not parse)."""
+        target = tempfile.mkdtemp(prefix="objects-", dir=workdir)
+        try:
+            self._swift(["download", "--prefix", prefix, "--output-dir", target, self.container])
+            out = {}
+            for root, _dirs, files in os.walk(target):
+                for f in files:
+                    path = os.path.join(root, f)
+                    name = os.path.relpath(path, target)
+                    with open(path) as fh:
+                        try:
+                            out[name] = json.load(fh)
+                        except ValueError:
+                            out[name] = {"unreadable": name}
+            return out
+        finally:
+            shutil.rmtree(target, ignore_errors=True)
 
 
 def stores(plan, secrets, only=None):
@@ -479,6 +486,7 @@ def _prune_store(region, store, plan, secrets, work, keep_s):
         if not m.get("problem"):
             chains.setdefault(m["chain"], []).append(m)
     ordered = sorted(chains, key=lambda c: min(m["started"] for m in chains[c]))
+    kept = list(ordered)
     for chain in ordered[:-1]:
         newest = max(parse_time(m["finished"]) for m in chains[chain])
         if (now() - newest).total_seconds() > keep_s:
@@ -486,6 +494,18 @@ def _prune_store(region, store, plan, secrets, work, keep_s):
                 store.delete(f"{plan['deployment']}/manifests/{m['id']}.json")
                 store.delete(f"{plan['deployment']}/data/{m['id']}")
                 removed.append((region, m["id"]))
+            kept.remove(chain)
+    if not kept:
+        return removed
+    # Binary logs shipped before the oldest kept chain began hold only what it already has.
+    oldest = min(m["started"] for m in chains[kept[0]])
+    prefix = f"{plan['deployment']}/binlog-manifests/"
+    for name, m in sorted(store.get_all_json(prefix, work).items()):
+        if m.get("kind") == "binlog" and m.get("shipped", "9") < oldest:
+            rest = name[len(prefix):].removesuffix(".json")
+            store.delete(f"{plan['deployment']}/binlogs/{rest}")
+            store.delete(name)
+            removed.append((region, f"binlog {rest}"))
     return removed
 
 
@@ -530,8 +550,7 @@ def _manifests(store, plan, secrets, workdir):
     """Every backup manifest in a container, each with its problem (or none)."""
     os.makedirs(workdir, mode=0o700, exist_ok=True)
     out = []
-    for name in store.list(f"{plan['deployment']}/manifests/"):
-        m = store.get_json(name, workdir)
+    for name, m in sorted(store.get_all_json(f"{plan['deployment']}/manifests/", workdir).items()):
         problem = manifest_problem(m, secrets["key"], plan["deployment"])
         out.append({**m, "object": name, "problem": problem} if problem else {**m, "problem": None})
     return out
@@ -802,8 +821,7 @@ def _fetch_binlogs(store, plan, secrets, last, run_dir, log_path):
     work = os.path.join(run_dir, "binlogs")
     os.makedirs(work, mode=0o700)
     found = []
-    for name in store.list(prefix):
-        m = store.get_json(name, work)
+    for name, m in sorted(store.get_all_json(prefix, work).items()):
         problem = manifest_problem(m, secrets["key"], plan["deployment"])
         if problem:
             raise Refusal(f"binary log manifest {name}: {problem}; nothing restored")

@@ -166,3 +166,49 @@ def test_encryption_round_trip_and_wrong_key(tmp_path):
     assert out.read_bytes() == src.read_bytes()
     with pytest.raises(RuntimeError):
         gb.decrypt_to(str(enc), str(out), "w" * 64, log)
+
+
+class FakeStore:
+    """A container in memory: what prune reads and deletes."""
+
+    def __init__(self, objects):
+        self.objects = dict(objects)
+        self.container = "c"
+
+    def get_all_json(self, prefix, workdir):
+        return {k: v for k, v in self.objects.items() if k.startswith(prefix)}
+
+    def delete(self, name):
+        del self.objects[name]
+
+
+def test_prune_deletes_old_chains_and_the_binary_logs_before_the_oldest_kept_one():
+    old = (gb.now() - datetime.timedelta(days=20)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    mid = (gb.now() - datetime.timedelta(days=10)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    new = (gb.now() - datetime.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    def backup(id_, kind, chain, t):
+        return gb.sign({"format": gb.FORMAT, "deployment": "keystone", "id": id_, "kind": kind, "chain": chain,
+                        "started": t, "finished": t}, KEY)
+
+    def binlog(name, t):
+        return gb.sign({"format": gb.FORMAT, "deployment": "keystone", "kind": "binlog", "file": name,
+                        "shipped": t}, KEY)
+    objects = {
+        "keystone/manifests/f-old.json": backup("f-old", "full", "f-old", old), "keystone/data/f-old": b"",
+        "keystone/manifests/i-old.json": backup("i-old", "incremental", "f-old", old), "keystone/data/i-old": b"",
+        "keystone/manifests/f-mid.json": backup("f-mid", "full", "f-mid", mid), "keystone/data/f-mid": b"",
+        "keystone/manifests/f-new.json": backup("f-new", "full", "f-new", new), "keystone/data/f-new": b"",
+        "keystone/binlog-manifests/n/i/b.1.json": binlog("b.1", old), "keystone/binlogs/n/i/b.1": b"",
+        "keystone/binlog-manifests/n/i/b.2.json": binlog("b.2", mid), "keystone/binlogs/n/i/b.2": b"",
+    }
+    store = FakeStore(objects)
+    plan = {"deployment": "keystone"}
+    removed = gb._prune_store("region-a", store, plan, {"key": KEY}, "/nonexistent", keep_s=14 * 86400)
+    assert sorted(r for _, r in removed) == ["binlog n/i/b.1", "f-old", "i-old"]
+    assert sorted(store.objects) == ["keystone/binlog-manifests/n/i/b.2.json", "keystone/binlogs/n/i/b.2",
+                                     "keystone/data/f-mid", "keystone/data/f-new",
+                                     "keystone/manifests/f-mid.json", "keystone/manifests/f-new.json"]
+    # The newest chain is never deleted, however old.
+    alone = FakeStore({"keystone/manifests/f-old.json": backup("f-old", "full", "f-old", old)})
+    assert gb._prune_store("region-a", alone, plan, {"key": KEY}, "/nonexistent", keep_s=86400) == []
