@@ -723,11 +723,13 @@ def _dry_run(g, args, plan, secrets, to_time, to_gtid, log):
     lock = _locked()
     run_dir = tempfile.mkdtemp(prefix="dry-run-", dir=_workdir())
     try:
-        region, store, chain, binlogs, _stop = _fetch_and_prepare(
+        region, store, chain, binlogs, stop = _fetch_and_prepare(
             plan, secrets, args, to_time, to_gtid, run_dir, os.path.join(run_dir, "restore.log"))
         summary = {"dry_run": True, "node": plan["node"], "from": region, "container": store.container,
                    "chain": [m["id"] for m in chain], "backup_gtid": chain[-1].get("gtid"),
-                   "binlogs": [os.path.basename(p) for _, p in binlogs], "prepared": True}
+                   "binlogs": [os.path.basename(p) for _, p in binlogs], "prepared": True,
+                   "stop_before": {"binlog": os.path.basename(binlogs[stop[0]][1]), "position": stop[1]}
+                   if stop else None}
         log(json.dumps(summary))
         return summary
     finally:

@@ -275,6 +275,10 @@ class BackupDrills:
         wait_until(lambda: self._state_of(ks, token, self.regions[-1], made)["project"] == 200, 60)
         measured["before"] = {r: self._state_of(ks, token, r, made) for r in ks.regions}
         mistake_at = self.next_second()
+        # The GTID the mistake's first transaction gets (nothing else writes meanwhile).
+        position = self.dep.sql(name, "SELECT @@gtid_binlog_pos").stdout.strip()
+        domain, server, seq = next(p for p in position.split(",") if p.startswith("1-")).split("-")
+        mistake_gtid = f"{domain}-{server}-{int(seq) + 1}"
         for u in made["users"]:
             ks.call(first, "DELETE", token, f"/v3/users/{u['id']}")
         ks.call(first, "DELETE", token, f"/v3/projects/{made['project']['id']}")
@@ -287,6 +291,18 @@ class BackupDrills:
         ship = self.galera_node(name, "backup", "--binlogs-only")
         if ship.returncode != 0:
             problems.append(f"binary logs not shipped: {ship.stderr[-300:]}")
+        # The other way to name the target: the mistake's GTID, found in the shipped binary logs
+        # (a dry run: everything a restore does before it touches the node).
+        dry = self.galera_node(name, "restore", "--dry-run", "--to-gtid", mistake_gtid)
+        measured["to_gtid_dry_run"] = {"gtid": mistake_gtid, "exit": dry.returncode,
+                                       "stop_before": _last_json(dry.stdout).get("stop_before")}
+        if dry.returncode != 0 or not (_last_json(dry.stdout).get("stop_before") or {}).get("position"):
+            problems.append(f"restore --dry-run --to-gtid {mistake_gtid} did not find it: {dry.stderr[-300:]}")
+        absent = f"{domain}-{server}-{int(seq) + 100000}"
+        dry = self.galera_node(name, "restore", "--dry-run", "--to-gtid", absent)
+        measured["unknown_gtid"] = {"exit": dry.returncode, "line": (dry.stderr.strip().splitlines() or [""])[-1][-120:]}
+        if dry.returncode != 2 or "holds GTID" not in dry.stderr:
+            problems.append(f"a GTID no log holds was not refused: {dry.returncode} {dry.stderr[-200:]}")
         self._tamper(objectstore_container(self.topo, other), backup_id, "flip")
         t_down = time.monotonic()
         self.stop_all_galera()

@@ -36,6 +36,30 @@ def test_b1_backup_under_load(drills):
                                         "flow_control")}))
 
 
+def test_the_backup_nodes_report_their_last_good_backup_to_prometheus(drills, deployment):
+    """After B1, lab-a's backup node says through node_exporter when its last good backup
+    finished; the lab's Prometheus has it (the metrics timer runs every 10 s, scrapes every 1 s)."""
+    import time
+
+    from lab import monitoring
+    from lab.drills import wait_until
+    name = drills.backup_node("lab-a")
+    seen = {}
+
+    def reported():
+        got = monitoring.api(deployment, "/api/v1/query?query=keystone_multiregion_backup_last_run_ok")
+        for r in (got or {}).get("data", {}).get("result", []):
+            seen[r["metric"].get("node")] = r["value"][1]
+        return seen.get(name) == "1"
+    assert wait_until(reported, monitoring.WAIT_LIMIT_S, interval=1.0), seen
+    from urllib.parse import quote
+    got = monitoring.api(deployment, "/api/v1/query?query="
+                         + quote("time() - keystone_multiregion_backup_last_success_timestamp_seconds"))
+    ages = {r["metric"].get("node"): float(r["value"][1]) for r in (got or {}).get("data", {}).get("result", [])}
+    assert 0 <= ages[name] < time.time()  # a real timestamp, not the "never" of 0
+    print(json.dumps({"last_success_age_s": round(ages[name], 1)}))
+
+
 def test_scheduled_backup_runs_only_on_the_backup_node(drills, deployment):
     """The timer's unit on a Galera node that is not its region's backup node does nothing."""
     from keystone_multiregion.roles.backup import BACKUP_SERVICE
@@ -85,8 +109,11 @@ def test_b2_point_in_time_restore_undoes_a_mistake(drills):
         assert set(state["logins"]) == {201}
     assert m["missing_before_mistake"] == []
     assert m["tampered_copy"]["exit"] == 2
+    assert m["to_gtid_dry_run"]["exit"] == 0 and m["to_gtid_dry_run"]["stop_before"]["position"] > 0
+    assert m["unknown_gtid"]["exit"] == 2
     print(json.dumps({k: m[k] for k in ("mistake_at", "restore_s", "rejoin_s", "serving_again_s",
-                                        "acked_before_mistake", "after_target_kept", "tampered_copy")}))
+                                        "acked_before_mistake", "after_target_kept", "tampered_copy",
+                                        "to_gtid_dry_run", "unknown_gtid")}))
 
 
 def test_b3_total_loss_rebuilt_from_backups(drills):
