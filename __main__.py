@@ -9,6 +9,7 @@ import pulumi
 from components.keys import SshAccess
 from components.region import RegionArgs, RegionDeployment
 from components.shared import BACKUP_STORE_CONFIG, SharedSecrets, backup_store_config
+from keystone_multiregion.migration import IMPORTED_KEYS_CONFIG, check_imported_config
 from keystone_multiregion.topology import TopologyError, load_topology_file
 
 config = pulumi.Config()
@@ -86,12 +87,21 @@ if config.get_bool("shared"):
             store_config = "not JSON"  # never echo the value: it is a secret
         backup_store = backup_store_config(topology, store_config,
                                            pulumi.runtime.is_config_secret(config.full_key(BACKUP_STORE_CONFIG)))
+        # Moving an existing Keystone in: its key repositories (import-keys wrote the value),
+        # served instead of generated ones and rotated on from them.
+        try:
+            imported_config = config.get_object(IMPORTED_KEYS_CONFIG)
+        except pulumi.ConfigTypeError:
+            imported_config = "not JSON"  # never echo the value: it holds keys
+        imported_keys = check_imported_config(
+            imported_config, pulumi.runtime.is_config_secret(config.full_key(IMPORTED_KEYS_CONFIG)),
+            config.get_int("fernetRotations") or 0, config.get_int("credentialRotations") or 0)
     except ValueError as exc:
         raise pulumi.RunError(str(exc)) from None
     shared = SharedSecrets("shared", topology.name, fernet_rotations=config.get_int("fernetRotations") or 0,
                            max_active_keys=topology.keystone.max_active_keys,
                            credential_rotations=config.get_int("credentialRotations") or 0,
-                           backup_store=backup_store)
+                           backup_store=backup_store, imported_keys=imported_keys)
     pulumi.export("secrets", shared.secrets)
     pulumi.export("galera_ca_key", shared.ca_key)
     # The development CA's key leaves the shared stack only for development deployments: a

@@ -13,7 +13,8 @@ only. Reads the node's facts from /etc/keystone-multiregion/node.json.
                                 them file by file, atomically; refuse a repository whose
                                 primary key this node never held (a rotation that skipped
                                 one) or that lacks this node's primary (more than one
-                                rotation back), print the new digests
+                                rotation back), print the new digests; --import-digest
+                                REPO=SHA256 accepts an imported repository with that digest
     keystone-node credential-migrate
                                 re-encrypt every credential (TOTP secrets) with the primary
                                 credential key (`keystone-manage credential_migrate`): once,
@@ -26,6 +27,15 @@ only. Reads the node's facts from /etc/keystone-multiregion/node.json.
                                 `keystone-manage db_sync` and `keystone-manage bootstrap`
                                 (both safe to run again); elsewhere it does nothing
     keystone-node wait-ready    until this node's API answers (bounded)
+    keystone-node import-db [--replace] [--dump FILE]
+                                moving an existing Keystone in: load a mariadb-dump of its
+                                keystone database (stdin, or a root-only FILE) through
+                                keystone.conf's TLS connection, then `keystone-manage db_sync`;
+                                refuses a database that already holds identity data unless
+                                --replace, a dump Galera cannot replicate, and anything not a
+                                single-database dump, before changing anything
+    keystone-node flush-cache   flush_all on this region's memcached servers (keystone.conf
+                                [cache]): after an import, once per region
 """
 
 import argparse
@@ -507,7 +517,7 @@ def cmd_install_keys(args):
                     return 1
                 time.sleep(0.1)
         try:
-            return _install_locked(data, args.force)
+            return _install_locked(data, args.force, _import_digests(args.import_digest))
         except KeyDirError as exc:
             print(f"keystone-node: refused: {exc} (nothing was changed)", file=sys.stderr)
             return 2
@@ -515,9 +525,17 @@ def cmd_install_keys(args):
         os.close(lock)  # releases the lock
 
 
-def _install_locked(data, force):
-    problems = [p for p in (transition_problem(repo, read_repository(KEY_DIRS[repo]), data[repo])
-                            for repo in sorted(data)) if p]
+def _install_locked(data, force, imports=None):
+    problems = []
+    for repo in sorted(data):
+        p = transition_problem(repo, read_repository(KEY_DIRS[repo]), data[repo])
+        if p and (imports or {}).get(repo) == repository_digest(data[repo]):
+            # Moving an existing Keystone in: its repositories replace this deployment's
+            # wholesale (the stack names them by digest); the credential check still applies.
+            print(f"keystone-node: {repo}: installed as the imported repository (digest "
+                  f"{imports[repo][:12]}...), replacing this node's keys", file=sys.stderr)
+        elif p:
+            problems.append(p)
     current = read_repository(KEY_DIRS["credential_keys"])
     dropped = set(current.values()) - set(data["credential_keys"].values())
     if dropped and force:
@@ -561,6 +579,17 @@ def _install_locked(data, force):
     return 0
 
 
+def _import_digests(values):
+    out = {}
+    for value in values or ():
+        repo, _, digest = value.partition("=")
+        if repo not in KEY_DIRS or not re.fullmatch(r"[0-9a-f]{64}", digest):
+            raise SystemExit(f"keystone-node: --import-digest {value!r}: expected REPOSITORY=SHA256 with REPOSITORY "
+                             f"one of {sorted(KEY_DIRS)}")
+        out[repo] = digest
+    return out
+
+
 def cmd_credential_migrate(args):
     t = time.monotonic()
     _manage("credential_migrate", "--keystone-user", "keystone", "--keystone-group", "keystone", timeout=args.timeout)
@@ -571,6 +600,196 @@ def cmd_credential_migrate(args):
     print(json.dumps({"credentials": sum(in_use.values()), "with_primary_key": with_primary,
                       "seconds": round(time.monotonic() - t, 1)}))
     return 0 if with_primary == sum(in_use.values()) else 1
+
+
+# -- moving an existing Keystone in: its database dump --------------------------------
+# A table without a primary key: Galera replicates its rows badly (a DELETE or UPDATE is
+# applied row by row by a full scan on every other node) or not at all.
+_CREATE = re.compile(r"CREATE TABLE `([^`]+)`", re.I)
+_ENGINE = re.compile(r"\bENGINE=(\w+)", re.I)
+# Engines Galera does not replicate (MyISAM and Aria only with an experimental setting):
+# converted to InnoDB, each conversion reported.
+_CONVERT_ENGINES = {"myisam", "aria"}
+# Keystone's tables that say a dump is Keystone's.
+_KEYSTONE_TABLES = ("user", "project", "assignment", "credential")
+# What counts as identity data in the target (a database with none of it is "empty"):
+# users, projects (not the root of domains), role assignments, credentials.
+_IDENTITY_COUNTS = (("users", "SELECT COUNT(*) FROM user"),
+                    ("projects", "SELECT COUNT(*) FROM project WHERE is_domain = 0"),
+                    ("role assignments", "SELECT COUNT(*) FROM assignment"),
+                    ("credentials", "SELECT COUNT(*) FROM credential"))
+DUMP_HOW = "mariadb-dump --single-transaction --skip-lock-tables keystone > keystone.sql"
+
+
+class DumpError(ValueError):
+    pass
+
+
+def dump_statements(lines):
+    """Split a mariadb-dump's lines into statements (mariadb-dump ends each one with ';' at the
+    end of a line, and writes a newline inside a value as \\n, so a line never ends inside a
+    string). Comments and blank lines go."""
+    statements, current = [], []
+    for line in lines:
+        stripped = line.strip()
+        if not current and (not stripped or stripped.startswith("--")):
+            continue
+        current.append(line.rstrip("\n"))
+        if stripped.endswith(";"):
+            statements.append("\n".join(current))
+            current = []
+    if current:
+        raise DumpError("the dump ends inside a statement (it is truncated): dump again with `" + DUMP_HOW + "`")
+    return statements
+
+
+def prepare_dump(lines):
+    """The statements to run and the notes on what was changed, or DumpError (one line naming
+    what is wrong and how to dump instead). Only a dump of one database loads: it goes into
+    keystone.conf's database, whatever the source called it. Tables must be InnoDB (MyISAM and
+    Aria are converted, each named in the notes) with a primary key; LOCK TABLES is left out
+    (Galera does not replicate explicit locks); sql_log_bin=0 is refused (nothing would
+    replicate)."""
+    out, notes, tables = [], [], []
+    for st in dump_statements(lines):
+        head = st.lstrip().upper()
+        if head.startswith(("LOCK TABLES", "UNLOCK TABLES")):
+            continue
+        if head.startswith(("USE ", "CREATE DATABASE", "/*!40000 DROP DATABASE", "DROP DATABASE")) or \
+                head.startswith("/*!32312 IF NOT EXISTS*/") or re.match(r"/\*!\d+ CREATE DATABASE", head):
+            raise DumpError("the dump names databases (USE / CREATE DATABASE: made with --databases or "
+                            "--all-databases); dump the one database instead: `" + DUMP_HOW + "`")
+        if head.startswith("DELIMITER") or re.search(r"\bCREATE\b.*\b(TRIGGER|PROCEDURE|FUNCTION|EVENT)\b", head[:200]):
+            raise DumpError("the dump holds triggers, routines or events, which Keystone's database has none of; "
+                            "dump the tables only: `" + DUMP_HOW + "`")
+        if re.search(r"SQL_LOG_BIN\s*=\s*0", head):
+            raise DumpError("the dump turns the binary log off (SET sql_log_bin=0), so Galera would replicate "
+                            "none of it; dump again without it: `" + DUMP_HOW + "`")
+        m = _CREATE.match(st.lstrip())
+        if m:
+            table = m.group(1)
+            tables.append(table)
+            if not re.search(r"^\s*PRIMARY KEY\s*\(", st, re.M):
+                raise DumpError(f"table {table} has no primary key, which Galera needs to replicate its rows; add "
+                                f"one in the source (ALTER TABLE {table} ADD PRIMARY KEY (...)) and dump again")
+            engine = _ENGINE.search(st)
+            if engine and engine.group(1).lower() != "innodb":
+                if engine.group(1).lower() not in _CONVERT_ENGINES:
+                    raise DumpError(f"table {table} uses ENGINE={engine.group(1)}, which Galera does not "
+                                    f"replicate; ALTER TABLE {table} ENGINE=InnoDB in the source and dump again")
+                notes.append(f"table {table}: ENGINE={engine.group(1)} converted to InnoDB (Galera replicates "
+                             "InnoDB only)")
+                st = st[:engine.start()] + "ENGINE=InnoDB" + st[engine.end():]
+        out.append(st)
+    missing = [t for t in _KEYSTONE_TABLES if t not in tables]
+    if missing:
+        raise DumpError(f"this is not a dump of Keystone's database (no table {', '.join(missing)}); dump the "
+                        "source's keystone database: `" + DUMP_HOW + "`")
+    return out, notes, tables
+
+
+def _read_dump(path):
+    """The dump's lines: from a file only root can read and write (it holds password hashes
+    and encrypted credentials), or stdin."""
+    if path is None:
+        return sys.stdin.read().splitlines(keepends=True)
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd) as fh:
+        st = os.fstat(fd)
+        if st.st_uid != 0 or st.st_mode & 0o077:
+            raise DumpError(f"--dump {path}: must be root's alone (owner uid {st.st_uid}, mode "
+                            f"{stat.S_IMODE(st.st_mode):04o}): chown root {path} && chmod 0600 {path}, or pipe it on "
+                            "stdin")
+        return fh.read().splitlines(keepends=True)
+
+
+def identity_counts(cur):
+    """{what: count} of the identity data in the connected database ({} when it has no tables)."""
+    cur.execute("SHOW TABLES")
+    present = {row[0] for row in cur.fetchall()}
+    counts = {}
+    for what, query in _IDENTITY_COUNTS:
+        table = query.split(" FROM ")[1].split()[0]
+        if table in present:
+            cur.execute(query)
+            counts[what] = int(cur.fetchone()[0])
+    return counts
+
+
+def cmd_import_db(args, connect=None, manage=None):
+    t0 = time.monotonic()
+    try:
+        statements, notes, tables = prepare_dump(_read_dump(args.dump))
+    except (DumpError, OSError) as exc:
+        print(f"keystone-node: refused: {exc} (nothing was changed)", file=sys.stderr)
+        return 2
+    conn = (connect or db_connect)()
+    try:
+        with conn.cursor() as cur:
+            counts = identity_counts(cur)
+            held = {k: v for k, v in counts.items() if v}
+            if held and not args.replace:
+                print("keystone-node: refused: the keystone database already holds identity data ("
+                      + ", ".join(f"{v} {k}" for k, v in held.items()) + "); give --replace to drop every "
+                      "table of it and load the dump instead (nothing was changed)", file=sys.stderr)
+                return 2
+            cur.execute("SET SESSION foreign_key_checks = 0")
+            cur.execute("SHOW TABLES")
+            dropped = [row[0] for row in cur.fetchall()]
+            for table in dropped:
+                cur.execute(f"DROP TABLE IF EXISTS `{table}`")
+            t1 = time.monotonic()
+            for st in statements:
+                cur.execute(st.rstrip().rstrip(";"))
+            loaded = round(time.monotonic() - t1, 1)
+            cur.execute("SET SESSION foreign_key_checks = 1")
+            imported = identity_counts(cur)
+    finally:
+        conn.close()
+    t2 = time.monotonic()
+    (manage or _manage)("db_sync")
+    synced = round(time.monotonic() - t2, 1)
+    # The deployment's bootstrap never runs over the imported admin (bootstrap would reset
+    # its password and re-enable it): the import counts as the bootstrap.
+    marker = bootstrap_marker(connect)
+    if not marker:
+        node = facts()
+        record_bootstrap({"deployment": node.get("deployment", ""), "name": f"import:{node['name']}"[:64]}, connect)
+        marker = bootstrap_marker(connect)
+    for note in notes:
+        print(f"keystone-node: {note}", file=sys.stderr)
+    print(json.dumps({"imported": imported, "tables": len(tables), "statements": len(statements),
+                      "replaced_tables": len(dropped), "converted": len(notes), "load_s": loaded, "db_sync_s": synced,
+                      "bootstrap_marker": marker, "seconds": round(time.monotonic() - t0, 1),
+                      "next": "keystone-node flush-cache on one Keystone node of every region"}))
+    return 0
+
+
+def memcache_servers():
+    import configparser
+    conf = configparser.ConfigParser(interpolation=None)
+    with os.fdopen(os.open(CONFIG, os.O_RDONLY | os.O_NOFOLLOW)) as fh:
+        conf.read_file(fh)
+    return [s.strip() for s in conf.get("cache", "memcache_servers", fallback="").split(",") if s.strip()]
+
+
+def cmd_flush_cache(args):
+    """flush_all on every memcached server of keystone.conf: after an import, what this
+    region's Keystone cached from the replaced database goes."""
+    import socket
+    results, failed = {}, 0
+    for server in memcache_servers():
+        host, _, port = server.rpartition(":")
+        try:
+            with socket.create_connection((host, int(port)), timeout=5) as s:
+                s.sendall(b"flush_all\r\n")
+                answer = s.recv(64).decode(errors="replace").strip()
+        except OSError as exc:
+            answer = f"unreachable ({exc})"
+        results[server] = answer
+        failed += answer != "OK"
+    print(json.dumps({"flushed": results}))
+    return 1 if failed else 0
 
 
 def cmd_key_check(args):
@@ -615,7 +834,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="keystone-node", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("prepare", "key-digest", "key-check"):
+    for name in ("prepare", "key-digest", "key-check", "flush-cache"):
         sub.add_parser(name)
     for name in ("bootstrap", "wait-ready", "credential-migrate"):
         p = sub.add_parser(name)
@@ -626,8 +845,16 @@ def main(argv=None):
                    help="install even a repository the checks refuse (a skipped rotation, more than one "
                         "rotation back, credentials still encrypted with a dropped key); says on stderr "
                         "what it overrode and which checks it skipped")
+    p.add_argument("--import-digest", action="append", metavar="REPOSITORY=SHA256",
+                   help="accept this repository wholesale although its primary was never staged here, if its "
+                        "digest is SHA256: the keys of a Keystone moved in (the stack passes it while its "
+                        "importedKeys config is set)")
+    p = sub.add_parser("import-db", help="load an existing Keystone's database dump (stdin or --dump FILE)")
+    p.add_argument("--dump", help="the dump as a file only root can read (default: stdin)")
+    p.add_argument("--replace", action="store_true",
+                   help="drop every table of the keystone database first, although it holds identity data")
     args = parser.parse_args(argv)
-    return {"prepare": cmd_prepare, "bootstrap": cmd_bootstrap, "wait-ready": cmd_wait_ready,
+    return {"prepare": cmd_prepare, "import-db": cmd_import_db, "flush-cache": cmd_flush_cache, "bootstrap": cmd_bootstrap, "wait-ready": cmd_wait_ready,
             "install-keys": cmd_install_keys, "key-check": cmd_key_check,
             "credential-migrate": cmd_credential_migrate,
             "key-digest": cmd_key_digest}[args.command](args)

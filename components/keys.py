@@ -22,7 +22,7 @@ import pulumi_command as command
 
 from keystone_multiregion import keys
 from keystone_multiregion.roles.keystone import install_keys_command
-from keystone_multiregion.secrets import require_key_repositories
+from keystone_multiregion.secrets import IMPORTED_KEY_DIGESTS, require_key_repositories
 
 
 @dataclass(frozen=True)
@@ -72,9 +72,12 @@ def key_push(node_name: str, connection: command.remote.ConnectionArgs, secrets:
         lambda s: require_key_repositories(s, source="the shared stack's secrets"))
     stdin = pulumi.Output.secret(repos.apply(keys.payload))
     expected = repos.apply(keys.digests)  # digests of keys: not secret
+    # With imported keys (the shared stack's importedKeys), the nodes may take those wholesale.
+    line = pulumi.Output.unsecret(pulumi.Output.from_input(secrets).apply(
+        lambda s: install_keys_command((s or {}).get(IMPORTED_KEY_DIGESTS))))  # digests: not secret
     cmd = command.remote.Command(
         f"keys-{node_name}", connection=connection,
-        create=install_keys_command(), update=install_keys_command(), stdin=stdin,
+        create=line, update=line, stdin=stdin,
         triggers=[instance_id], opts=opts)
     digests = pulumi.Output.all(cmd.stdout, expected).apply(lambda a: verify_digests(node_name, a[0], a[1]))
     return cmd, digests

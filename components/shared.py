@@ -7,9 +7,10 @@ import pulumi_random as random
 import pulumi_tls as tls
 
 from keystone_multiregion.certificates import CA_RENEWAL_HOURS, CA_VALIDITY_HOURS
-from keystone_multiregion.keys import CREDENTIAL_MAX_ACTIVE, repository
-from keystone_multiregion.secrets import (BACKUP_STORE, BACKUP_STORE_FIELDS, CA_CERT, KEY_REPOSITORIES, PUBLIC_CA_CERT,
-                                          SECRETS)
+from keystone_multiregion.keys import CREDENTIAL_MAX_ACTIVE, digests, imported_repository, repository
+from keystone_multiregion.migration import ROTATIONS
+from keystone_multiregion.secrets import (BACKUP_STORE, BACKUP_STORE_FIELDS, CA_CERT, IMPORTED_KEY_DIGESTS,
+                                          KEY_REPOSITORIES, PUBLIC_CA_CERT, SECRETS)
 from keystone_multiregion.topology import Topology
 
 # The shared stack's config key holding the object store's credentials for the backups.
@@ -47,7 +48,7 @@ class SharedSecrets(pulumi.ComponentResource):
 
     def __init__(self, name: str, deployment: str, fernet_rotations: int = 0, max_active_keys: int = 5,
                  credential_rotations: int = 0, backup_store: pulumi.Input[dict] | None = None,
-                 opts: pulumi.ResourceOptions | None = None):
+                 imported_keys: dict | None = None, opts: pulumi.ResourceOptions | None = None):
         super().__init__("keystone-multiregion:shared:SharedSecrets", name, None, opts)
         values = {}
         for secret, (length, purpose) in SECRETS.items():
@@ -70,9 +71,23 @@ class SharedSecrets(pulumi.ComponentResource):
                                        opts=pulumi.ResourceOptions(parent=self, protect=True)).base64
                     for i in range(rotations + 2)]
             # Fernet keys are URL-safe base64 of 32 random bytes.
-            values[repo] = pulumi.Output.all(*keys).apply(
-                lambda ks, r=rotations, m=max_active: repository([k.replace("+", "-").replace("/", "_") for k in ks],
-                                                                 r, m))
+            if imported_keys is None:
+                values[repo] = pulumi.Output.all(*keys).apply(
+                    lambda ks, r=rotations, m=max_active: repository(
+                        [k.replace("+", "-").replace("/", "_") for k in ks], r, m))
+            else:
+                # Moving an existing Keystone in (migration.py: importedKeys, checked by the
+                # program): its repositories exactly, then rotated on from them; the keys staged
+                # by those rotations come from the sequence above, past the ones already used
+                # (the sequence stays declared: its keys are protected).
+                base = imported_keys[ROTATIONS[repo]]
+                values[repo] = pulumi.Output.all(*keys).apply(
+                    lambda ks, r=rotations, m=max_active, b=base, imp=imported_keys[repo]: imported_repository(
+                        imp, [k.replace("+", "-").replace("/", "_") for k in ks[b + 2:]], r - b, m))
+        if imported_keys is not None:
+            # The region stacks' key push lets the nodes take exactly these wholesale
+            # (keystone-node install-keys --import-digest): their primary was never staged there.
+            values[IMPORTED_KEY_DIGESTS] = digests({repo: imported_keys[repo] for repo in KEY_REPOSITORIES})
         # A development CA for the public endpoints of regions without a real certificate:
         # every region's proxies trust it to verify the others (their backup servers).
         dev_key, dev_ca = self._ca("public-dev-ca", f"{deployment} public endpoints (development CA)")

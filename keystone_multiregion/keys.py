@@ -69,3 +69,26 @@ def digests(repos: Mapping[str, Mapping[str, str]]) -> dict[str, str]:
     """{repository: digest}: what `keystone-node install-keys` and `key-digest` print for a
     node holding `repos` (the stack compares them after every push)."""
     return {repo: digest(keys) for repo, keys in sorted(repos.items())}
+
+
+# -- a repository imported from an existing Keystone (moving it in) ----------------------
+def imported_repository(imported: Mapping[str, str], new_keys: list[str], rotations: int,
+                        max_active: int) -> dict[str, str]:
+    """The repository after `rotations` rotations of an imported one, as Keystone's own
+    fernet_rotate would make them: the staged key "0" becomes the next-numbered primary,
+    new_keys[i] is the key staged by rotation i+1, and the oldest keys beyond max_active go.
+    With no rotation it is the imported repository exactly: its primary stays primary."""
+    if rotations < 0:
+        raise ValueError("rotations must be 0 or more")
+    if len(new_keys) < rotations:
+        raise ValueError(f"{rotations} rotations of imported keys need {rotations} new keys, got {len(new_keys)}")
+    if max_active < 3:
+        raise ValueError("max_active must be at least 3 (staged, primary, and the previous primary)")
+    repo = {str(k): v for k, v in imported.items()}
+    top = max(int(n) for n in repo)
+    for i in range(rotations):
+        repo[str(top + i + 1)] = repo["0"]
+        repo["0"] = new_keys[i]
+        for n in sorted((int(n) for n in repo if n != "0"), reverse=True)[max_active - 1:]:
+            del repo[str(n)]
+    return repo

@@ -89,18 +89,21 @@ def _secret_files(topo: Topology, node: Node, needed: dict) -> list[File]:
     return files
 
 
-def install_keys_argv() -> list[str]:
+def install_keys_argv(import_digests: dict[str, str] | None = None) -> list[str]:
     """How the key repositories reach a Keystone node: this command, run as root on the node
     with the payload (keys.payload) on stdin. The region stack runs it over SSH on every
     push (components/keys.py); the lab runs the very same argv in the node's namespace.
-    It waits (bounded) until cloud-init has prepared the node."""
-    return ["python3", KEYSTONE_NODE_TOOL, "install-keys", "--timeout", "1800"]
+    It waits (bounded) until cloud-init has prepared the node. import_digests ({repository:
+    digest}, while the shared stack holds importedKeys): the node accepts exactly those
+    repositories wholesale, although their primary was never staged on it."""
+    extra = [f"--import-digest={repo}={digest}" for repo, digest in sorted((import_digests or {}).items())]
+    return ["python3", KEYSTONE_NODE_TOOL, "install-keys", "--timeout", "1800", *extra]
 
 
-def install_keys_command() -> str:
+def install_keys_command(import_digests: dict[str, str] | None = None) -> str:
     """install_keys_argv as the SSH command line (the login user has passwordless sudo, as
     the cloud images' default user does)."""
-    return "sudo " + shlex.join(install_keys_argv())
+    return "sudo " + shlex.join(install_keys_argv(import_digests))
 
 
 def _cloud_config(topo: Topology, node: Node, doc: dict) -> None:
