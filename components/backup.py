@@ -33,7 +33,7 @@ def backup_container(topo: Topology, region: str, opts: pulumi.ResourceOptions) 
     """The region's backup container, or None (no backup: in the topology, or a witness
     region, which holds no data)."""
     r = topo.region(region)
-    if topo.backup is None or r.witness:
+    if topo.backup is None or not r.core:  # a witness or a replica region holds no Galera member
         return None
     return openstack.objectstorage.Container(
         f"backup-{region}", name=topo.backup.container(region), region=r.openstack_region,

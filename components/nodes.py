@@ -17,10 +17,11 @@ from .certificates import signed_certificate
 from .keys import SshAccess, key_push
 from .push import file_push
 from keystone_multiregion.secrets import CA_CERT, KEY_ROLES, PUSH_ROLES, TLS_ROLES, role_has_secrets
-from keystone_multiregion.topology import ARBITRATOR, Node, Topology
+from keystone_multiregion.topology import ARBITRATOR, REPLICA, Node, Topology
 
-# Roles whose VMs hold state: never replaced because their cloud-init changed.
-STATEFUL_ROLES = ("galera", ARBITRATOR)
+# Roles whose VMs hold state: never replaced because their cloud-init changed. A replica
+# holds a copy of the database on its volume (seeded once, replicating since).
+STATEFUL_ROLES = ("galera", ARBITRATOR, REPLICA)
 
 
 @dataclass

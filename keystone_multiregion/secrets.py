@@ -30,6 +30,7 @@ SECRETS: dict[str, tuple[int, str]] = {
     "galera_root_password": (32, "root on every MariaDB node (local socket only)"),
     "galera_sst_password": (32, "the mariabackup SST user between Galera donors and joiners"),
     "keystone_db_password": (32, "Keystone's database user"),
+    "galera_replication_password": (32, "the replication user replica regions' replicas connect to the core with"),
     "keystone_admin_password": (32, "the Keystone bootstrap admin user"),
     # keepalived's PASS authentication uses at most 8 characters.
     "vrrp_password": (8, "VRRP authentication between the proxies of a region"),
@@ -50,14 +51,18 @@ PUBLIC_CA_CERT = "public_ca_cert"
 # gets TLS credentials, has its user_data marked secret.
 ROLE_SECRETS: dict[str, tuple[str, ...]] = {
     # The Galera node that starts the cluster creates Keystone's database user.
-    "galera": ("galera_root_password", "galera_sst_password", "keystone_db_password"),
+    "galera": ("galera_root_password", "galera_sst_password", "keystone_db_password",
+               "galera_replication_password"),
+    # A replica creates Keystone's (read-only) account itself and replicates with the
+    # replication account.
+    "replica": ("galera_root_password", "keystone_db_password", "galera_replication_password"),
     "arbitrator": (),
     "keystone": ("keystone_db_password", "keystone_admin_password"),
     "memcached": (),
     "proxy": ("vrrp_password",),
 }
 # Roles that speak Galera's replication protocol, which crosses the WAN: TLS everywhere.
-TLS_ROLES = ("galera", "arbitrator")
+TLS_ROLES = ("galera", "arbitrator", "replica")
 # Database clients that verify the Galera nodes' certificates (the CA, no key of their own).
 DB_CLIENT_TLS_ROLES = ("keystone",)
 

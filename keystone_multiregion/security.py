@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .topology import ARBITRATOR, Topology
+from .topology import ARBITRATOR, REPLICA, Topology
 
 # Ports, in one place. Galera's from the source design: client, replication (tcp and
 # udp), IST and SST.
@@ -34,7 +34,8 @@ PORTS = {
     "galera_replication": 4567,
     "galera_ist": 4568,
     "galera_sst": 4444,
-    # DB-aware health check (Synced and Primary) that the internal proxy asks.
+    # DB-aware health check (Synced and Primary) that the internal proxy asks; on a replica
+    # (agents/replica-node.py health-server) the same port: replicating, read-only.
     "galera_health": 9200,
     "keystone": 5000,
     "memcached": 11211,
@@ -83,8 +84,15 @@ class FromGroup:
 
 def security_groups(topo: Topology, region: str) -> tuple[str, ...]:
     """The roles that get a security group in this region: those with nodes there."""
-    return tuple(role for role in ("proxy", "galera", "keystone", "memcached", ARBITRATOR)
+    return tuple(role for role in ("proxy", "galera", "keystone", "memcached", ARBITRATOR, REPLICA)
                  if topo.nodes(region, role))
+
+
+def replicas_of(topo: Topology, region: str) -> tuple:
+    """The replicas (of every replica region) that replicate from this region's Galera nodes:
+    each may seed from and replicate from any of its sources (its fallbacks included)."""
+    return tuple(n for n in topo.nodes(role=REPLICA)
+                 if any(s.region == region for s in topo.replica_sources(n)))
 
 
 def _remotes(topo: Topology, region: str, nodes) -> list:
@@ -127,15 +135,27 @@ def security_rules(topo: Topology, region: str) -> tuple[Rule, ...]:
     # IST and SST only between data nodes of every region.
     # The proxies' database frontends keep other regions' Galera nodes as their last backups,
     # so every region's proxies may reach MySQL and the health check.
-    proxies = _remotes(topo, region, topo.nodes(role="proxy"))
+    # A replica region's proxies never reach the core's database: their frontend serves the
+    # region's own replicas (roles/proxy.py).
+    proxies = _remotes(topo, region, [p for p in topo.nodes(role="proxy") if topo.region(p.region).core])
     allow("galera", "tcp", PORTS["mysql"], proxies + [p for p in galera_peers if p not in proxies],
           "MySQL from the proxies and Galera peers")
+    # Asynchronous replication (and the replica's seeding dump) from the replica regions'
+    # replicas that name this region among their sources: MySQL's port, nothing else.
+    allow("galera", "tcp", PORTS["mysql"], _remotes(topo, region, replicas_of(topo, region)),
+          "MariaDB replication from replica regions' replicas")
     allow("galera", "tcp", PORTS["galera_replication"], voters, "Galera replication")
     allow("galera", "udp", PORTS["galera_replication"], voters, "Galera replication (multicast/udp)")
     allow("galera", "tcp", PORTS["galera_ist"], galera_peers, "Galera IST")
     allow("galera", "tcp", PORTS["galera_sst"], galera_peers, "Galera SST")
     allow("galera", "tcp", PORTS["galera_health"], proxies, "Galera health check from the proxies")
     allow("galera", "tcp", PORTS["mysqld_exporter"], [topo.monitoring.cidr], "Prometheus: mysqld_exporter")
+
+    # A replica: its region's proxies (the database frontend and its health check), Prometheus.
+    local_proxies = [FromGroup("proxy")] if topo.nodes(region, "proxy") else []
+    allow(REPLICA, "tcp", PORTS["mysql"], local_proxies, "MySQL from the local proxies")
+    allow(REPLICA, "tcp", PORTS["galera_health"], local_proxies, "replica health check from the local proxies")
+    allow(REPLICA, "tcp", PORTS["mysqld_exporter"], [topo.monitoring.cidr], "Prometheus: mysqld_exporter")
 
     if topo.nodes(region, ARBITRATOR):
         allow(ARBITRATOR, "tcp", PORTS["galera_replication"], galera_peers, "Galera replication")

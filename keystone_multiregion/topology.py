@@ -19,6 +19,7 @@ node never moves its neighbours.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import re
@@ -31,12 +32,22 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 # Roles that run on VMs in every region, in the order their address blocks are laid out.
 ROLES = ("proxy", "galera", "keystone", "memcached")
 ARBITRATOR = "arbitrator"
+# The database nodes of a replica region: MariaDB asynchronous replicas of the core's Galera
+# cluster (never members, never voters). A role of its own, not "galera" with a flag, so every
+# place that means "a Galera member" (peers, votes, security groups, backups, the lab's
+# Galera layer, recover-plan) leaves them out without being told. They take the address
+# block of the galera role, which a replica region does not use: the address plan (and the
+# smallest CIDR) stays what it was.
+REPLICA = "replica"
 # Address blocks inside a region's CIDR, in this order, each `block_size` long.
 ADDRESS_BLOCKS = ("vip",) + ROLES + (ARBITRATOR,)
 
 # Fewest nodes per role in each region: two proxies so one can die and keepalived moves
 # its VRRP addresses to the other; at least one of every other role.
-MIN_COUNTS = {"proxy": 2, "galera": 1, "keystone": 1, "memcached": 1}
+MIN_COUNTS = {"proxy": 2, "galera": 1, "keystone": 1, "memcached": 1,
+              # Two replicas, each fed by a core node in a different core region: one source
+              # region (or one replica) lost leaves the region reading.
+              REPLICA: 2}
 
 # Defaults of each role, merged setting by setting under `defaults.<role>` (every region)
 # and a region's own `roles.<role>` (that region only). The other defaults are the schema's
@@ -48,6 +59,8 @@ DEFAULT_ROLES: dict[str, dict[str, Any]] = {
     "keystone": {"count": 3, "flavor": "m1.medium", "vcpus": 2},
     # The source design: one memcached thread per core, 512 MB (see the memcached layer).
     "memcached": {"count": 3, "flavor": "m1.small", "vcpus": 1},
+    # A replica holds the whole database like a Galera node (same flavor and volume).
+    REPLICA: {"count": 2, "flavor": "m1.large", "vcpus": 4, "volume_gb": 20},
 }
 DEFAULT_ARBITRATOR = {"flavor": "m1.small", "vcpus": 1}
 
@@ -104,6 +117,8 @@ class RolesIn(_Schema):
     galera: RoleIn | None = _role_field("galera")
     keystone: RoleIn | None = _role_field("keystone")
     memcached: RoleIn | None = _role_field("memcached")
+    # A replica region's database nodes (asynchronous replicas; only with replica: true).
+    replica: RoleIn | None = _role_field(REPLICA)
 
 
 class ArbitratorSettingsIn(_Schema):
@@ -139,6 +154,7 @@ class DefaultsIn(_Schema):
     galera: RoleIn | None = _role_field("galera")
     keystone: RoleIn | None = _role_field("keystone")
     memcached: RoleIn | None = _role_field("memcached")
+    replica: RoleIn | None = _role_field(REPLICA)
     arbitrator: ArbitratorSettingsIn | None = _fix(
         "write the arbitrator's settings as a mapping, e.g. arbitrator: {flavor: m1.small}", None)
 
@@ -161,6 +177,13 @@ class RegionIn(_Schema):
     openstack_region: str | None = _fix("name the cloud's region, e.g. openstack_region: RegionOne", None)
     # A witness site hosts only the Galera arbitrator.
     witness: bool = _fix("write witness: true for a site that only hosts the arbitrator", False)
+    # A replica region: Keystone, memcached and proxies on asynchronous replicas of the core's
+    # cluster (roles.replica), no Galera members; its proxies send writes to a core region.
+    replica: bool = _fix("write replica: true for a region that reads from asynchronous replicas of the core "
+                         "and sends writes to a core region", False)
+    # The core regions its replicas replicate from, in order (default: every core region).
+    sources: list[str] | None = _fix("list two or more core regions (no replica: true, no witness: true) by "
+                                     "name, e.g. sources: [region-a, region-b]", None)
 
 
 class GaleraIn(_Schema):
@@ -341,6 +364,15 @@ class Region:
     # A witness site hosts only the Galera arbitrator: the third vote of a two-region
     # deployment. No proxies, Keystone, memcached or Galera data nodes there.
     witness: bool = False
+    # A replica region (README "Replica regions"): its database nodes are role REPLICA,
+    # replicating from the Galera nodes of `sources` (core regions, in order).
+    replica: bool = False
+    sources: tuple[str, ...] = ()
+
+    @property
+    def core(self) -> bool:
+        """A region with Galera members (neither a witness nor a replica region)."""
+        return not self.witness and not self.replica
 
     @property
     def network(self) -> ipaddress.IPv4Network:
@@ -515,6 +547,27 @@ class Topology:
     def votes_of(self, region: str) -> int:
         return sum(n.weight for n in self.galera_members if n.region == region)
 
+    def replica_sources(self, node: Node) -> tuple[Node, ...]:
+        """The core Galera nodes a replica replicates from, in the order it tries them: the
+        first is its source, the others its fallbacks (agents/replica-node.py switch).
+
+        Deterministic: replica n of a region with source regions S (k of them) starts in
+        S[(n-1) mod k], then the next source regions in turn, so neighbouring replicas
+        replicate from different regions. Inside each region, its Galera nodes rotated by
+        (n-1) // k, so two replicas of the same region on the same source region spread
+        over its nodes too."""
+        region = self.region(node.region)
+        sources = region.sources
+        k = len(sources)
+        start = (node.number - 1) % k
+        shift = (node.number - 1) // k
+        out: list[Node] = []
+        for name in sources[start:] + sources[:start]:
+            members = self.nodes(name, "galera")
+            s = shift % len(members)
+            out += members[s:] + members[:s]
+        return tuple(out)
+
     def dhcp_pool(self, region: str) -> tuple[str, str]:
         net = self.region(region).network
         start = self.first_offset + len(ADDRESS_BLOCKS) * self.block_size
@@ -635,8 +688,9 @@ def _given(model: BaseModel | None, *without: str) -> dict[str, Any]:
 def _role_spec(role: str, spec: Mapping[str, Any], where: str) -> RoleSpec:
     # By hand: the smallest count depends on the role, and the message says why.
     minimum = MIN_COUNTS[role]
-    why = ("two proxies are needed so a VRRP address survives the loss of one"
-           if role == "proxy" else f"every region runs at least one {role} node")
+    why = {"proxy": "two proxies are needed so a VRRP address survives the loss of one",
+           REPLICA: "a replica region reads from two replicas at least, fed from two core regions"
+           }.get(role, f"every region runs at least one {role} node")
     if spec["count"] < minimum:
         raise TopologyError(f"{where}.count", f"{spec['count']} is below the minimum of {minimum}",
                             f"set it to {minimum} or more ({why})")
@@ -644,7 +698,7 @@ def _role_spec(role: str, spec: Mapping[str, Any], where: str) -> RoleSpec:
         raise TopologyError(f"{where}.weight", f"a {role} node has no vote",
                             "remove weight: it is the vote of a Galera node (roles.galera.weight)")
     return RoleSpec(role=role, count=spec["count"], flavor=spec["flavor"], vcpus=spec["vcpus"],
-                    volume_gb=spec["volume_gb"] if role == "galera" else 0,
+                    volume_gb=spec["volume_gb"] if role in ("galera", REPLICA) else 0,
                     weight=spec.get("weight", 1) if role == "galera" else 0)
 
 
@@ -662,7 +716,7 @@ def load_topology(data: Mapping[str, Any]) -> Topology:
                             "use 2-32 lower-case letters, digits and dashes, starting with a letter")
     d = spec.defaults
     role_defaults: dict[str, dict[str, Any]] = {}
-    for role in ROLES:
+    for role in ROLES + (REPLICA,):
         role_defaults[role] = {**DEFAULT_ROLES[role], **_given(getattr(d, role))}
         if getattr(d, role) is not None:
             _role_spec(role, role_defaults[role], f"defaults.{role}")  # the error names defaults, not a region
@@ -706,7 +760,7 @@ def load_topology(data: Mapping[str, Any]) -> Topology:
                 raise TopologyError(f"{where}.cidr", f"{net} overlaps regions[{j}].cidr {other}",
                                     "give every region its own non-overlapping range")
         nets.append((net, i))
-        roles_given = [role for role in ROLES if getattr(r.roles, role) is not None]
+        roles_given = [role for role in ROLES + (REPLICA,) if getattr(r.roles, role) is not None]
         if r.witness and roles_given:
             raise TopologyError(f"{where}.roles", "is set on a witness region",
                                 "remove it: a witness region runs only the arbitrator")
@@ -725,12 +779,18 @@ def load_topology(data: Mapping[str, Any]) -> Topology:
                                 f"{host!r} is also the public_hostname of regions[{seen_hosts[host]}]",
                                 "give every region its own endpoint name")
         seen_hosts[host] = i
+        _check_replica_flags(r, where)
         if r.witness:
-            roles = {role: RoleSpec(role=role, count=0, flavor="-", vcpus=1) for role in ROLES}
+            roles = {role: RoleSpec(role=role, count=0, flavor="-", vcpus=1) for role in ROLES + (REPLICA,)}
         else:
+            # A replica region's database nodes are replicas (its galera count is 0); a core
+            # region has no replicas.
+            db_role, no_role = ("galera", REPLICA) if not r.replica else (REPLICA, "galera")
             roles = {role: _role_spec(role, {**role_defaults[role], **_given(getattr(r.roles, role))},
                                       f"{where}.roles.{role}")
-                     for role in ROLES}
+                     for role in ROLES + (REPLICA,) if role != no_role}
+            roles[no_role] = RoleSpec(role=no_role, count=0, flavor="-", vcpus=1)
+            roles = {role: roles[role] for role in ROLES + (REPLICA,)}
         # By hand: the address plan must fit the region's CIDR.
         for role, rs in roles.items():
             if rs.count > block_size:
@@ -748,7 +808,8 @@ def load_topology(data: Mapping[str, Any]) -> Topology:
                     if r.existing_network is not None else None)
         regions.append(Region(name=r.name, index=r.index, cidr=str(net), external_network=r.external_network,
                               public_hostname=host, roles=roles, existing_network=existing,
-                              openstack_region=r.openstack_region or r.name, witness=r.witness))
+                              openstack_region=r.openstack_region or r.name, witness=r.witness,
+                              replica=r.replica, sources=tuple(r.sources or ())))
 
     boot = spec.bootstrap_region
     if boot not in seen_names:
@@ -771,6 +832,7 @@ def load_topology(data: Mapping[str, Any]) -> Topology:
     if boot in [r.name for r in regions if r.witness]:
         raise TopologyError("bootstrap_region", f"{boot!r} is a witness region, which holds no data",
                             "bootstrap from a region with Galera nodes")
+    regions = _check_replica_regions(regions, boot, arbitrator)
     galera = _galera_settings(spec.galera)
     keystone = _keystone_settings(spec.keystone)
     nodes = _compute_nodes(regions, arbitrator, first_offset, block_size)
@@ -881,6 +943,76 @@ def _keystone_settings(k: KeystoneIn) -> KeystoneSettings:
     return KeystoneSettings(**k.model_dump())
 
 
+def _check_replica_flags(r: RegionIn, where: str) -> None:
+    """By hand: what a region's replica, witness, sources and roles say together."""
+    if r.replica and r.witness:
+        raise TopologyError(f"{where}.replica", "is set on a witness region",
+                            "a region is a witness (only the arbitrator) or a replica region, not both: "
+                            "remove one of them")
+    if r.sources is not None and not r.replica:
+        raise TopologyError(f"{where}.sources", "is set on a region that is not a replica region",
+                            "remove sources, or set replica: true (a core region's Galera nodes are members, "
+                            "not replicas)")
+    if r.replica and r.roles.galera is not None:
+        raise TopologyError(f"{where}.roles.galera", "is set on a replica region, which has no Galera members",
+                            "give its database nodes as roles.replica, e.g. replica: {count: 2}")
+    if not r.replica and not r.witness and r.roles.replica is not None:
+        raise TopologyError(f"{where}.roles.replica", "is set on a core region",
+                            "remove it (a core region's database nodes are roles.galera), or set replica: true")
+
+
+def _check_replica_regions(regions: list[Region], boot: str, arbitrator: Arbitrator | None) -> list[Region]:
+    """By hand: replica regions need two core regions to replicate from, are never the bootstrap
+    or the arbitrator's region, and name only core regions as sources. Returns the regions
+    with every replica region's sources resolved (default: every core region, in ring order
+    after the replica region, so different replica regions start on different core regions)."""
+    replicas = [(i, r) for i, r in enumerate(regions) if r.replica]
+    if not replicas:
+        return regions
+    core = [r.name for r in regions if r.core]
+    names = [r.name for r in regions]
+    first = replicas[0][0]
+    if len(core) < 2:
+        raise TopologyError(f"regions[{first}].replica",
+                            f"a replica region needs two core regions to replicate from, the topology has "
+                            f"{len(core)} ({', '.join(core) or 'none'})",
+                            "add a core region (one without replica: true), or make this region a core region")
+    if boot in [r.name for _, r in replicas]:
+        raise TopologyError("bootstrap_region", f"{boot!r} is a replica region, which has no Galera node",
+                            f"bootstrap from a core region: one of {', '.join(core)}")
+    if arbitrator is not None and arbitrator.region in [r.name for _, r in replicas]:
+        raise TopologyError("arbitrator.region", f"{arbitrator.region!r} is a replica region",
+                            f"put the arbitrator in a core region ({', '.join(core)}) or a witness region: "
+                            "a replica region votes in nothing")
+    out = list(regions)
+    for i, r in replicas:
+        where = f"regions[{i}]"
+        if r.sources:
+            seen: set[str] = set()
+            for j, name in enumerate(r.sources):
+                if name not in names:
+                    raise TopologyError(f"{where}.sources[{j}]", f"{name!r} is not a region in this topology",
+                                        f"name core regions: {', '.join(core)}")
+                if name not in core:
+                    kind = "a witness" if regions[names.index(name)].witness else "a replica"
+                    raise TopologyError(f"{where}.sources[{j}]", f"{name!r} is {kind} region, not a core region",
+                                        f"replicate from core regions only: {', '.join(core)}")
+                if name in seen:
+                    raise TopologyError(f"{where}.sources[{j}]", f"{name!r} is listed twice",
+                                        "list each source region once")
+                seen.add(name)
+            if len(seen) < 2:
+                raise TopologyError(f"{where}.sources", f"names one core region ({r.sources[0]})",
+                                    "list two or more core regions, so the replicas are fed from different "
+                                    f"regions: e.g. sources: [{', '.join(core[:2])}]")
+            sources = tuple(r.sources)
+        else:
+            after = [n for n in names[i + 1:] + names[:i] if n in core]
+            sources = tuple(after)
+        out[i] = dataclasses.replace(r, sources=sources)
+    return out
+
+
 def _prefix_for(addresses: int) -> int:
     prefix = 32
     while (1 << (32 - prefix)) < addresses:
@@ -900,6 +1032,13 @@ def _compute_nodes(regions: Iterable[Region], arbitrator: Arbitrator | None,
                 nodes.append(Node(name=f"{role}-{r.name}-{n}", role=role, region=r.name, number=n,
                                   address=_host(net, base + n - 1), flavor=spec.flavor, vcpus=spec.vcpus,
                                   volume_gb=spec.volume_gb, weight=spec.weight))
+        # A replica region's replicas take the galera block (it has no Galera nodes).
+        spec = r.roles[REPLICA]
+        base = first_offset + ADDRESS_BLOCKS.index("galera") * block_size
+        for n in range(1, spec.count + 1):
+            nodes.append(Node(name=f"{REPLICA}-{r.name}-{n}", role=REPLICA, region=r.name, number=n,
+                              address=_host(net, base + n - 1), flavor=spec.flavor, vcpus=spec.vcpus,
+                              volume_gb=spec.volume_gb))
         if arbitrator and arbitrator.region == r.name:
             base = first_offset + ADDRESS_BLOCKS.index(ARBITRATOR) * block_size
             nodes.append(Node(name=f"{ARBITRATOR}-{r.name}-1", role=ARBITRATOR, region=r.name, number=1,

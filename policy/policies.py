@@ -56,10 +56,12 @@ CONTAINER = "openstack:objectstorage/container:Container"
 # The metadata key components/nodes.py puts on every VM, and the roles it writes there.
 ROLE_KEY = "keystone-multiregion-role"
 REGION_KEY = "keystone-multiregion-region"
-CONTROL_PLANE_ROLES = ("proxy", "galera", "keystone", "memcached", "arbitrator")
+CONTROL_PLANE_ROLES = ("proxy", "galera", "keystone", "memcached", "arbitrator", "replica")
+# Roles whose VMs hold the database: Galera members and a replica region's replicas.
+DATABASE_ROLES = ("galera", "replica")
 # Roles whose VMs hold state (components/nodes.py STATEFUL_ROLES; tests/test_policy.py
 # checks the two are the same): never rebuilt because their cloud-init changed.
-STATEFUL_ROLES = ("galera", "arbitrator")
+STATEFUL_ROLES = ("galera", "arbitrator", "replica")
 # The push of a node's files (components/push.py names it files-<node>); a node may have
 # other remote commands tied to the same VM (the Keystone key push, keys-<node>).
 FILES_PUSH_PREFIX = "files-"
@@ -553,7 +555,7 @@ def _instance_groups_by_name(view: StackView, inst: PolicyResource) -> dict[str,
 def check_galera_groups_not_public(view: StackView, report: ReportViolation) -> None:
     """No Galera node's security group is shared with the public-facing proxies."""
     instances = view.of_type(INSTANCE)
-    galera = [i for i in instances if view.role(i) == "galera"]
+    galera = [i for i in instances if view.role(i) in DATABASE_ROLES]
     if not galera:
         return
     unknown = []
@@ -606,7 +608,7 @@ def check_galera_volumes_protected(view: StackView, report: ReportViolation) -> 
     galera_volumes: dict[str, tuple[PolicyResource, str]] = {}
     instances = {i.urn: i for i in view.of_type(INSTANCE)}
     for inst in instances.values():
-        if view.role(inst) != "galera":
+        if view.role(inst) not in DATABASE_ROLES:
             continue
         devices = view.get(inst).get("blockDevices")
         values = ([UNKNOWN] if devices is UNKNOWN else
@@ -618,7 +620,7 @@ def check_galera_volumes_protected(view: StackView, report: ReportViolation) -> 
     for attach in view.of_type(VOLUME_ATTACH):
         props = view.get(attach)
         insts, _ = view.refs(attach, "instanceId", [props.get("instanceId")], INSTANCE)
-        if any(view.role(i) == "galera" for i in insts):
+        if any(view.role(i) in DATABASE_ROLES for i in insts):
             vols, _ = view.refs(attach, "volumeId", [props.get("volumeId")], VOLUME)
             for vol in vols:
                 galera_volumes[vol.urn] = (vol, f"attached to a Galera node by '{attach.name}'")

@@ -28,3 +28,11 @@ def five_regions() -> dict:
         data["regions"].append({"name": name, "index": i, "cidr": f"172.20.{i * 4}.0/22",
                                 "external_network": "ext-net", "public_hostname": f"keystone.{name}.example.net"})
     return data
+
+
+def with_replica_region(data: dict | None = None, **region) -> dict:
+    """The example (or `data`) plus a replica region, region-r, with the default two replicas."""
+    data = copy.deepcopy(data) if data is not None else example()
+    data["regions"].append({"name": "region-r", "index": 7, "cidr": "10.10.7.0/24", "external_network": "public",
+                            "public_hostname": "identity.region-r.example.com", "replica": True, **region})
+    return data

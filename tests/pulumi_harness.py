@@ -29,6 +29,7 @@ MOCK_SECRETS = {
     "galera_sst_password": "mock-sst-pw-2",
     "keystone_db_password": "mock-ksdb-pw-3",
     "keystone_admin_password": "mock-admin-pw-4",
+    "galera_replication_password": "mock-repl-pw-7",
     "galera_ca_cert": "mock-ca-cert\n",
     "vrrp_password": "mockvrrp",
     "fernet_keys": {"0": "mock-fernet-0", "1": "mock-fernet-1"},

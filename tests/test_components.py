@@ -762,3 +762,27 @@ def test_region_stack_without_the_backup_secrets_names_them(tmp_path):
                                     "public_dev_ca_key": MOCK_PUBLIC_DEV_CA_KEY})
     assert "backup_store is missing or incomplete" in str(info.value)
     assert "pulumi config set --secret --path 'backupStore.application_credential_id'" in str(info.value)
+
+
+def test_replica_region_stack_runs_replicas_on_protected_volumes(tmp_path):
+    from helpers import with_replica_region
+    path = tmp_path / "topology.yaml"
+    path.write_text(yaml.safe_dump(with_replica_region()))
+    run = run_program("region-r", {"region": "region-r", "topology": str(path)})
+    names = sorted(i.name for i in run.of_type(INSTANCE))
+    assert [n for n in names if "replica" in n or "galera" in n] == ["instance-replica-region-r-1",
+                                                                     "instance-replica-region-r-2"]
+    assert len(names) == 2 + 2 + 3 + 3  # replicas, proxies, keystone, memcached
+    replica = run.named("instance-replica-region-r-1")
+    assert replica.inputs["metadata"]["keystone-multiregion-role"] == "replica"
+    assert "replica-node" in replica.inputs["userData"] and "userData" in replica.secret_inputs
+    assert "wsrep" not in replica.inputs["userData"].split("99-keystone-multiregion.cnf")[1].split("path:")[0]
+    assert set(replica.ignore_changes) >= {"userData"}  # stateful: a rebuild would have to seed again
+    volumes = [v for v in run.of_type("openstack:blockstorage/volume:Volume")]
+    assert sorted(v.name for v in volumes) == ["volume-replica-region-r-1", "volume-replica-region-r-2"]
+    assert all(v.protect for v in volumes)
+    assert run.named("tls-csr-replica-region-r-2").inputs["ipAddresses"] == ["10.10.7.43"]
+    groups = sorted(g.name for g in run.of_type("openstack:networking/secGroup:SecGroup"))
+    assert "sg-replica-region-r" in groups and "sg-galera-region-r" not in groups
+    # No Galera member, so no backup container in a replica region.
+    assert run.of_type(CONTAINER) == []

@@ -22,13 +22,14 @@ from pathlib import Path
 
 import pytest
 
-from helpers import example, five_regions
+from helpers import example, five_regions, with_replica_region
 from keystone_multiregion import pki
 from keystone_multiregion.render import render_node
 from keystone_multiregion.roles.proxy import (FORWARDED_HEADER, HAPROXY_CFG, HAPROXY_DOWN_DIR, HAPROXY_DOWN_FILE,
                                               HAPROXY_DROPIN, KEEPALIVED_CONF, NODE_HEADER,
                                               PEER_CA, PROXY, PUBLIC_PEM, REGION_HEADER, STATS_SOCKET,
-                                              SYSTEM_CA_BUNDLE, galera_servers, keystone_backups, ring_after)
+                                              SYSTEM_CA_BUNDLE, galera_servers, keystone_backups, local_database,
+                                              ring_after)
 from keystone_multiregion.security import PORTS, remote_prefixes, security_rules
 from keystone_multiregion.topology import load_topology
 
@@ -50,7 +51,14 @@ def lab_topology() -> dict:
     return yaml.safe_load(LAB_TOPOLOGY.read_text())
 
 
-TOPOLOGIES = {"example": example, "five_regions": five_regions, "witness": witness_topology, "lab": lab_topology}
+def lab_replica_topology() -> dict:
+    import yaml
+    return yaml.safe_load((LAB_TOPOLOGY.parent / "topology-replica.yaml").read_text())
+
+
+TOPOLOGIES = {"example": example, "five_regions": five_regions, "witness": witness_topology, "lab": lab_topology,
+              # A replica region (#15): its proxies route writes to a core region.
+              "replica": with_replica_region, "lab_replica": lab_replica_topology}
 
 
 @pytest.fixture(scope="module", params=sorted(TOPOLOGIES))
@@ -265,9 +273,11 @@ def test_database_frontend_one_writer_then_backups_local_first(case):
         assert "mode tcp" in backend and "mode tcp" in cfg["frontend galera"]
         srv = servers(backend)
         writers = [s for s in srv if not s["backup"]]
-        local = topo.nodes(proxy.region, "galera")
+        # A replica region's database nodes are its replicas, and it never falls back to the core's.
+        local = local_database(topo, proxy.region)
         assert [(s["name"], s["host"], s["port"]) for s in writers] == [(local[0].name, local[0].address, 3306)]
-        expected = list(local) + [n for r in ring_after(topo, proxy.region) for n in topo.nodes(r, "galera")]
+        others = [] if topo.region(proxy.region).replica else ring_after(topo, proxy.region)
+        expected = list(local) + [n for r in others for n in topo.nodes(r, "galera")]
         assert [s["name"] for s in srv] == [n.name for n in expected]
         assert [s["name"] for s in srv] == [s["name"] for s in galera_servers(topo, proxy.region)]
         for s in srv:

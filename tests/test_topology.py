@@ -200,7 +200,7 @@ BAD = [
     ("misspelt setting",
      lambda d: d["regions"][0].update(cdir="10.0.0.0/24"),
      "topology: regions[0].cdir: is not a known setting; use one of cidr, existing_network, external_network, "
-     "index, name, openstack_region, public_hostname, roles, witness"),
+     "index, name, openstack_region, public_hostname, replica, roles, sources, witness"),
     ("project over the security group rule quota",
      lambda d: d.update(quotas={"security_group_rules": 60}),
      "topology: quotas.security_group_rules: region region-a needs 73 security group rules in its project (61 of "

@@ -33,7 +33,7 @@ def designated(topo: Topology, node: Node) -> bool:
 def target_regions(topo: Topology, region: str) -> list[str]:
     """Where a region's backups go: its own container, then the next region's that holds data
     (topology order, wrapping round); one region alone keeps one copy."""
-    data = [r.name for r in topo.regions if not r.witness]
+    data = [r.name for r in topo.regions if r.core]  # a replica region takes no backups
     i = data.index(region)
     return [region] + ([data[(i + 1) % len(data)]] if len(data) > 1 else [])
 
@@ -50,7 +50,7 @@ def plan(topo: Topology, node: Node) -> dict:
                     for r in target_regions(topo, node.region)],
         # Every region's container, for a restore from anywhere (galera-node restore --from).
         "containers": {r.name: {"container": b.container(r.name), "region_name": r.openstack_region}
-                       for r in topo.regions if not r.witness},
+                       for r in topo.regions if r.core},
         "full_interval_h": b.full_interval_h, "incremental_interval_h": b.incremental_interval_h,
         "keep_days": b.keep_days, "max_age_h": b.max_age_h,
     }

@@ -6,7 +6,7 @@ import ipaddress
 import json
 
 from ..security import PORTS
-from ..topology import ARBITRATOR, Node, Topology
+from ..topology import ARBITRATOR, REPLICA, Node, Topology
 from . import backup
 from .base import File, RoleLayer
 
@@ -97,13 +97,38 @@ def _tls_files(topo: Topology, node: Node, needed: dict) -> list[File]:
         # (through the internal proxies; the security groups admit only those).
         users = {"databases": ["keystone"],
                  "users": [{"name": "keystone", "password": needed["keystone_db_password"], "database": "keystone",
-                            "hosts": [_mysql_host_pattern(r.cidr) for r in topo.regions if not r.witness],
+                            "hosts": [_mysql_host_pattern(r.cidr) for r in topo.regions if r.core],
                             "require_ssl": True}],
                  # bootstrap-here asks each peer's server whether it runs a Primary component
                  # (3306 is open between Galera nodes) with this account, over verified TLS.
-                 "status_user": "keystone", "ssl_ca": TLS_PATHS["ca"]}
+                 "status_user": "keystone", "ssl_ca": TLS_PATHS["ca"],
+                 # The replica regions' replicas (agents/replica-node.py): one account, from
+                 # each replica's address only, REQUIRE SSL; it streams binary logs and
+                 # dumps the replicated databases once to seed a replica.
+                 "replication_users": replication_users(topo, needed)}
         files.append(File(DB_USERS, json.dumps(users, indent=2, sort_keys=True) + "\n", permissions="0600"))
     return files
+
+
+REPLICATION_USER = "replication"
+# What a replica needs of the core: the binary log stream, the GTID position, and a
+# consistent dump of the replicated databases (mariadb-dump --single-transaction needs no
+# RELOAD on MariaDB: no FLUSH TABLES WITH READ LOCK).
+REPLICATION_GLOBAL_PRIVILEGES = ("REPLICATION SLAVE", "BINLOG MONITOR")
+REPLICATION_DATABASE_PRIVILEGES = ("SELECT", "SHOW VIEW", "TRIGGER", "LOCK TABLES")
+REPLICATED_DATABASES = ("keystone",)
+
+
+def replication_users(topo: Topology, needed: dict) -> list[dict]:
+    """The replication account for DB_USERS (galera-node init-cluster creates it), or [] when
+    the topology has no replica region."""
+    replicas = topo.nodes(role=REPLICA)
+    if not replicas:
+        return []
+    return [{"name": REPLICATION_USER, "password": needed["galera_replication_password"],
+             "hosts": [n.address for n in replicas], "require_ssl": True,
+             "global_privileges": list(REPLICATION_GLOBAL_PRIVILEGES),
+             "databases": {db: list(REPLICATION_DATABASE_PRIVILEGES) for db in REPLICATED_DATABASES}}]
 
 
 def _mysql_host_pattern(cidr: str) -> str:

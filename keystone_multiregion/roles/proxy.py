@@ -39,7 +39,7 @@ file), and after two failed checks of the monitor URI when HAProxy runs but does
 from __future__ import annotations
 
 from ..security import PORTS
-from ..topology import Node, Topology, Vip
+from ..topology import REPLICA, Node, Topology, Vip
 from .base import File, RoleLayer
 
 HAPROXY_CFG = "/etc/haproxy/haproxy.cfg"
@@ -119,13 +119,72 @@ def backups_by_region(backups: list[dict]) -> list[dict]:
     return out
 
 
+def local_database(topo: Topology, region: str) -> tuple[Node, ...]:
+    """The region's own database nodes: its Galera nodes, or a replica region's replicas."""
+    return topo.nodes(region, REPLICA if topo.region(region).replica else "galera")
+
+
 def galera_servers(topo: Topology, region: str) -> list[dict]:
-    """Database servers in the order they take over: the first is the writer."""
-    nodes = list(topo.nodes(region, "galera"))
-    for other in ring_after(topo, region):
+    """Database servers in the order they take over: the first is the writer. A replica
+    region's are its own replicas only: Keystone there reads, and never writes to the core
+    behind the proxies' back (writes go to a core region's endpoint, WRITE_ROUTES)."""
+    nodes = list(local_database(topo, region))
+    for other in ([] if topo.region(region).replica else ring_after(topo, region)):
         nodes += topo.nodes(other, "galera")
     return [{"name": n.name, "address": n.address, "region": n.region, "backup": i > 0}
             for i, n in enumerate(nodes)]
+
+
+# Which requests a replica region's proxies send to a core region (its database is a read-only
+# replica). Every method that may write goes to the core, except the requests that only read
+# the database in the common case: token issue (Fernet tokens are not stored) and the EC2/S3
+# credential checks that issue one. Verified in Keystone 22's source (Debian 12's):
+# - POST /v3/auth/tokens writes nothing for a correct password, a token, TOTP or an
+#   application credential; it DOES write when a password is wrong (identity/backends/sql.py
+#   _record_failed_auth: local_user.failed_auth_count and failed_auth_at, whatever
+#   [security_compliance] says), on the next good password after one (_reset_failed_auth),
+#   for a trust with limited uses (trust consume_use), on a federated user's first login
+#   (shadow_federated_user), and with [security_compliance] disable_user_account_days_inactive
+#   (set_last_active_at; not set by this project). Those fail on a replica (read_only): the
+#   Keystone wrapper must send them to the core (README, replica regions: what is left).
+# - DELETE /v3/auth/tokens (revocation) writes a revocation event: to the core.
+# - GET, HEAD, OPTIONS read only: local (token validation never leaves the region).
+WRITE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
+LOCAL_WRITE_ROUTES = (
+    ("POST", r"^/v3/auth/tokens/?$"),
+    ("POST", r"^/v3/ec2tokens/?$"),
+    ("POST", r"^/v3/s3tokens/?$"),
+)
+# What a replica region answers for a write while no core region's endpoint is reachable.
+CORE_UNREACHABLE = ('{"error": {"code": 503, "title": "Service Unavailable", "message": "This region reads from '
+                    'replicas and sends changes to a core region, and no core region answers: it serves reads '
+                    '(token issue and validation) but refuses changes until a core region is reachable. Retry '
+                    'later, or make the change through the endpoint of a core region."}}')
+
+
+def core_servers(topo: Topology, region: str) -> list[dict]:
+    """A replica region's write backend: the core regions' public endpoints, its source
+    regions first (in their order), then the other core regions; one server per public VIP.
+    The first region's servers take the writes, the others are backups."""
+    r = topo.region(region)
+    order = list(r.sources) + [c.name for c in topo.regions if c.core and c.name not in r.sources]
+    out = []
+    for i, other in enumerate(order):
+        host = topo.region(other).public_hostname
+        for vip in topo.vips(other, "public"):
+            out.append({"name": vip.name, "address": vip.address, "hostname": host, "region": other,
+                        "backup": i > 0})
+    return out
+
+
+def write_routes(topo: Topology, region: str) -> dict | None:
+    """The write routing of a replica region's proxies (None in a core region)."""
+    if not topo.region(region).replica:
+        return None
+    return {"methods": list(WRITE_METHODS),
+            "local": [{"method": m, "path": p} for m, p in LOCAL_WRITE_ROUTES],
+            "core_servers": core_servers(topo, region),
+            "unreachable_body": CORE_UNREACHABLE}
 
 
 # How the proxies check the Galera nodes (port 9200): a node whose check fails `fall` times
@@ -161,7 +220,8 @@ def _context(topo: Topology, node: Node, needed: dict) -> dict:
         "keystone_backups": keystone_backups(topo, node.region),
         "keystone_backup_regions": backups_by_region(keystone_backups(topo, node.region)),
         "galera_servers": galera_servers(topo, node.region),
-        "local_galera": topo.nodes(node.region, "galera"),
+        "local_galera": local_database(topo, node.region),
+        "write_routes": write_routes(topo, node.region),
         "public_pem": PUBLIC_PEM,
         "peer_ca": PEER_CA if needed.get("public_ca_cert") else SYSTEM_CA_BUNDLE,
         "stats_socket": STATS_SOCKET,
