@@ -410,6 +410,28 @@ def cmd_start(args):
     return 0 if wait_ready(timeout=args.timeout) else 1
 
 
+def _accounts(user, grants):
+    """One database account per listed host, with its password and grants (each grant
+    "PRIVILEGES ON `db`", given on .*); hosts no longer listed lose theirs. Returns what it did."""
+    done = []
+    password = _quote(user["password"])
+    # Hosts no longer listed (a region removed from the topology) lose their account.
+    for (host,) in mysql(f"SELECT Host FROM mysql.user WHERE User = {_quote(user['name'])}"):
+        if host not in user["hosts"]:
+            mysql(f"DROP USER IF EXISTS {_quote(user['name'])}@{_quote(host)}")
+            done.append(f"dropped {user['name']}@{host}")
+    # Users whose connections may cross the WAN get in only over TLS.
+    require = " REQUIRE SSL" if user.get("require_ssl") else ""
+    for host in user["hosts"]:
+        account = f"{_quote(user['name'])}@{_quote(host)}"
+        mysql(f"CREATE USER IF NOT EXISTS {account} IDENTIFIED BY {password}{require}")
+        mysql(f"ALTER USER {account} IDENTIFIED BY {password}{require}")
+        for grant in grants:
+            mysql(f"GRANT {grant}.* TO {account}")
+        done.append(f"{user['name']}@{host}")
+    return done
+
+
 def cmd_init_cluster(args):
     sst = _quote(sst_password())
     mysql(f"CREATE USER IF NOT EXISTS '{SST_USER}'@'localhost' IDENTIFIED BY {sst}")
@@ -423,20 +445,13 @@ def cmd_init_cluster(args):
         for db in spec.get("databases", []):
             mysql(f"CREATE DATABASE IF NOT EXISTS `{db}`")
         for user in spec.get("users", []):
-            password = _quote(user["password"])
-            # Hosts no longer listed (a region removed from the topology) lose their account.
-            for (host,) in mysql(f"SELECT Host FROM mysql.user WHERE User = {_quote(user['name'])}"):
-                if host not in user["hosts"]:
-                    mysql(f"DROP USER IF EXISTS {_quote(user['name'])}@{_quote(host)}")
-                    created.append(f"dropped {user['name']}@{host}")
-            # Users whose connections may cross the WAN get in only over TLS.
-            require = " REQUIRE SSL" if user.get("require_ssl") else ""
-            for host in user["hosts"]:
-                account = f"{_quote(user['name'])}@{_quote(host)}"
-                mysql(f"CREATE USER IF NOT EXISTS {account} IDENTIFIED BY {password}{require}")
-                mysql(f"ALTER USER {account} IDENTIFIED BY {password}{require}")
-                mysql(f"GRANT ALL PRIVILEGES ON `{user['database']}`.* TO {account}")
-                created.append(f"{user['name']}@{host}")
+            created += _accounts(user, [f"ALL PRIVILEGES ON `{user['database']}`"])
+        # The replica regions' replicas (agents/replica-node.py): the binary log stream and a
+        # consistent dump of the replicated databases, from each replica's address only.
+        for user in spec.get("replication_users", []):
+            grants = [f"{', '.join(user['global_privileges'])} ON *"] + [
+                f"{', '.join(privileges)} ON `{db}`" for db, privileges in sorted(user["databases"].items())]
+            created += _accounts(user, grants)
     # The health server's account: the system user of the same name, by unix_socket (no
     # password exists); it needs no privilege to read the wsrep status.
     mysql(f"CREATE USER IF NOT EXISTS {_quote(HEALTH_USER)}@'localhost' IDENTIFIED VIA unix_socket")

@@ -630,3 +630,29 @@ def test_a_drained_member_fails_its_health_check(monkeypatch, tmp_path):
         server.shutdown()
         server.server_close()
     assert (before, during, after) == (200, 503, 200)
+
+
+def test_init_cluster_creates_the_replicas_account_from_their_addresses_only(node_files, capsys):
+    """The replication account of a topology with a replica region: one account per replica
+    address, REQUIRE SSL, the binary log stream and a dump of the replicated database; its
+    password on stdin only."""
+    gn, log = node_files
+    spec = json.loads(open(gn.DB_USERS).read())
+    spec["replication_users"] = [{"name": "replication", "password": "repl-SECRET-4",
+                                  "hosts": ["10.9.4.42", "10.9.4.43"], "require_ssl": True,
+                                  "global_privileges": ["REPLICATION SLAVE", "BINLOG MONITOR"],
+                                  "databases": {"keystone": ["SELECT", "SHOW VIEW", "TRIGGER", "LOCK TABLES"]}}]
+    with open(gn.DB_USERS, "w") as fh:
+        json.dump(spec, fh)
+    assert gn.cmd_init_cluster(None) == 0
+    calls = _calls(log)
+    stdin = "".join(s for _, s in calls)
+    for host in ("10.9.4.42", "10.9.4.43"):
+        account = f"'replication'@'{host}'"
+        assert f"CREATE USER IF NOT EXISTS {account} IDENTIFIED BY 'repl-SECRET-4' REQUIRE SSL" in stdin
+        assert f"GRANT REPLICATION SLAVE, BINLOG MONITOR ON *.* TO {account}" in stdin
+        assert f"GRANT SELECT, SHOW VIEW, TRIGGER, LOCK TABLES ON `keystone`.* TO {account}" in stdin
+    assert "repl-SECRET-4" not in "\n".join("\n".join(argv) for argv, _ in calls)
+    assert "'replication'@'10.9.0.0/255.255.255.0'" not in stdin
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["users"] == [
+        "keystone@10.9.0.0/255.255.255.0", "replication@10.9.4.42", "replication@10.9.4.43"]
