@@ -169,9 +169,10 @@ def _forget_wrappers():
     from sqlalchemy import event
     from sqlalchemy.engine import Engine
     while _LOADED:
-        listener = _LOADED.pop()._note_disconnect
-        if event.contains(Engine, "handle_error", listener):
-            event.remove(Engine, "handle_error", listener)
+        module = _LOADED.pop()
+        for listener in (module._note_disconnect, module._note_read_only):
+            if event.contains(Engine, "handle_error", listener):
+                event.remove(Engine, "handle_error", listener)
 
 
 @pytest.fixture
@@ -261,6 +262,46 @@ def test_wsgi_wrapper_issues_a_token_again_with_the_same_body(engine):
                "wsgi.input": io.BytesIO(login)}
     b"".join(module.application(environ, lambda status, headers, exc_info=None: seen.update(status=status)))
     assert seen["status"] == "503 Service Unavailable" and bodies == [login]
+
+
+def test_wsgi_wrapper_in_a_replica_region_sends_a_refused_write_to_the_core(engine, monkeypatch):
+    """A wrong password on a replica: Keystone records the failure, the replica refuses it
+    (1142: SELECT only; 1290: read_only), Keystone answers 500. The wrapper sends the request,
+    with its body, once more through the region's internal endpoint (header for its proxies),
+    and the core's answer is the client's. Without the setting (a core region), the 500 stays."""
+    import io
+    from keystone_multiregion.roles.proxy import WRITE_ELSEWHERE_HEADER
+    calls = []
+
+    def keystone(environ, start_response):
+        calls.append(environ["wsgi.input"].read())
+        error = Exception("(pymysql.err.OperationalError) (1142, \"UPDATE command denied to user 'keystone'\")")
+        engine.dispatch.handle_error(types.SimpleNamespace(is_disconnect=False, original_exception=error))
+        start_response("500 Internal Server Error", [])
+        return [b"{}"]
+
+    login = b'{"auth": {"identity": {"methods": ["password"]}}}'
+
+    def environ():
+        return {"REQUEST_METHOD": "POST", "PATH_INFO": "/v3/auth/tokens", "CONTENT_LENGTH": str(len(login)),
+                "CONTENT_TYPE": "application/json", "HTTP_X_AUTH_TOKEN": "t", "wsgi.input": io.BytesIO(login)}
+
+    monkeypatch.setenv("KEYSTONE_MULTIREGION_WRITE_ELSEWHERE", "http://10.0.4.10:5000")
+    module = _wsgi_module(keystone)
+    assert module.WRITE_ELSEWHERE_HEADER == WRITE_ELSEWHERE_HEADER
+    sent = []
+    monkeypatch.setattr(module, "forward", lambda env, body: sent.append(body) or
+                        ("401 Unauthorized", [(module.WRITTEN_BY_HEADER, "lab-a")], b'{"error": {"code": 401}}'))
+    seen = {}
+    body = b"".join(module.application(environ(), lambda status, headers, exc_info=None:
+                                       seen.update(status=status, headers=headers)))
+    assert (seen["status"], body, calls, sent) == ("401 Unauthorized", b'{"error": {"code": 401}}', [login], [login])
+
+    monkeypatch.delenv("KEYSTONE_MULTIREGION_WRITE_ELSEWHERE")
+    calls.clear()
+    module = _wsgi_module(keystone)
+    b"".join(module.application(environ(), lambda status, headers, exc_info=None: seen.update(status=status)))
+    assert seen["status"] == "500 Internal Server Error" and calls == [login]
 
 
 def test_wsgi_wrapper_passes_keystones_other_500s_through():

@@ -245,6 +245,24 @@ def test_replica_region_sends_writes_to_a_core_region_and_keeps_token_issue_loca
     assert "ks_write" not in _files(LAB, "proxy-lab-a-1")[HAPROXY_CFG].content
 
 
+def test_a_replica_regions_keystone_sends_what_its_replica_refused_to_the_core():
+    """The wrapper's setting (uwsgi env) names the region's internal endpoint in a replica
+    region only; the internal frontend sends a request with the wrapper's header to the core
+    (the public frontend has no such rule: a client's header there routes nothing)."""
+    from keystone_multiregion.roles.keystone import UWSGI_INI, endpoint_urls
+    from keystone_multiregion.roles.proxy import WRITE_ELSEWHERE_HEADER
+    ini = _files(LAB, "keystone-lab-r-1")[UWSGI_INI].content
+    assert f"env = KEYSTONE_MULTIREGION_WRITE_ELSEWHERE={endpoint_urls(LAB, 'lab-r')['internal']}\n" in ini
+    assert "WRITE_ELSEWHERE" not in _files(LAB, "keystone-lab-a-1")[UWSGI_INI].content
+    cfg = _files(LAB, "proxy-lab-r-1")[HAPROXY_CFG].content
+    public = cfg.split("frontend keystone_public", 1)[1].split("\nfrontend ", 1)[0]
+    internal = cfg.split("frontend keystone_internal", 1)[1].split("\nbackend ", 1)[0]
+    rule = (f"http-request set-var(txn.ks_local_write) bool(false) if {{ req.hdr({WRITE_ELSEWHERE_HEADER}) "
+            "-m found }")
+    assert rule in internal and rule not in public
+    assert internal.index(rule) < internal.index("use_backend keystone_core")
+
+
 # -- security groups ---------------------------------------------------------------------
 
 def _allowed(topo, region, group, port):

@@ -77,6 +77,10 @@ def _context(topo: Topology, node: Node, needed: dict) -> dict:
         "db_ca_path": DB_CA_FILE,
         "db_driver": DB_DRIVER,
         "authz_cache_sections": AUTHZ_CACHE_SECTIONS,
+        # A replica region: where the wrapper sends a request its read-only database refused
+        # (the region's internal endpoint; its proxies route it to a core region).
+        "write_elsewhere": (endpoint_urls(topo, node.region)["internal"]
+                            if topo.region(node.region).replica else None),
     }
 
 

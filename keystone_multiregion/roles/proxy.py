@@ -145,8 +145,8 @@ def galera_servers(topo: Topology, region: str) -> list[dict]:
 #   [security_compliance] says), on the next good password after one (_reset_failed_auth),
 #   for a trust with limited uses (trust consume_use), on a federated user's first login
 #   (shadow_federated_user), and with [security_compliance] disable_user_account_days_inactive
-#   (set_last_active_at; not set by this project). Those fail on a replica (read_only): the
-#   Keystone wrapper must send them to the core (README, replica regions: what is left).
+#   (set_last_active_at; not set by this project). Those are refused by the read-only replica:
+#   the Keystone wrapper sends them once more to a core region (WRITE_ELSEWHERE_HEADER).
 # - DELETE /v3/auth/tokens (revocation) writes a revocation event: to the core.
 # - GET, HEAD, OPTIONS read only: local (token validation never leaves the region).
 WRITE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
@@ -155,6 +155,11 @@ LOCAL_WRITE_ROUTES = (
     ("POST", r"^/v3/ec2tokens/?$"),
     ("POST", r"^/v3/s3tokens/?$"),
 )
+# A request a replica region's Keystone found to write after all (a login that records a failed
+# attempt or resets one): its wrapper (agents/keystone-wsgi.py) sends it once more, whole, to the
+# region's internal endpoint with this header, and the proxies send it to a core region. HAProxy
+# cannot do that by itself: a retry (retry-on) stays in its backend, never another one.
+WRITE_ELSEWHERE_HEADER = "X-Keystone-Write-Elsewhere"
 # What a replica region answers for a write while no core region's endpoint is reachable.
 CORE_UNREACHABLE = ('{"error": {"code": 503, "title": "Service Unavailable", "message": "This region reads from '
                     'replicas and sends changes to a core region, and no core region answers: it serves reads '
@@ -184,7 +189,7 @@ def write_routes(topo: Topology, region: str) -> dict | None:
     return {"methods": list(WRITE_METHODS),
             "local": [{"method": m, "path": p} for m, p in LOCAL_WRITE_ROUTES],
             "core_servers": core_servers(topo, region),
-            "unreachable_body": CORE_UNREACHABLE}
+            "unreachable_body": CORE_UNREACHABLE, "elsewhere_header": WRITE_ELSEWHERE_HEADER}
 
 
 # How the proxies check the Galera nodes (port 9200): a node whose check fails `fall` times
