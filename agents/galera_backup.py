@@ -408,7 +408,7 @@ def take_backup(g, plan, secrets, wanted=None, log=print):
     state.update(chain=chain, incarnation=incarnation)
     write_json(STATE, state)
     shutil.rmtree(work, ignore_errors=True)
-    log(json.dumps({"backup": backup_id, "kind": kind, "why": why, "size": manifest["size"],
+    log(json.dumps({"backup": backup_id, "kind": kind, "chain": chain_id, "why": why, "size": manifest["size"],
                     "desync_s": round(desync_s, 2), "copies": copies, "gtid": gtid}))
     return {**manifest, "copies": copies, "desync_s": round(desync_s, 2)}
 
