@@ -54,6 +54,8 @@ CONFIG = "/etc/keystone-multiregion/replica.json"
 DATADIR = "/var/lib/mysql"
 SOCKET = "/run/mysqld/mysqld.sock"
 RUNTIME_DIRS = ("/run/mysqld", "/var/log/mysql")
+# mariadbd (user mysql) reads the node's TLS key: root:mysql 0640, as galera-node prepare does.
+SECRET_FILES = ("/etc/mysql/ssl/node-key.pem",)
 MYSQL_PORT = 3306
 # Written once the replica is seeded (on the data volume: a new volume seeds again).
 SEED_MARKER = os.path.join(DATADIR, "keystone-multiregion-replica.json")
@@ -197,6 +199,12 @@ def cmd_prepare(args):
     for d in RUNTIME_DIRS:
         os.makedirs(d, exist_ok=True)
         os.chown(d, uid, gid)
+    os.makedirs(DATADIR, exist_ok=True)
+    os.chown(DATADIR, uid, gid)
+    for path in SECRET_FILES:
+        if os.path.exists(path):
+            os.chown(path, 0, gid)
+            os.chmod(path, 0o640)
     try:
         pwd.getpwnam(HEALTH_USER)
     except KeyError:
@@ -321,6 +329,9 @@ def status(cfg, user="root"):
                 "healthy": False}
     source = by_address(cfg, s.get("Master_Host"))
     lag = s.get("Seconds_Behind_Master")
+    if not s.get("Gtid_Slave_Pos"):  # SHOW SLAVE STATUS has no such field (SHOW ALL SLAVES STATUS has)
+        rows = mysql("SELECT @@GLOBAL.gtid_slave_pos", user=user)
+        s["Gtid_Slave_Pos"] = rows[0][0] if rows and rows[0] else ""
     out = {"node": cfg["node"], "source": source["name"] if source else s.get("Master_Host"),
            "source_address": s.get("Master_Host"),
            "io_running": s.get("Slave_IO_Running"), "sql_running": s.get("Slave_SQL_Running"),

@@ -329,6 +329,9 @@ class LabDeployment:
         if unit == "memcached":
             self.lab.procs.stop(name, "memcached", timeout=10)
             layers.memcached.start(self, [node], log=lambda *_: None)
+        elif unit == "mariadb" and node.role == "replica":
+            self.lab.procs.stop(name, "mariadb", timeout=120)
+            layers.replica.start_replica(self, name)
         elif unit == "mariadb":
             self.lab.procs.stop(name, "mariadb", timeout=120)  # SIGTERM: a clean shutdown, then IST
             self.start_galera(name)
@@ -484,7 +487,7 @@ class LabDeployment:
             if states:
                 writers[region.name] = proxy_layer.active_server(states, "galera")
         main = {"galera": "mariadb", "keystone": "keystone", "memcached": "memcached", "proxy": "haproxy",
-                "arbitrator": "garbd"}
+                "arbitrator": "garbd", "replica": "mariadb"}
         down = [n.name for n in self.topo.nodes() if not self.lab.procs.is_alive(n.name, main[n.role])]
         return {"vip_holders": holders, "galera": galera, "writers": writers, "down": down}
 

@@ -5,6 +5,7 @@ namespace; every command prints one JSON line with the HTTP status and the time 
     python ksclient.py validate URL AUTH_TOKEN SUBJECT_TOKEN
     python ksclient.py call METHOD URL AUTH_TOKEN PATH [JSON_BODY]
     python ksclient.py totp SECRET_BASE32 [--at UNIX_TIME]
+    python ksclient.py auth URL            (the auth request's JSON body on stdin)
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def token(url: str, user: str, password: str | None, project: str, passcode: str
     body = {"auth": {"identity": identity,
                      "scope": {"project": {"name": project, "domain": {"id": "default"}}}}}
     headers = {"Openstack-Auth-Receipt": receipt} if receipt else {}
-    out = _request("POST", f"{url}/v3/auth/tokens", body, headers)
+    out = _served_by(_request("POST", f"{url}/v3/auth/tokens", body, headers))
     hdrs = {k.lower(): v for k, v in (out.pop("headers", None) or {}).items()}
     out["token"] = hdrs.get("x-subject-token")
     out["receipt"] = hdrs.get("openstack-auth-receipt")
@@ -84,8 +85,18 @@ def validate(url: str, auth: str, subject: str) -> dict:
     return out
 
 
+def _served_by(out: dict) -> dict:
+    """Who answered (the proxies' X-Keystone-Region), and for a request a replica region's
+    Keystone sent to the core, which region wrote it (X-Keystone-Written-By)."""
+    hdrs = {k.lower(): v for k, v in (out.get("headers") or {}).items()}
+    out["region"] = hdrs.get("x-keystone-region")
+    if hdrs.get("x-keystone-written-by"):
+        out["written_by"] = hdrs["x-keystone-written-by"]
+    return out
+
+
 def call(method: str, url: str, auth: str, path: str, body: dict | None = None) -> dict:
-    out = _request(method, f"{url}{path}", body, {"X-Auth-Token": auth})
+    out = _served_by(_request(method, f"{url}{path}", body, {"X-Auth-Token": auth}))
     out.pop("headers", None)
     return out
 
@@ -111,6 +122,11 @@ def main(argv: list[str]) -> int:
         if body == "@stdin":  # a body carrying a secret (a password change) comes on stdin
             body = sys.stdin.readline()
         out = call(method, url, auth, path, json.loads(body) if body is not None else None)
+    elif cmd == "auth":  # POST /v3/auth/tokens with the body on stdin (any method; it carries a secret)
+        out = _served_by(_request("POST", f"{args[0]}/v3/auth/tokens", json.loads(sys.stdin.readline())))
+        hdrs = {k.lower(): v for k, v in (out.pop("headers", None) or {}).items()}
+        out["token"] = hdrs.get("x-subject-token")
+        out.pop("body", None)
     elif cmd == "totp":
         out = {"code": totp(args[0], float(args[2]) if len(args) > 2 else None)}
     else:

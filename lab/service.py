@@ -31,6 +31,7 @@ from pathlib import Path
 # unit -> the lab's process name for it
 PROCESSES = {"haproxy": "haproxy", "keepalived": "keepalived", "keystone-api": "keystone", "memcached": "memcached",
              "mariadb": "mariadb", "garb": "garbd", "galera-health": "health",
+             "replica-health": "health", "replica-watch": "watch",
              "prometheus-mysqld-exporter": "mysqld-exporter", "prometheus-node-exporter": "node-exporter"}
 # How long a stop waits for the daemon to end (MariaDB's clean shutdown: it leaves the cluster).
 STOP_TIMEOUT_S = {"mariadb": 300}

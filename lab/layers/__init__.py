@@ -9,7 +9,8 @@
 The deployment calls the layers in ORDER: the database first, Keystone last.
 """
 
-from . import galera, keystone, memcached, proxy
+from . import galera, keystone, memcached, proxy, replica
 
 # Keystone reaches its database through the proxies' internal VIP: proxies before Keystone.
-ORDER = (galera, memcached, proxy, keystone)
+# A replica region's replicas seed from the core's Galera nodes: after them.
+ORDER = (galera, replica, memcached, proxy, keystone)

@@ -7,6 +7,8 @@ import time
 
 from keystone_multiregion.security import PORTS
 
+from keystone_multiregion.roles.proxy import local_database
+
 from ..checks import Check
 
 ROLES = ("memcached",)
@@ -70,7 +72,7 @@ def checks(dep) -> list[Check]:
         if not dep.topo.nodes(region, "memcached"):
             continue
         keystone = dep.topo.nodes(region, "keystone")[0].name
-        galera = dep.topo.nodes(region, "galera")[0].name
+        galera = local_database(dep.topo, region)[0].name  # a replica region's: a replica
         for mc in dep.topo.nodes(region, "memcached"):
             t = time.monotonic()
             got_stats = stats(dep, keystone, mc.name)

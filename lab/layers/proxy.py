@@ -26,7 +26,7 @@ from pathlib import Path
 
 import keystone_multiregion
 from keystone_multiregion.roles.proxy import (HAPROXY_CFG, HAPROXY_DOWN_DIR, HAPROXY_DROPIN, KEEPALIVED_CONF,
-                                              STATS_SOCKET)
+                                              STATS_SOCKET, local_database)
 from keystone_multiregion.security import PORTS
 
 from .. import service
@@ -132,6 +132,11 @@ def ensure_check_user(dep, refresh: bool = False) -> str:
         errors.append(f"{galera.name}: {out.stderr.strip()}")
     else:
         raise LabError("could not create the proxy check user: " + "; ".join(errors))
+    # A replica holds the core's keystone database only (its accounts are its own): the
+    # check user is made on each replica too, outside its binary log.
+    for replica in dep.topo.nodes(role="replica"):
+        if dep.lab.procs.is_alive(replica.name, "mariadb"):
+            dep.sql(replica.name, "; ".join(["SET SESSION sql_log_bin = 0", *statements]), check=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(f"[client]\nuser = {CHECK_USER}\npassword = {password}\n"
@@ -366,7 +371,8 @@ def checks(dep) -> list[Check]:
             out.append(Check(f"{vip.name} ({vip.address}) held by its master only", held[vip.address] == [vip.master],
                              f"held by {', '.join(held[vip.address]) or 'nobody'}"))
     for region in (r.name for r in topo.regions):
-        proxies, keystones, galeras = (topo.nodes(region, role) for role in ("proxy", "keystone", "galera"))
+        proxies, keystones = (topo.nodes(region, role) for role in ("proxy", "keystone"))
+        galeras = local_database(topo, region)  # a replica region's: its replicas
         if not proxies:
             continue
         internal = topo.vips(region, "internal")[0]
@@ -385,9 +391,15 @@ def checks(dep) -> list[Check]:
         if keystones and galeras and _running(dep, "galera"):
             client = keystones[0].name
             t = time.monotonic()
-            ok, node = db_query(dep, client, internal.address, "SELECT @@wsrep_node_name")
+            if topo.region(region).replica:  # no wsrep: the replica's server_id names it
+                from keystone_multiregion.roles.replica import server_id
+                ok, node = db_query(dep, client, internal.address, "SELECT @@server_id")
+                want = str(server_id(topo, galeras[0]))
+            else:
+                ok, node = db_query(dep, client, internal.address, "SELECT @@wsrep_node_name")
+                want = galeras[0].name
             out.append(Check(f"database frontend {internal.address}:3306 answers {client}",
-                             ok and node == galeras[0].name,
+                             ok and node == want,
                              f"served by {node} in {(time.monotonic() - t) * 1000:.0f} ms" if ok else node))
             other = galeras[0].name
             t = time.monotonic()
