@@ -402,8 +402,7 @@ class BackupDrills:
             if out.returncode != 0:
                 return DrillResult("B4. refused backups", False, measured, [f"backup failed: {out.stderr[-300:]}"])
             reports.append(_last_json(out.stdout.splitlines()[0]))
-        first = reports[0]
-        ids = ([first["chain"]] if first["kind"] == "incremental" else []) + [r["backup"] for r in reports]
+        ids = ([reports[0]["chain"]] if reports[0]["kind"] == "incremental" else []) + [r["backup"] for r in reports]
         if len(ids) < 3:  # no chain existed: the first run was the full
             out = self.galera_node(name, "backup", "--incremental")
             ids.append(_last_json(out.stdout.splitlines()[0]).get("backup"))
