@@ -97,8 +97,8 @@ def plan(old: Topology, new: Topology) -> list[Step]:
     # 1. Regions leaving: their members leave, the last one first.
     for region in reversed([r for r in old_regions if r not in new_regions]):
         names = list(reversed(ordered([n for n, m in before.items() if m.region == region])))
-        walk(region, "pulumi destroy", f"{region} leaves: its Galera members leave the cluster, then its VMs go",
-             [(n, None) for n in names])
+        walk(region, "pulumi destroy", f"{region} leaves: its Galera members leave the cluster, then its VMs go"
+             if names else f"{region} leaves: its VMs go (no Galera member)", [(n, None) for n in names])
     # 2. Regions staying: votes changed and members added in node order, then members removed.
     for region in [r for r in new_regions if r in old_regions]:
         kept = [n for n, m in after.items() if m.region == region]
@@ -114,8 +114,9 @@ def plan(old: Topology, new: Topology) -> list[Step]:
     # 3. Regions joining: their members join, one after the other.
     for region in [r for r in new_regions if r not in old_regions]:
         names = ordered([n for n, m in after.items() if m.region == region])
-        walk(region, "pulumi up", f"{region} joins: its nodes are created, its Galera members join by SST",
-             [(n, (region, after[n].weight)) for n in names])
+        walk(region, "pulumi up", f"{region} joins: its nodes are created, its Galera members join by SST"
+             if names else f"{region} joins: its nodes are created (no Galera member: a replica region's "
+             "replicas are seeded from the core)", [(n, (region, after[n].weight)) for n in names])
     return steps
 
 

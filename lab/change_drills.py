@@ -33,6 +33,7 @@ from .util import LabError
 
 # The lab with a fourth region (D3 adds it, D4 removes it again).
 REGION_D_TOPOLOGY = Path(__file__).resolve().parent / "topology-region-d.yaml"
+REGION_R_TOPOLOGY = Path(__file__).resolve().parent / "topology-region-r.yaml"  # a replica region (#15)
 LOAD_LIMIT_S = 900  # no drill's load runs longer (every loop is bounded in count and time too)
 
 
@@ -309,7 +310,9 @@ class ChangeDrills:
         new = load_topology_file(topology_path)
         before = {r.name for r in self.dep.topo.regions}
         added = [r.name for r in new.regions if r.name not in before]
-        title = f"D3. a region added to the running lab ({', '.join(added) or 'none'})"
+        replica = len(added) == 1 and new.region(added[0]).replica
+        title = (f"R0. a replica region added to the running lab ({added[0]})" if replica else
+                 f"D3. a region added to the running lab ({', '.join(added) or 'none'})")
         if len(added) != 1:
             return DrillResult(title, False, {}, [f"{topology_path} adds {added}, not one region"])
         region, first = added[0], self.serving[0]
@@ -354,7 +357,9 @@ class ChangeDrills:
         new = load_topology_file(topology_path)
         keep = {r.name for r in new.regions}
         removed = [r for r in self.dep.topo.regions if r.name not in keep]
-        title = f"D4. a region removed from the running lab ({', '.join(r.name for r in removed) or 'none'})"
+        title = (f"R7. a replica region removed from the running lab ({removed[0].name})"
+                 if len(removed) == 1 and removed[0].replica else
+                 f"D4. a region removed from the running lab ({', '.join(r.name for r in removed) or 'none'})")
         if len(removed) != 1:
             return DrillResult(title, False, {}, [f"{topology_path} removes {[r.name for r in removed]}, not one "
                                                   "region (run D3 first)"])

@@ -1,4 +1,4 @@
-"""Replica drills (#15) on a lab with a replica region (lab/topology-replica.yaml): lab-a/b/c
+"""Replica drills (#15) on a lab with a replica region (lab/topology-region-r.yaml): lab-a/b/c
 form the core Galera cluster, lab-r reads from two asynchronous replicas and sends writes to
 the core.
 
@@ -533,7 +533,7 @@ def main(argv=None) -> int:  # pragma: no cover - a convenience for a lab that i
     ap = argparse.ArgumentParser()
     ap.add_argument("--labdir", required=True)
     ap.add_argument("--prefix", required=True)
-    ap.add_argument("--topology", default=os.path.join(os.path.dirname(__file__), "topology-replica.yaml"))
+    ap.add_argument("--topology", default=os.path.join(os.path.dirname(__file__), "topology-region-r.yaml"))
     ap.add_argument("drills", nargs="*")
     args = ap.parse_args(argv)
     dep = LabDeployment(Lab(args.labdir, args.prefix), load_topology_file(args.topology), args.topology)

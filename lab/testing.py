@@ -42,16 +42,27 @@ def pids_in_netns(inodes: set[int | None]) -> list[int]:
     return found
 
 
+def recorded(lab) -> tuple[set[int | None], list[tuple[int, int | None]]]:
+    """What a running lab's teardown must leave nothing of: its namespaces' inodes, and its
+    recorded processes as (pid, start time) (a pid alone may be another process's by the
+    end of a long run: pids wrap at pid_max, 32768 on our machines)."""
+    st = lab.state.read()
+    return ({ns_inode(ns) for ns in st["namespaces"]},
+            [(rec["pid"], rec.get("starttime")) for rec in st["processes"].values()])
+
+
 def leftovers(prefix: str, labdir: str, inodes: set[int | None] = frozenset(),
-              pids: list[int] = ()) -> dict[str, object]:
-    """Everything of a lab still present; all values empty when teardown was complete."""
+              pids: list = ()) -> dict[str, object]:
+    """Everything of a lab still present; all values empty when teardown was complete.
+    `pids`: pids, or (pid, start time) pairs (then a reused pid is not counted)."""
     left: dict[str, object] = dict(snapshot(prefix, labdir))
     left["netns_processes"] = pids_in_netns(set(inodes))
-    left["alive_pids"] = [p for p in pids if pid_matches(p, None)]
+    pairs = [p if isinstance(p, tuple) else (p, None) for p in pids]
+    left["alive_pids"] = [p for p, start in pairs if pid_matches(p, start)]
     return left
 
 
 def assert_clean(prefix: str, labdir: str, inodes: set[int | None] = frozenset(),
-                 pids: list[int] = ()) -> None:
+                 pids: list = ()) -> None:
     left = leftovers(prefix, labdir, inodes, pids)
     assert not any(left.values()), f"lab leftovers: {left}"

@@ -163,3 +163,19 @@ def test_plan_from_git_compares_with_the_topology_of_a_revision(tmp_path):
     missing = run("HEAD~1")  # the topology did not exist yet
     assert missing.returncode != 0 and missing.stdout == ""
     assert len(missing.stderr.strip().splitlines()) == 1 and "--from-git HEAD~1" in missing.stderr
+
+
+def test_a_replica_region_is_added_and_removed_without_a_vote_changing():
+    """lab/topology-region-r.yaml (the replica drills add it to the running lab): the core's
+    stacks first (their security groups admit the replicas), then the replica region; leaving,
+    it goes first. No step touches a Galera member or a vote."""
+    from keystone_multiregion.topology import load_topology_file
+    three = load_topology_file(ROOT / "lab" / "topology.yaml")
+    with_r = load_topology_file(ROOT / "lab" / "topology-region-r.yaml")
+    up = changes.plan(three, with_r)
+    assert [(s.operation, s.stack) for s in up] == [("pulumi up", "lab-a"), ("pulumi up", "lab-b"),
+                                                     ("pulumi up", "lab-c"), ("pulumi up", "lab-r")]
+    assert "replicas are seeded from the core" in up[-1].why and not any(s.members for s in up)
+    down = changes.plan(with_r, three)
+    assert [(s.operation, s.stack) for s in down][0] == ("pulumi destroy", "lab-r")
+    assert "no Galera member" in down[0].why and not any(s.members for s in down)

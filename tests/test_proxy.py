@@ -53,7 +53,7 @@ def lab_topology() -> dict:
 
 def lab_replica_topology() -> dict:
     import yaml
-    return yaml.safe_load((LAB_TOPOLOGY.parent / "topology-replica.yaml").read_text())
+    return yaml.safe_load((LAB_TOPOLOGY.parent / "topology-region-r.yaml").read_text())
 
 
 TOPOLOGIES = {"example": example, "five_regions": five_regions, "witness": witness_topology, "lab": lab_topology,

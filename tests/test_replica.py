@@ -55,7 +55,7 @@ def test_configured_sources_are_used_in_their_order():
 
 
 def test_lab_replica_topology_validates():
-    topo = load_topology_file(ROOT / "lab" / "topology-replica.yaml")
+    topo = load_topology_file(ROOT / "lab" / "topology-region-r.yaml")
     assert [r.name for r in topo.regions if r.core] == ["lab-a", "lab-b", "lab-c"]
     assert topo.galera_voters == 3
     one, two = (topo.replica_sources(n) for n in topo.nodes("lab-r", REPLICA))
@@ -147,7 +147,7 @@ from keystone_multiregion.roles.proxy import HAPROXY_CFG, LOCAL_WRITE_ROUTES, co
 from keystone_multiregion.roles.replica import REPLICA_CONFIG
 from keystone_multiregion.security import PORTS, security_rules
 
-LAB = load_topology_file(ROOT / "lab" / "topology-replica.yaml")
+LAB = load_topology_file(ROOT / "lab" / "topology-region-r.yaml")
 LAB_SECRETS = pki.generate_secrets(LAB)
 
 
@@ -183,7 +183,7 @@ def test_a_replica_is_told_its_sources_in_order_and_the_replication_account():
     assert cfg["replication_user"] == "replication"
     assert cfg["replication_password"] == LAB_SECRETS["galera_replication_password"]
     assert cfg["domain_ids"] == [1] and cfg["ssl_ca"] == TLS_PATHS["ca"]
-    assert cfg["users"][0]["hosts"] == ["10.93.4.0/255.255.255.0"] and cfg["users"][0]["require_ssl"]
+    assert cfg["users"][0]["hosts"] == ["10.91.5.0/255.255.255.0"] and cfg["users"][0]["require_ssl"]
     assert _files(LAB, "replica-lab-r-1")[REPLICA_CONFIG].permissions == "0600"
 
 
@@ -195,7 +195,7 @@ def test_core_nodes_get_the_replication_account_for_init_cluster():
     assert repl["global_privileges"] == ["REPLICATION SLAVE", "BINLOG MONITOR"]
     assert repl["databases"] == {"keystone": ["SELECT", "SHOW VIEW", "TRIGGER", "LOCK TABLES"]}
     # The core's Keystone account is for the core regions' networks only.
-    assert users["users"][0]["hosts"] == [f"10.93.{i}.0/255.255.255.0" for i in (1, 2, 3)]
+    assert users["users"][0]["hosts"] == [f"10.91.{i}.0/255.255.255.0" for i in (1, 2, 3)]
     # Without a replica region there is no replication account at all.
     plain = load_topology_file(ROOT / "lab" / "topology.yaml")
     files = _files(plain, "galera-lab-a-1", pki.generate_secrets(plain))

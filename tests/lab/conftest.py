@@ -37,17 +37,18 @@ def lab3(lab_tools, tmp_path_factory):
     torn down after the module, also on failure or Ctrl-C; the teardown itself is checked
     (no namespace, interface, mount or process may be left)."""
     from lab import HostSpec, session
-    from lab.testing import DEMO_CIDRS, DEMO_HOSTS, assert_clean, ns_inode
+    from lab.testing import DEMO_CIDRS, DEMO_HOSTS, assert_clean, recorded
     labdir = str(tmp_path_factory.mktemp("ksl-lab"))
-    pids: list[int] = []
+    pids: list = []
     inodes: set = set()
     with session(labdir, TEST_PREFIX, purge=True) as lab:
         lab.net.build([HostSpec(*h) for h in DEMO_HOSTS], DEMO_CIDRS)
         lab.started_pids = pids  # tests append the pids they start
         yield lab
         # namespaces (tests may have added hosts) and processes still recorded
-        inodes |= {ns_inode(ns) for ns in lab.state.read()["namespaces"]}
-        pids += [rec["pid"] for rec in lab.state.read()["processes"].values()]
+        more_inodes, more_pids = recorded(lab)
+        inodes |= more_inodes
+        pids += more_pids
         created = lab.state.read()["created_paths"]
     assert_clean(TEST_PREFIX, labdir, inodes, pids)
     assert not [p for p in created if os.path.exists(p)], "mountpoints left on the machine"
@@ -64,15 +65,14 @@ def deployment(lab_tools, tmp_path_factory):
     from keystone_multiregion.topology import load_topology_file
     from lab import session
     from lab.deployment import LAB_TOPOLOGY, LabDeployment
-    from lab.testing import assert_clean, ns_inode
+    from lab.testing import assert_clean, recorded
 
     labdir = str(tmp_path_factory.mktemp("ksl-deploy"))
     with session(labdir, DEPLOY_PREFIX, purge=True) as lab:
         dep = LabDeployment(lab, load_topology_file(LAB_TOPOLOGY))
         dep.up()
         yield dep
-        inodes = {ns_inode(ns) for ns in lab.state.read()["namespaces"]}
-        pids = [rec["pid"] for rec in lab.state.read()["processes"].values()]
+        inodes, pids = recorded(lab)
         created = lab.state.read()["created_paths"]
     assert_clean(DEPLOY_PREFIX, labdir, inodes, pids)
     assert not [p for p in created if os.path.exists(p)], "mountpoints left on the machine"

@@ -15,7 +15,7 @@ def witness_lab(lab_tools, tmp_path_factory):
     from keystone_multiregion.topology import load_topology_file
     from lab import session
     from lab.deployment import LabDeployment
-    from lab.testing import assert_clean, ns_inode
+    from lab.testing import assert_clean, recorded
 
     prefix = os.environ.get("KSL_WITNESS_PREFIX", "kslw-")
     labdir = str(tmp_path_factory.mktemp("ksl-witness"))
@@ -24,8 +24,7 @@ def witness_lab(lab_tools, tmp_path_factory):
         dep = LabDeployment(lab, load_topology_file(topology))
         dep.up(only=("galera", "arbitrator"))
         yield dep
-        inodes = {ns_inode(ns) for ns in lab.state.read()["namespaces"]}
-        pids = [rec["pid"] for rec in lab.state.read()["processes"].values()]
+        inodes, pids = recorded(lab)
     assert_clean(prefix, labdir, inodes, pids)
 
 

@@ -1,12 +1,12 @@
-"""A replica region in the lab (#15): lab/topology-replica.yaml, three core regions (lab-a/b/c,
-one Galera node each) and lab-r, whose Keystone reads from two asynchronous replicas and whose
-proxies send writes to the core. The replica drills R1-R6 (lab/replica_drills.py), in order on
-one lab of this module's own (prefix KSL_REPLICA_PREFIX, default kslr-)."""
+"""A replica region in the lab (#15): lab-r (lab/topology-region-r.yaml), added to the
+session's running lab under load as an operator adds one (the core's stacks first, then the
+replica region's; drill R0), whose Keystone reads from two asynchronous replicas and whose
+proxies send writes to the core. The replica drills R1-R6 (lab/replica_drills.py) in order,
+then lab-r removed again under load (R7)."""
 
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 
@@ -14,25 +14,17 @@ pytestmark = pytest.mark.lab
 
 
 @pytest.fixture(scope="module")
-def replica_lab(lab_tools, tmp_path_factory):
-    from keystone_multiregion.topology import load_topology_file
-    from lab import session
-    from lab.deployment import LabDeployment
-    from lab.testing import assert_clean, ns_inode
-
-    prefix = os.environ.get("KSL_REPLICA_PREFIX", "kslr-")
-    labdir = str(tmp_path_factory.mktemp("ksl-replica"))
-    topology = os.path.join(os.path.dirname(__file__), "..", "..", "lab", "topology-replica.yaml")
-    with session(labdir, prefix, purge=True) as lab:
-        dep = LabDeployment(lab, load_topology_file(topology), topology)
-        # Every layer and the catalog; no monitoring (the replica region's exporters are not
-        # part of the lab's monitoring yet).
-        dep.up(only=("galera", "replica", "memcached", "proxy", "keystone"))
-        print(f"up in {dep.up_seconds:.1f}s: {dep.up_phases}")
-        yield dep
-        inodes = {ns_inode(ns) for ns in lab.state.read()["namespaces"]}
-        pids = [rec["pid"] for rec in lab.state.read()["processes"].values()]
-    assert_clean(prefix, labdir, inodes, pids)
+def replica_lab(deployment):
+    """The session's lab with lab-r added (R0); removed again by the last test (R7), or here
+    if that test did not run, so the session's lab ends as it began."""
+    from lab.change_drills import REGION_R_TOPOLOGY, ChangeDrills
+    from lab.deployment import LAB_TOPOLOGY
+    result = ChangeDrills(deployment).drill_region_added(REGION_R_TOPOLOGY)
+    print(result.line())
+    assert result.ok, result.line()
+    yield deployment
+    if any(r.replica for r in deployment.topo.regions):
+        print(ChangeDrills(deployment).drill_region_removed(LAB_TOPOLOGY).line())
 
 
 @pytest.fixture(scope="module")
@@ -144,3 +136,12 @@ def test_R6_revocation_bound(drills):
     result = drills.drill_revocation_bound()
     print(result.line())
     assert result.ok, result.line()
+
+
+def test_R7_the_replica_region_is_removed_under_load(replica_lab):
+    from lab.change_drills import ChangeDrills
+    from lab.deployment import LAB_TOPOLOGY
+    result = ChangeDrills(replica_lab).drill_region_removed(LAB_TOPOLOGY)
+    print(result.line())
+    assert result.ok, result.line()
+    assert not [h for h, v in replica_lab.lab.net.hosts().items() if v["region"] == "lab-r"]
