@@ -48,7 +48,7 @@ server travel in an option file readable by root only (--defaults-extra-file).
 """
 
 import argparse
-import http.server
+import importlib
 import json
 import os
 import re
@@ -58,7 +58,6 @@ import stat
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 FACTS = "/etc/keystone-multiregion/node.json"
@@ -94,6 +93,9 @@ EXPORTER_USER = "prometheus"  # Debian's prometheus-mysqld-exporter runs as this
 DRAIN_MARKER = "/var/lib/keystone-multiregion/galera-drain"
 HEALTH_CACHE_S = 1.0       # one query answers every request within this second
 HEALTH_MAX_CLIENTS = 8     # connections served at once; the rest wait in the listen queue
+# This program's modules (agents/node_health.py, agents/galera_backup.py), shipped here; the
+# program's own directory comes first, so the copy under agents/ runs with its neighbours.
+LIB_DIR = "/usr/local/lib/keystone-multiregion"
 
 
 def facts():
@@ -167,6 +169,21 @@ STATUS_SQL = ("SHOW GLOBAL STATUS WHERE Variable_name IN ('wsrep_cluster_size', 
 
 def wsrep_status(user="root"):
     return {name: value for name, value in mysql(STATUS_SQL, timeout=5, user=user)}
+
+
+def _lib_module(name):
+    """The module `name` from LIB_DIR or this program's directory; a clear exit when it is
+    missing (the node's files are incomplete), not a traceback."""
+    own = os.path.dirname(os.path.abspath(__file__))
+    for d in (LIB_DIR, own):  # own ends first, even when it was on sys.path already
+        if d in sys.path:
+            sys.path.remove(d)
+        sys.path.insert(0, d)
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        raise SystemExit(f"galera-node: cannot load {name}.py from {own} or {LIB_DIR} ({exc}): this node's "
+                         "files are incomplete: run the region stack's update again (its push writes them)")
 
 
 def healthy(status):
@@ -477,80 +494,29 @@ def cmd_status(args):
     return 0 if status["healthy"] else 1
 
 
-class HealthCache:
-    """The node's status for the health server: one query at a time, and its answer reused
-    for `ttl` seconds, so a flood of requests costs one mariadb client per second."""
+# -- the health server (agents/node_health.py, shipped next to this program) ---------------
 
-    def __init__(self, query, ttl=HEALTH_CACHE_S, clock=time.monotonic):
-        self._query, self._ttl, self._clock = query, ttl, clock
-        self._lock = threading.Lock()
-        self._at, self._value = None, None
-
-    def get(self):
-        with self._lock:
-            if self._at is None or self._clock() - self._at >= self._ttl:
-                try:
-                    self._value = self._query()
-                except (RuntimeError, subprocess.TimeoutExpired, OSError) as exc:
-                    self._value = {"error": str(exc)}
-                self._at = self._clock()
-            return self._value
+def _judge(status):
+    """(status, ok) for the health server: Synced and Primary, and not drained."""
+    ok = healthy(status)
+    if os.path.exists(DRAIN_MARKER):
+        status, ok = {**status, "draining": True}, False
+    return status, ok
 
 
-class _Health(http.server.BaseHTTPRequestHandler):
-    timeout = 5  # a client that sends nothing does not hold a slot
-
-    def do_GET(self):  # noqa: N802 (http.server's naming)
-        status = self.server.health.get()
-        ok = healthy(status)
-        if os.path.exists(DRAIN_MARKER):
-            status, ok = {**status, "draining": True}, False
-        body = (json.dumps(status, sort_keys=True) + "\n").encode()
-        self.send_response(200 if ok else 503)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
+def HealthCache(query, ttl=HEALTH_CACHE_S, clock=time.monotonic):  # noqa: N802 (was a class here)
+    """One query at a time, its answer reused for `ttl` seconds (node_health.HealthCache)."""
+    return _lib_module("node_health").HealthCache(query, ttl=ttl, clock=clock)
 
 
-class HealthServer(http.server.ThreadingHTTPServer):
-    """At most `max_clients` connections served at once; later ones wait in the listen queue."""
-    daemon_threads = True
-
-    def __init__(self, address, health, max_clients=HEALTH_MAX_CLIENTS):
-        self.health = health
-        self._slots = threading.BoundedSemaphore(max_clients)
-        super().__init__(address, _Health)
-
-    def process_request(self, request, client_address):
-        self._slots.acquire()
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._slots.release()
-            raise
-
-    def process_request_thread(self, request, client_address):
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._slots.release()
+def HealthServer(address, health, max_clients=HEALTH_MAX_CLIENTS):  # noqa: N802 (was a class here)
+    """200 only when Synced and Primary and not drained; at most `max_clients` served at once."""
+    return _lib_module("node_health").HealthServer(address, health, judge=_judge, max_clients=max_clients)
 
 
 def drop_privileges(user):
     """Become `user` (its own group, no others) when started as root; refuse to stay root."""
-    import pwd
-    if os.geteuid() != 0:
-        return
-    entry = pwd.getpwnam(user)
-    os.setgroups([])
-    os.setgid(entry.pw_gid)
-    os.setuid(entry.pw_uid)
-    if os.geteuid() == 0 or os.getuid() == 0:
-        raise SystemExit("galera-node: could not drop root privileges")
+    _lib_module("node_health").drop_privileges(user, "galera-node")
 
 
 def cmd_health_server(args):
@@ -608,15 +574,8 @@ def cmd_bootstrap_here(args):
 
 # -- backups (agents/galera_backup.py, shipped next to this program) ------------------------
 
-BACKUP_MODULE_DIR = "/usr/local/lib/keystone-multiregion"
-
-
 def _backup_module():
-    for d in (BACKUP_MODULE_DIR, os.path.dirname(os.path.abspath(__file__))):
-        if d not in sys.path:
-            sys.path.insert(0, d)
-    import galera_backup
-    return galera_backup
+    return _lib_module("galera_backup")
 
 
 def _backup_command(handler, what):

@@ -39,7 +39,7 @@ mariadb-dump and the source check in a root-only option file (--defaults-file).
 """
 
 import argparse
-import http.server
+import importlib
 import json
 import os
 import re
@@ -47,7 +47,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 CONFIG = "/etc/keystone-multiregion/replica.json"
@@ -441,77 +440,51 @@ def cmd_watch(args):
         time.sleep(args.interval)
 
 
-class HealthCache:
-    def __init__(self, query, ttl=HEALTH_CACHE_S, clock=time.monotonic):
-        self._query, self._ttl, self._clock = query, ttl, clock
-        self._lock = threading.Lock()
-        self._at, self._value = None, None
+# -- the health server (agents/node_health.py, shipped next to this program) ---------------
 
-    def get(self):
-        with self._lock:
-            if self._at is None or self._clock() - self._at >= self._ttl:
-                try:
-                    self._value = self._query()
-                except (RuntimeError, subprocess.TimeoutExpired, OSError) as exc:
-                    self._value = {"error": str(exc), "healthy": False}
-                self._at = self._clock()
-            return self._value
+# This program's modules, shipped here; the program's own directory comes first, so the copy
+# under agents/ runs with its neighbours.
+LIB_DIR = "/usr/local/lib/keystone-multiregion"
 
 
-class _Health(http.server.BaseHTTPRequestHandler):
-    timeout = 5
+def _lib_module(name):
+    """The module `name` from this program's directory or LIB_DIR; a clear exit when it is
+    missing (the node's files are incomplete), not a traceback."""
+    own = os.path.dirname(os.path.abspath(__file__))
+    for d in (LIB_DIR, own):  # own ends first, even when it was on sys.path already
+        if d in sys.path:
+            sys.path.remove(d)
+        sys.path.insert(0, d)
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        raise SystemExit(f"replica-node: cannot load {name}.py from {own} or {LIB_DIR} ({exc}): this node's "
+                         "files are incomplete: run the region stack's update again (its push writes them)")
 
-    def do_GET(self):  # noqa: N802
-        st = self.server.health.get()
-        body = (json.dumps(st, sort_keys=True) + "\n").encode()
-        self.send_response(200 if st.get("healthy") else 503)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
 
-    def log_message(self, *args):
-        pass
+def _query_failed(exc):
+    return {"error": str(exc), "healthy": False}
 
 
-class HealthServer(http.server.ThreadingHTTPServer):
-    daemon_threads = True
+def HealthCache(query, ttl=HEALTH_CACHE_S, clock=time.monotonic):  # noqa: N802 (was a class here)
+    """One query at a time, its answer reused for `ttl` seconds (node_health.HealthCache)."""
+    return _lib_module("node_health").HealthCache(query, ttl=ttl, clock=clock, on_error=_query_failed)
 
-    def __init__(self, address, health, max_clients=HEALTH_MAX_CLIENTS):
-        self.health = health
-        self._slots = threading.BoundedSemaphore(max_clients)
-        super().__init__(address, _Health)
 
-    def process_request(self, request, client_address):
-        self._slots.acquire()
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._slots.release()
-            raise
-
-    def process_request_thread(self, request, client_address):
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._slots.release()
+def HealthServer(address, health, max_clients=HEALTH_MAX_CLIENTS):  # noqa: N802 (was a class here)
+    """200 only when the status says healthy (both threads run, lag within max_lag_s)."""
+    nh = _lib_module("node_health")
+    return nh.HealthServer(address, health, judge=nh.judged_by_its_own_word, max_clients=max_clients)
 
 
 def drop_privileges(user):
-    import pwd
-    if os.geteuid() != 0:
-        return
-    entry = pwd.getpwnam(user)
-    os.setgroups([])
-    os.setgid(entry.pw_gid)
-    os.setuid(entry.pw_uid)
-    if os.geteuid() == 0 or os.getuid() == 0:
-        raise SystemExit("replica-node: could not drop root privileges")
+    _lib_module("node_health").drop_privileges(user, "replica-node")
 
 
 def cmd_health_server(args):
     # The configuration (sources, max lag) is read as root; the replication password in it
     # is not kept: the health server needs names and the lag bound only.
+    _lib_module("node_health")  # before anything else: a missing module is one clear line
     cfg = config()
     public = {"node": cfg["node"], "max_lag_s": cfg.get("max_lag_s", 60),
               "sources": [{"name": s["name"], "address": s["address"]} for s in cfg["sources"]]}

@@ -25,6 +25,9 @@ GALERA_SST_CONF = "/etc/mysql/mariadb.conf.d/99-keystone-multiregion-sst.cnf"
 GALERA_NODE_TOOL = "/usr/local/sbin/galera-node"
 # galera-node's backup code, a module it imports from here (agents/galera_backup.py).
 BACKUP_MODULE = "/usr/local/lib/keystone-multiregion/galera_backup.py"
+# The health server both database agents run (galera-node, replica-node), a module they
+# import from the same directory (agents/node_health.py).
+NODE_HEALTH_MODULE = "/usr/local/lib/keystone-multiregion/node_health.py"
 # wsrep_gtid_domain_id: the same on every node (the cluster's write-sets keep one GTID).
 WSREP_GTID_DOMAIN = 1
 # garbd's own system user (Debian's garb.service says User=nobody, whom other daemons share):
@@ -182,6 +185,7 @@ GALERA = RoleLayer(
         ("galera/root-my.cnf.j2", "/root/.my.cnf", "0600"),
         ("agents/galera-node.py", GALERA_NODE_TOOL, "0755"),
         ("agents/galera_backup.py", BACKUP_MODULE, "0644"),
+        ("agents/node_health.py", NODE_HEALTH_MODULE, "0644"),
         ("galera/galera-health.service.j2", "/etc/systemd/system/galera-health.service", "0644"),
         ("galera/mariadb-data-volume.conf.j2", "/etc/systemd/system/mariadb.service.d/keystone-multiregion.conf",
          "0644"),

@@ -17,7 +17,8 @@ from ..topology import REPLICA, Node, Topology
 from . import backup
 from .base import File, RoleLayer
 from .galera import (DENY_SERVICE_START, GALERA_CONF, GALERA_DATA_LABEL, GALERA_DATADIR, MYSQLD_EXPORTER_DEFAULTS,
-                     REPLICATED_DATABASES, REPLICATION_USER, TLS_PATHS, WSREP_GTID_DOMAIN, _mysql_host_pattern)
+                     NODE_HEALTH_MODULE, REPLICATED_DATABASES, REPLICATION_USER, TLS_PATHS, WSREP_GTID_DOMAIN,
+                     _mysql_host_pattern)
 
 REPLICA_TOOL = "/usr/local/sbin/replica-node"
 # Root only: the replication account's password and Keystone's.
@@ -114,6 +115,7 @@ REPLICA_LAYER = RoleLayer(
         ("galera/replica.cnf.j2", GALERA_CONF, "0644"),
         ("galera/root-my.cnf.j2", "/root/.my.cnf", "0600"),
         ("agents/replica-node.py", REPLICA_TOOL, "0755"),
+        ("agents/node_health.py", NODE_HEALTH_MODULE, "0644"),
         ("galera/replica-health.service.j2", HEALTH_SERVICE, "0644"),
         ("galera/replica-watch.service.j2", WATCH_SERVICE, "0644"),
         ("galera/mariadb-data-volume.conf.j2", DATA_VOLUME_DROPIN, "0644"),
