@@ -1,7 +1,8 @@
 """Prometheus for a deployment: what to scrape, and the alerts, from the topology.
 
-Every Galera node runs Debian's prometheus-mysqld-exporter, every proxy serves HAProxy's own
-exporter, and every node runs Debian's prometheus-node-exporter, which also serves what the
+Every Galera node and every replica of a replica region runs Debian's
+prometheus-mysqld-exporter (on a replica it also reads SHOW SLAVE STATUS: the replication
+threads and the lag), every proxy serves HAProxy's own exporter, and every node runs Debian's prometheus-node-exporter, which also serves what the
 node says about itself (`node-agent metrics`, keystone_multiregion/roles/node.py). Both are reachable from `monitoring.cidr` only (keystone_multiregion/security.py).
 `prometheus_config` lists them with their region, node and role as labels. `alert_rules`
 holds the alerts, with the topology's numbers written in (the cluster's size) and
@@ -11,12 +12,16 @@ DIR` writes both files for an operator's Prometheus; the lab runs a real Prometh
 """
 from __future__ import annotations
 
+from .roles.replica import MAX_LAG_S
 from .security import PORTS
-from .topology import Topology
+from .topology import REPLICA, Topology
 
 # job -> (role, port): what Prometheus scrapes on each node of the role (None: every node).
-JOBS = {"galera": ("galera", PORTS["mysqld_exporter"]), "haproxy": ("proxy", PORTS["haproxy_metrics"]),
-        "node": (None, PORTS["node_exporter"])}
+# A job whose role the topology has no node of is left out of prometheus.yml.
+JOBS = {"galera": ("galera", PORTS["mysqld_exporter"]), "replica": (REPLICA, PORTS["mysqld_exporter"]),
+        "haproxy": ("proxy", PORTS["haproxy_metrics"]), "node": (None, PORTS["node_exporter"])}
+# The roles whose nodes run mysqld_exporter (the lab starts it on these).
+MYSQLD_EXPORTER_ROLES = tuple(role for role, port in JOBS.values() if port == PORTS["mysqld_exporter"])
 RULES_FILE = "keystone-multiregion-alerts.yml"
 # A certificate a node serves or trusts alerts this long before it expires.
 CERTIFICATE_WARNING_DAYS = 21
@@ -38,7 +43,7 @@ def prometheus_config(topo: Topology, rules_dir: str = ".") -> dict:
                             # What a node says about itself changes only when node-agent writes it.
                             **({"scrape_interval": f"{max(topo.monitoring.scrape_interval_s, topo.monitoring.node_metrics_interval_s)}s"}
                                if job == "node" else {})}
-                           for job in JOBS],
+                           for job in JOBS if scrape_targets(topo, job)],
     }
 
 
@@ -120,6 +125,8 @@ def alert_rules(topo: Topology) -> dict:
               f"{CERTIFICATE_WARNING_DAYS} days",
               "renew it (README: certificates) and run `pulumi up`: the push installs it"),
     ]
+    if topo.nodes(role=REPLICA):
+        rules += replica_rules(after)
     if topo.backup is not None:
         max_age_s = topo.backup.max_age_h * 3600
         rules += [
@@ -135,3 +142,32 @@ def alert_rules(topo: Topology) -> dict:
                   "`journalctl -u keystone-multiregion-backup.service` on the node says why"),
         ]
     return {"groups": [{"name": "keystone-multiregion", "rules": rules}]}
+
+
+def replica_rules(after: int) -> list[dict]:
+    """A replica region's replicas (agents/replica-node.py), from mysqld_exporter's slave-status
+    collector: a replica whose IO or SQL thread stopped, or that has no replication at all
+    (SHOW SLAVE STATUS empty: no such series while MariaDB answers); one beyond MAX_LAG_S
+    (its health check already answers 503 there: the proxies prefer the other replica); one
+    whose MariaDB or exporter is gone (its slave-status series vanish with it). While the IO
+    thread cannot reach its source, Seconds_Behind_Master is NULL and the exporter leaves the
+    lag out: ReplicaNotReplicating covers that time, not ReplicaLagging."""
+    threads = 'mysql_slave_status_slave_io_running{job="replica"} * mysql_slave_status_slave_sql_running{job="replica"}'
+    return [
+        _rule("ReplicaNotReplicating",
+              f'max by (job, region, node) (({threads}) == 0 or (mysql_up{{job="replica"}} == 1 unless on (node) '
+              'mysql_slave_status_slave_sql_running{job="replica"}))', after, "critical",
+              "{{ $labels.node }} ({{ $labels.region }}) does not replicate (its IO or SQL thread stopped, or no "
+              "replication is configured): the region's Keystone reads ever older data from it",
+              "`replica-node status` on the node says which thread stopped and why (last_io_error, "
+              "last_sql_error); `replica-node switch` moves it to the next source that holds its position"),
+        _rule("ReplicaLagging", f'mysql_slave_status_seconds_behind_master{{job="replica"}} > {MAX_LAG_S}', after,
+              "warning",
+              "{{ $labels.node }} ({{ $labels.region }}) is {{ $value }} s behind its source (over "
+              f"{MAX_LAG_S} s): its health check fails, the proxies prefer the other replica",
+              "`replica-node status` on the node; a slow or far source: `replica-node switch --to NODE` to "
+              "another; else the source's write load or the WAN to it"),
+        _rule("ReplicaDown", 'up{job="replica"} == 0 or mysql_up{job="replica"} == 0', after, "critical",
+              "{{ $labels.node }} ({{ $labels.region }}): the replica's MariaDB or its exporter does not answer",
+              "`systemctl status mariadb prometheus-mysqld-exporter` on the node; `replica-node status`"),
+    ]

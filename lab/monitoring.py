@@ -1,9 +1,9 @@
 """Prometheus in the lab: the exporters a deployment runs, a real Prometheus that scrapes
 them, and drills O1/O2 that see its alerts fire and clear.
 
-Every Galera node runs Debian's prometheus-mysqld-exporter from its rendered
-/etc/default/prometheus-mysqld-exporter (the same file cloud-init writes), as the system user
-`prometheus`; every proxy's HAProxy serves its own exporter (the rendered haproxy.cfg); every
+Every Galera node and every replica runs Debian's prometheus-mysqld-exporter from its
+rendered /etc/default/prometheus-mysqld-exporter (the same file cloud-init writes), as the
+system user `prometheus`; every proxy's HAProxy serves its own exporter (the rendered haproxy.cfg); every
 node runs Debian's prometheus-node-exporter from its rendered defaults file, and its metrics
 timer (the rendered keystone-multiregion-metrics.timer/.service: `node-agent metrics` every
 OnUnitActiveSec, which node_exporter's textfile collector serves).
@@ -22,7 +22,8 @@ from pathlib import Path
 
 import yaml
 
-from keystone_multiregion.monitoring import JOBS, RULES_FILE, alert_rules, prometheus_config, scrape_targets
+from keystone_multiregion.monitoring import (JOBS, MYSQLD_EXPORTER_ROLES, RULES_FILE, alert_rules,
+                                             prometheus_config, scrape_targets)
 from keystone_multiregion.roles.node import METRICS_DIR, METRICS_SERVICE, METRICS_TIMER, NODE_EXPORTER_DEFAULTS
 from keystone_multiregion.security import PORTS
 
@@ -101,10 +102,10 @@ def start_metrics_timer(dep, name: str) -> None:
 
 
 def _configure(dep) -> Path:
-    """Exporters on every node of the topology (mysqld_exporter on the Galera nodes,
-    node_exporter and the metrics timer everywhere), and Prometheus's configuration and rules
-    for it written; returns their directory."""
-    for node in dep.topo.nodes(role="galera"):
+    """Exporters on every node of the topology (mysqld_exporter on the Galera nodes and the
+    replicas, node_exporter and the metrics timer everywhere), and Prometheus's configuration
+    and rules for it written; returns their directory."""
+    for node in (n for n in dep.topo.nodes() if n.role in MYSQLD_EXPORTER_ROLES):
         if not dep.lab.procs.is_alive(node.name, EXPORTER):
             start_exporter(dep, node.name)
     started = []
@@ -143,7 +144,7 @@ def start(dep, log=print) -> None:
 
 
 def reconfigure(dep, log=print) -> None:
-    """After a change of topology: exporters on new Galera nodes, the configuration and
+    """After a change of topology: exporters on new Galera nodes and replicas, the configuration and
     rules rewritten, and Prometheus told to read them (SIGHUP, as `systemctl reload`)."""
     import signal
     if not dep.lab.procs.is_alive(OPS_HOST, "prometheus"):
@@ -187,8 +188,9 @@ class MonitoringDrills:
     """O1: a region cut off from the others fires GaleraNotPrimary for its member (and only
     its member), which clears after the heal. O2: a region's Keystone nodes stopped fire
     KeystoneOnBackups for that region, cleared once they are back. O3 and O4 (below) see the
-    nodes' own metrics alert: a VIP held by nobody, memcached down. Outcomes asserted,
-    durations reported."""
+    nodes' own metrics alert: a VIP held by nobody, memcached down. O5 (a replica region
+    only, not in run_all): a replica's stopped IO thread. Outcomes asserted, durations
+    reported."""
 
     def __init__(self, dep):
         self.dep = dep
@@ -300,6 +302,21 @@ class MonitoringDrills:
             f"O4. memcached stopped on {node.name}: MemcachedDown for {node.name}", "MemcachedDown", node.name,
             lambda: self.dep.lab.procs.stop(node.name, "memcached", timeout=10),
             lambda: memcached_layer.start(self.dep, [node], log=lambda *_: None))
+
+    def drill_replica_not_replicating(self):
+        """O5 (a topology with a replica region): a replica's IO thread stopped (STOP SLAVE
+        IO_THREAD, its source still up): ReplicaNotReplicating fires for that replica only, and
+        clears once it replicates again (START SLAVE IO_THREAD; replica-node status healthy)."""
+        from .layers import replica as replica_layer
+        node = self.topo.nodes(role="replica")[0]
+
+        def replicating(problems, measured):
+            if not wait(lambda: replica_layer.status(self.dep, node.name).get("healthy"), WAIT_LIMIT_S, interval=0.5):
+                problems.append(f"{node.name} does not replicate again: {replica_layer.status(self.dep, node.name)}")
+        return self._fire_and_clear(
+            f"O5. replication's IO thread stopped on {node.name}: ReplicaNotReplicating for {node.name}",
+            "ReplicaNotReplicating", node.name, lambda: self.dep.sql(node.name, "STOP SLAVE IO_THREAD"),
+            lambda: self.dep.sql(node.name, "START SLAVE IO_THREAD"), replicating)
 
     def run_all(self, log=print) -> list:
         results = []

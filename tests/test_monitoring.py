@@ -7,9 +7,11 @@ import subprocess
 import pytest
 import yaml
 
-from helpers import ROOT
+from helpers import ROOT, with_replica_region
 from keystone_multiregion.monitoring import RULES_FILE, alert_rules, prometheus_config
-from keystone_multiregion.topology import load_topology_file
+from keystone_multiregion.roles.replica import MAX_LAG_S
+from keystone_multiregion.security import PORTS, security_rules
+from keystone_multiregion.topology import REPLICA, load_topology, load_topology_file
 
 TOPO = load_topology_file(ROOT / "topology.yaml")
 
@@ -50,11 +52,11 @@ def test_promtool_accepts_the_rules_and_the_config(promtool, tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-def _expected(name, labels, value=None):
+def _expected(name, labels, value=None, topo=TOPO):
     """An alert as promtool reports it: its labels, and its annotations with the labels (and
     the value) written in."""
     import re
-    rule = next(r for r in alert_rules(TOPO)["groups"][0]["rules"] if r["alert"] == name)
+    rule = next(r for r in alert_rules(topo)["groups"][0]["rules"] if r["alert"] == name)
 
     def expand(text):
         text = re.sub(r"\{\{ \$labels\.(\w+) \}\}", lambda m: labels[m.group(1)], text)
@@ -246,3 +248,105 @@ def test_promtool_unit_tests_of_the_backup_alerts(promtool, tmp_path):
     out = subprocess.run([promtool, "test", "rules", str(test_file)], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "SUCCESS" in out.stdout
+
+
+# -- a replica region's replicas ------------------------------------------------------------
+
+REPLICA_TOPO = load_topology(with_replica_region(roles={"replica": {"count": 3}}))
+REPLICA_ALERTS = ("ReplicaNotReplicating", "ReplicaLagging", "ReplicaDown")
+
+
+def test_replicas_are_scraped_on_their_exporter_from_the_monitoring_network_only():
+    jobs = {j["job_name"]: j["static_configs"] for j in prometheus_config(REPLICA_TOPO)["scrape_configs"]}
+    replicas = REPLICA_TOPO.nodes(role=REPLICA)
+    assert {t["targets"][0] for t in jobs["replica"]} == {f"{n.address}:9104" for n in replicas}
+    assert jobs["replica"][0]["labels"] == {"region": "region-r", "node": "replica-region-r-1", "role": REPLICA}
+    assert not {t["targets"][0] for t in jobs["galera"]} & {t["targets"][0] for t in jobs["replica"]}
+    # Without a replica region: no replica job, no replica alert.
+    assert "replica" not in {j["job_name"] for j in prometheus_config(TOPO)["scrape_configs"]}
+    assert not {r["alert"] for r in alert_rules(TOPO)["groups"][0]["rules"]} & set(REPLICA_ALERTS)
+    opened = {r.remote for r in security_rules(REPLICA_TOPO, "region-r")
+              if r.group == REPLICA and r.port == PORTS["mysqld_exporter"]}
+    assert opened == {REPLICA_TOPO.monitoring.cidr}
+
+
+def test_a_replicas_exporter_reads_slave_status_with_flags_the_package_accepts():
+    from keystone_multiregion import pki
+    from keystone_multiregion.render import render_node
+    from keystone_multiregion.roles.galera import MYSQLD_EXPORTER_DEFAULTS
+    import shlex
+    from lab import packages
+    packages.ensure_packages(["prometheus-mysqld-exporter"])
+    topo = load_topology_file(ROOT / "lab" / "topology-region-r.yaml")
+    secrets = pki.generate_secrets(topo)
+    args = {}
+    for name in ("replica-lab-r-1", "galera-lab-a-1"):
+        defaults = {f.path: f.content for f in render_node(topo, name, secrets).files}[MYSQLD_EXPORTER_DEFAULTS]
+        (line,) = [x for x in defaults.splitlines() if x.startswith("ARGS=")]
+        (args[name],) = [shlex.split(v) for v in shlex.split(line.split("=", 1)[1])]
+    assert "--collect.slave_status" in args["replica-lab-r-1"]
+    assert "--collect.slave_status" not in args["galera-lab-a-1"]
+    for argv in args.values():  # kingpin refuses an unknown flag before it prints --help
+        out = subprocess.run(["/usr/bin/prometheus-mysqld-exporter", *argv, "--help"], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+    out = subprocess.run(["/usr/bin/prometheus-mysqld-exporter", "--collect.no_such_collector", "--help"],
+                         capture_output=True, text=True)
+    assert out.returncode != 0
+
+
+def test_promtool_unit_tests_of_the_replica_alerts(promtool, tmp_path):
+    """ReplicaNotReplicating for a stopped IO thread and for a replica with no replication at
+    all, ReplicaLagging beyond MAX_LAG_S (never at it), ReplicaDown for a gone exporter: each
+    pending at its fault and firing only after `for:`; the healthy replicas fire nothing."""
+    rules = _write(tmp_path, alert_rules(REPLICA_TOPO))
+    after = REPLICA_TOPO.monitoring.alert_after_s
+    assert after >= 60  # the fault at 1m is still pending at 1m + after - 1m
+    r = lambda node, **more: "{" + ", ".join(  # noqa: E731
+        f'{k}="{v}"' for k, v in {"job": "replica", "node": node, "region": "region-r", **more}.items()) + "}"
+    s = lambda metric, node, values: {  # noqa: E731
+        "series": f"mysql_slave_status_{metric}" + r(node, master_host="10.10.1.42", connection_name=""),
+        "values": values}
+    one, two, three = (n.name for n in REPLICA_TOPO.nodes(role=REPLICA))
+    series = [
+        # replica 1: its IO thread stops at minute 1 (Connecting: 0; the lag becomes NULL, no sample)
+        s("slave_io_running", one, "1 0x20"), s("slave_sql_running", one, "1x21"),
+        s("seconds_behind_master", one, "0 _x20"),
+        # replica 2: both threads run; exactly MAX_LAG_S behind at minute 0, then 90 s more
+        s("slave_io_running", two, "1x21"), s("slave_sql_running", two, "1x21"),
+        s("seconds_behind_master", two, f"{MAX_LAG_S} {MAX_LAG_S + 90}x20"),
+        # replica 3: its exporter gone from minute 1 (its slave series vanish with it)
+        s("slave_io_running", three, "1 _x20"), s("slave_sql_running", three, "1 _x20"),
+        s("seconds_behind_master", three, "0 _x20"),
+    ] + [{"series": f"{m}" + r(n), "values": "1x21"} for m in ("up", "mysql_up") for n in (one, two)] + [
+        {"series": "up" + r(three), "values": "1 0x20"}, {"series": "mysql_up" + r(three), "values": "1 _x20"}]
+    pending = f"{after}s"              # the fault at 1m, `for:` not yet over
+    fired = f"{60 + after + 60}s"      # `for:` over, a minute of margin for evaluation steps
+    labels = lambda node: {"job": "replica", "node": node, "region": "region-r"}  # noqa: E731
+    lagging = {**labels(two), "master_host": "10.10.1.42"}  # an empty label is no label
+    expect = {
+        "ReplicaNotReplicating": [_expected("ReplicaNotReplicating", labels(one), topo=REPLICA_TOPO)],
+        "ReplicaLagging": [_expected("ReplicaLagging", lagging, value=MAX_LAG_S + 90, topo=REPLICA_TOPO)],
+        "ReplicaDown": [_expected("ReplicaDown", labels(three), topo=REPLICA_TOPO)],
+    }
+    # Never seeded, or RESET SLAVE ALL: MariaDB answers, SHOW SLAVE STATUS is empty.
+    unconfigured = [{"series": f"{m}" + r(one), "values": "1x21"} for m in ("up", "mysql_up")] + [
+        {"series": f"{m}" + r(two), "values": "1x21"} for m in ("up", "mysql_up")] + [
+        s("slave_io_running", two, "1x21"), s("slave_sql_running", two, "1x21"),
+        s("seconds_behind_master", two, f"{MAX_LAG_S}x21")]  # at the bound for 21 minutes: not lagging
+    tests = [
+        {"interval": "1m", "input_series": series, "alert_rule_test": [
+            {"eval_time": t, "alertname": name, "exp_alerts": []} for name in REPLICA_ALERTS for t in ("0m", pending)
+        ] + [{"eval_time": fired, "alertname": name, "exp_alerts": expect[name]} for name in REPLICA_ALERTS]},
+        {"interval": "1m", "input_series": unconfigured, "alert_rule_test": [
+            {"eval_time": "0m", "alertname": "ReplicaNotReplicating", "exp_alerts": []},
+            {"eval_time": fired, "alertname": "ReplicaNotReplicating",
+             "exp_alerts": [_expected("ReplicaNotReplicating", labels(one), topo=REPLICA_TOPO)]},
+            {"eval_time": "20m", "alertname": "ReplicaLagging", "exp_alerts": []}]},
+    ]
+    test_file = tmp_path / "replica-alerts-test.yml"
+    test_file.write_text(yaml.safe_dump({"rule_files": [rules], "evaluation_interval": "1m", "tests": tests}))
+    out = subprocess.run([promtool, "test", "rules", str(test_file)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "SUCCESS" in out.stdout
+    out = subprocess.run([promtool, "check", "rules", rules], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
