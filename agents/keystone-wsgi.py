@@ -101,6 +101,9 @@ _BODY_DISCONNECTED = _body("The database connection was lost while answering (a 
                            "moved its sessions); retry the request.")
 
 
+_REQUEST_KEYS = ("REQUEST_METHOD", "SCRIPT_NAME", "PATH_INFO", "QUERY_STRING", "CONTENT_TYPE")
+
+
 def forward(environ, body, timeout=30):
     """The request, whole, to WRITE_ELSEWHERE (this region's internal endpoint, whose proxy
     sends it to a core region): (status line, headers, body) of the core's answer."""
@@ -110,8 +113,11 @@ def forward(environ, body, timeout=30):
     path = (environ.get("SCRIPT_NAME") or "") + (environ.get("PATH_INFO") or "/")
     if environ.get("QUERY_STRING"):
         path += "?" + environ["QUERY_STRING"]
+    # `environ` is the request as it came (application() keeps a copy before Keystone adds
+    # its own keys, some None); only string values are headers.
     headers = {key[5:].replace("_", "-").title(): value for key, value in environ.items()
-               if key.startswith("HTTP_") and key[5:].replace("_", "-").lower() not in _HOP_BY_HOP}
+               if key.startswith("HTTP_") and isinstance(value, str)
+               and key[5:].replace("_", "-").lower() not in _HOP_BY_HOP}
     if environ.get("CONTENT_TYPE"):
         headers["Content-Type"] = environ["CONTENT_TYPE"]
     headers[WRITE_ELSEWHERE_HEADER] = "1"
@@ -140,8 +146,11 @@ def application(environ, start_response):
     repeatable = _repeatable(environ)
     request_body = None
     _seen.read_only = False
+    incoming = None
     if WRITE_ELSEWHERE:
-        # A replica region: any request may turn out to write; its body is kept for the core.
+        # A replica region: any request may turn out to write; its body, and the request as
+        # it came (Keystone adds keys of its own to environ, some None), are kept for the core.
+        incoming = {k: v for k, v in environ.items() if k.startswith("HTTP_") or k in _REQUEST_KEYS}
         length = int(environ.get("CONTENT_LENGTH") or 0)
         request_body = environ["wsgi.input"].read(length) if length > 0 else b""
     elif repeatable and environ.get("REQUEST_METHOD") == "POST":
@@ -155,7 +164,7 @@ def application(environ, start_response):
         if _seen.read_only and (status is None or status.startswith("500")):
             # Refused by the read-only replica: nothing was written here, the core does it.
             try:
-                status, headers, body = forward(environ, request_body or b"")
+                status, headers, body = forward(incoming, request_body or b"")
             except (OSError, ValueError) as exc:
                 print(f"keystone-wsgi: {environ['REQUEST_METHOD']} {environ.get('PATH_INFO')} writes, and "
                       f"the core did not answer it: {exc}", file=sys.stderr, flush=True)

@@ -15,6 +15,7 @@ import time
 import uuid
 from pathlib import Path
 
+from keystone_multiregion.roles.keystone import endpoint_urls
 from keystone_multiregion.security import PORTS
 
 from .drills import DrillResult, wait_until
@@ -24,14 +25,20 @@ CLIENT = str(Path(__file__).resolve().parent / "ksclient.py")
 
 
 class KeystoneDrills:
-    def __init__(self, dep):
+    def __init__(self, dep, through_endpoints: bool = False):
+        """Requests go to each region's first Keystone node, or with `through_endpoints` to the
+        region's internal endpoint (its proxies), as Keystone's clients in the region use it:
+        a replica region's writes reach the core that way only."""
         self.dep = dep
         self.topo = dep.topo
+        self.through_endpoints = through_endpoints
         self.regions = [r.name for r in self.topo.regions if self.topo.nodes(r.name, "keystone")]
         self.password = dep.secrets()["keystone_admin_password"]
 
     # -- helpers ---------------------------------------------------------------------------
     def url(self, region: str) -> str:
+        if self.through_endpoints:
+            return endpoint_urls(self.topo, region)["internal"]
         return f"http://{self.topo.nodes(region, 'keystone')[0].address}:{PORTS['keystone']}"
 
     def ks(self, region: str, *args: str, secret: str | None = None) -> dict:

@@ -133,19 +133,31 @@ def test_the_peer_ca_verifies_every_other_region(deployment):
             assert got["ok"], got
 
 
+def _bench_figures(method: str, m: dict) -> None:
+    """The bench's failovers (lab/bench.py FAILOVERS; its quick run in CI runs the first only)
+    read these figures of this drill: they are there, with a first answer."""
+    from lab.bench import FAILOVERS
+    (row,) = [f for f in FAILOVERS if f[1] == method]
+    _, _, first_key, failed_key, total_key = row
+    assert m.get(first_key) is not None and m.get(total_key) and failed_key in m, (method, row, sorted(m))
+
+
 def test_a1_vip_moves_when_its_proxy_loses_its_link(drills):
     m = _run(drills.drill_vip_link_down).measured
+    _bench_figures("drill_vip_link_down", m)
     assert all(v is not None for v in m["move_s"].values())  # moved (durations reported, not judged)
     assert m["back_on_master_s"] is not None
 
 
 def test_a2_vip_moves_when_keepalived_stops(drills):
     m = _run(drills.drill_vip_keepalived_stop).measured
+    _bench_figures("drill_vip_keepalived_stop", m)
     assert all(v is not None for v in m["move_s"].values())
 
 
 def test_a3_vip_moves_when_haproxy_dies(drills):
     m = _run(drills.drill_vip_haproxy_killed).measured
+    _bench_figures("drill_vip_haproxy_killed", m)
     assert all(v is not None for v in m["move_s"].values())
     # The drop-in's ExecStopPost ran when the process ended (the file keepalived tracks read 1),
     # and its ExecStartPost when HAProxy ran again.
@@ -154,6 +166,7 @@ def test_a3_vip_moves_when_haproxy_dies(drills):
 
 def test_b_database_frontend_moves_to_the_next_node(drills):
     m = _run(drills.drill_db_failover).measured
+    _bench_figures("drill_db_failover", m)
     assert m["taken_over_by"] != m["killed"] and m["lost_writes"] == 0
 
 
@@ -165,6 +178,7 @@ def test_b2_cut_off_region_reads_locally_and_refuses_writes(drills):
 
 def test_c_keystone_requests_fail_over_to_other_regions(drills):
     m = _run(drills.drill_keystone_failover).measured
+    _bench_figures("drill_keystone_failover", m)
     assert m["failed"] == 0 and m["first_success_s"] is not None and m["served_by_backups"]
     # The proxies named the region that answered: another one (X-Keystone-Region).
     assert set(m["answered_by_region"]) & set(drills.others), m["answered_by_region"]
