@@ -21,7 +21,8 @@ A push is refused, with one line and nothing changed (exit 2), when: the payload
 parse or is for another node; a file fails its check (`haproxy -c`, `keepalived -t`, a
 Galera setting `mariadbd` rejects); or the action would cost the cluster its quorum or the
 region its last healthy node of the role (a Galera restart while another member is away,
-memcached restarted while no other memcached of the region answers). Otherwise the files
+memcached restarted while no other memcached of the region answers, a replica restarted
+while no other replica of its region answers its health check). Otherwise the files
 are installed atomically (a new file beside the old, renamed over it; an existing file
 keeps its owner and mode, which the node's own set-up chose), the actions run in a fixed
 order with the least disruption each allows, and the agent waits until the node is
@@ -61,9 +62,15 @@ KEYSTONE_NODE = "/usr/local/sbin/keystone-node"
 BACKUP_PLAN = "/etc/keystone-multiregion/backup.json"
 BACKUP_SECRETS = "/etc/keystone-multiregion/backup-secrets.json"
 BACKUP_STATUS = "/var/lib/keystone-multiregion/backup-status.json"
+# A replica region's replica (roles/replica.py; agents/replica-node.py).
+REPLICA_NODE = "/usr/local/sbin/replica-node"
+REPLICA_CONFIG = "/etc/keystone-multiregion/replica.json"
+# Read replica.json once, at their start: the sources (replica-watch) and their names.
+REPLICA_UNITS = ("replica-health", "replica-watch")
 
 # The actions in the order they run (keystone_multiregion/push.py, ACTIONS).
-ORDER = ("none", "systemd:daemon-reload", "galera:settings", "galera:restart", "galera:users", "garbd:restart",
+ORDER = ("none", "systemd:daemon-reload", "galera:settings", "galera:restart", "galera:users", "replica:restart",
+         "garbd:restart",
          "haproxy:reload", "keepalived:reload", "sysctl:apply", "memcached:restart", "keystone:reload",
          "exporter:restart", "node-exporter:restart")
 # MariaDB settings a running server takes with SET GLOBAL; any other change restarts it.
@@ -275,6 +282,33 @@ def guard_memcached_restart(health):
                       f"({', '.join(peers)}); this node is the region's last one")
 
 
+def replica_status():
+    """`replica-node status` as a dict ({} when it does not answer in JSON)."""
+    try:
+        out = subprocess.run(["python3", path(REPLICA_NODE), "status"], capture_output=True, text=True, timeout=60)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+    except (OSError, subprocess.TimeoutExpired, ValueError, IndexError):
+        return {}
+
+
+def guard_replica_restart(health):
+    """No restart of a region's last healthy replica: another replica of the region must
+    answer its health check (200: both threads run, lag within bound), as the proxies ask it."""
+    peers = health.get("peers") or []
+    names = health.get("peer_names") or {}
+    port = int(health["ports"]["galera_health"])
+    seen = []
+    for peer in peers:
+        code = http_status(f"http://{peer}:{port}/")
+        if code == 200:
+            return
+        seen.append(f"{names.get(peer, peer)} ({peer}): " + (f"HTTP {code}" if code else "no answer"))
+    raise Refused("refusing to restart MariaDB on this replica: no other replica of the region is healthy ("
+                  + ("; ".join(seen) or "it has none") + "); the region's Keystone reads from this one meanwhile. "
+                  "Bring the other replica back first (`replica-node status` on it; `replica-node switch` when "
+                  "its source is gone), then push again")
+
+
 # -- install --------------------------------------------------------------------------------
 def install(f):
     """Atomically: a new file beside the old one, renamed over it. An existing file keeps
@@ -450,6 +484,8 @@ def healthy(role, node_facts, health):
         return http_status(f"http://{node_facts['address']}:{health['ports']['keystone']}/healthcheck") == 200
     if role == "arbitrator":
         return systemctl("is-active", "garb", check=False).returncode == 0
+    if role == "replica":
+        return bool(replica_status().get("healthy"))
     return True
 
 
@@ -482,6 +518,30 @@ def restart_galera(health, log):
     time.sleep(float(health.get("galera_undrain_s", 0)))
 
 
+def restart_replica(files, health, log):
+    """A replica's replica.cnf or TLS changed: MariaDB restarted (replication resumes from
+    gtid_slave_pos by itself: no skip_slave_start). replica.json alone needs no restart of the
+    server. Either way `replica-node start --no-server` (on a seeded replica: its local
+    accounts from replica.json, START SLAVE; never a new seed while the marker exists), the
+    units that read replica.json restarted, then a bounded wait until `replica-node status`
+    says healthy."""
+    server = any(f["path"] != REPLICA_CONFIG for f in files)
+    if server:
+        systemctl("restart", "mariadb", timeout=3600)
+    out = subprocess.run(["python3", path(REPLICA_NODE), "start", "--no-server", "--timeout", "600"],
+                         capture_output=True, text=True, timeout=3600)
+    if out.returncode != 0:
+        raise Failed(f"replica-node start failed: {(out.stderr or out.stdout).strip()[-300:]}")
+    for unit in REPLICA_UNITS:
+        systemctl("restart", unit)
+    bound = float(health.get("replica_settle_s", 900))
+    if not wait(lambda: replica_status().get("healthy"), bound, interval=1.0):
+        raise Failed(f"this replica does not replicate within {bound:g}s after the "
+                     f"{'restart' if server else 'new configuration'}: `replica-node status` says "
+                     f"{json.dumps(replica_status(), sort_keys=True)[:300]}")
+    return "replica:restart" if server else "replica:restart (replica.json only: MariaDB kept running)"
+
+
 def run_actions(actions, changed, health, previous, log):
     done = []
     for action in actions:
@@ -503,6 +563,8 @@ def run_actions(actions, changed, health, previous, log):
                                  text=True, timeout=300)
             if out.returncode != 0:
                 raise Failed(f"galera-node init-cluster failed: {out.stderr.strip()[-300:]}")
+        elif action == "replica:restart":
+            action = restart_replica(files, health, log)
         elif action == "garbd:restart":
             if garbd_peers_only(files, previous):
                 # garbd, like a member, learns its peers from the group; a restart would take
@@ -542,6 +604,8 @@ def guard(actions, changed, health, previous):
             guard_galera_restart(health)
     if "memcached:restart" in actions:
         guard_memcached_restart(health)
+    if "replica:restart" in actions:
+        guard_replica_restart(health)
 
 
 def record(data):

@@ -37,6 +37,8 @@ ACTIONS = (
     "galera:settings",       # galera.cnf: live where MariaDB allows, else a guarded restart
     "galera:restart",        # TLS material, SST credentials: a guarded restart
     "galera:users",          # databases, users and grants, applied idempotently
+    "replica:restart",       # a replica's replica.cnf, replica.json or TLS: only while another
+                             # replica of its region is healthy; back replicating before the next
     "garbd:restart",         # the arbitrator's settings or TLS
     "haproxy:reload",        # checked with haproxy -c, reloaded without dropping connections
     "keepalived:reload",     # checked with keepalived -t, reloaded (VRRP state kept)
@@ -70,7 +72,9 @@ def health_params(topo: Topology, rendered: RenderedNode) -> dict:
         "galera_cluster_size": members,
         "haproxy_monitor": f"http://{MONITOR_ADDRESS}:{MONITOR_PORT}{MONITOR_URI}",
         "peers": [n.address for n in topo.nodes(node.region, node.role) if n.name != node.name],
-        "ports": {k: PORTS[k] for k in ("keystone", "memcached", "mysql") if k in PORTS},
+        "peer_names": {n.address: n.name for n in topo.nodes(node.region, node.role) if n.name != node.name},
+        # galera_health: a replica's health check too (the proxies ask it there).
+        "ports": {k: PORTS[k] for k in ("keystone", "memcached", "mysql", "galera_health") if k in PORTS},
     }
 
 

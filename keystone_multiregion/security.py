@@ -155,6 +155,9 @@ def security_rules(topo: Topology, region: str) -> tuple[Rule, ...]:
     local_proxies = [FromGroup("proxy")] if topo.nodes(region, "proxy") else []
     allow(REPLICA, "tcp", PORTS["mysql"], local_proxies, "MySQL from the local proxies")
     allow(REPLICA, "tcp", PORTS["galera_health"], local_proxies, "replica health check from the local proxies")
+    # node-agent restarts a replica only while another replica of the region answers it.
+    allow(REPLICA, "tcp", PORTS["galera_health"], local(REPLICA),
+          "replica health check from the region's other replicas (node-agent's restart guard)")
     allow(REPLICA, "tcp", PORTS["mysqld_exporter"], [topo.monitoring.cidr], "Prometheus: mysqld_exporter")
 
     if topo.nodes(region, ARBITRATOR):

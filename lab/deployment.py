@@ -329,6 +329,8 @@ class LabDeployment:
         if unit == "memcached":
             self.lab.procs.stop(name, "memcached", timeout=10)
             layers.memcached.start(self, [node], log=lambda *_: None)
+        elif unit in ("replica-health", "replica-watch") and node.role == "replica":
+            layers.replica.restart_unit(self, name, unit)
         elif unit == "mariadb" and node.role == "replica":
             self.lab.procs.stop(name, "mariadb", timeout=120)
             layers.replica.start_replica(self, name)

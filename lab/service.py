@@ -9,7 +9,8 @@ Each verb does what the unit on a VM does:
     reload haproxy       SIGUSR2 to the master (Debian's haproxy.service ExecReload)
     reload keepalived    SIGHUP (keepalived.service ExecReload)
     reload keystone-api  SIGHUP to uwsgi's master (our keystone-api.service ExecReload)
-    restart memcached | mariadb | garb | prometheus-*-exporter   stop, then start as the lab does
+    restart memcached | mariadb | garb | prometheus-*-exporter | replica-health | replica-watch
+                         stop, then start as the lab does
     stop UNIT            SIGTERM, then wait for the process to end (node-agent leave)
     disable UNIT         nothing to do (the lab starts nothing at boot)
     is-active UNIT       exit 0 while the process runs

@@ -20,6 +20,7 @@ from keystone_multiregion import push
 from keystone_multiregion.render import AGENTS, render_node
 from keystone_multiregion.roles.galera import GALERA_CONF, GALERA_NODE_TOOL
 from keystone_multiregion.roles.proxy import HAPROXY_CFG, KEEPALIVED_CONF
+from keystone_multiregion.roles.replica import REPLICA_CONFIG, REPLICA_TOOL
 
 AGENT = AGENTS / "node-agent.py"
 
@@ -45,6 +46,20 @@ with open(os.environ["FAKE_LOG"], "a") as fh:
 """
 
 
+# replica-node's stand-in: records its call; `status` answers $FAKE_REPLICA (exit 0 when healthy).
+FAKE_REPLICA_NODE = """import json, os, sys
+with open(os.environ["FAKE_LOG"], "a") as fh:
+    fh.write("replica-node " + " ".join(sys.argv[1:]) + "\\n")
+if sys.argv[1:2] == ["status"]:
+    with open(os.environ["FAKE_REPLICA"]) as fh:
+        status = json.load(fh)
+    print(json.dumps(status))
+    sys.exit(0 if status.get("healthy") else 1)
+if sys.argv[1:2] == ["start"]:
+    print(json.dumps({"action": "replicating"}))
+"""
+
+
 class Node:
     """A node's tree with its files as cloud-init left them, and the agent to run on it."""
 
@@ -66,10 +81,15 @@ class Node:
         tool = self.root / GALERA_NODE_TOOL.lstrip("/")
         if tool.exists():  # the real one works on the machine's own /etc; this one records its call
             tool.write_text(FAKE_GALERA_NODE)
+        tool = self.root / REPLICA_TOOL.lstrip("/")
+        if tool.exists():
+            tool.write_text(FAKE_REPLICA_NODE)
+        self.replica = tmp / "replica-status.json"
+        self.replica.write_text(json.dumps({"healthy": True, "io_running": "Yes", "sql_running": "Yes"}))
         self.wsrep = tmp / "wsrep.txt"
         self.wsrep.write_text(WHOLE.format(size=push.payload(topo, self.rendered)["health"]["galera_cluster_size"]))
         self.env = {**os.environ, "NODE_AGENT_ROOT": str(self.root), "PATH": f"{bin_dir}:{os.environ['PATH']}",
-                    "FAKE_LOG": str(self.log), "FAKE_WSREP": str(self.wsrep)}
+                    "FAKE_LOG": str(self.log), "FAKE_WSREP": str(self.wsrep), "FAKE_REPLICA": str(self.replica)}
         self.monitor = monitor
 
     def payload(self, **changed: str) -> dict:
@@ -82,10 +102,12 @@ class Node:
 
     @staticmethod
     def faked(data: dict) -> dict:
-        """The payload with galera-node replaced by the stand-in the tree holds."""
+        """The payload with galera-node and replica-node replaced by the stand-ins the tree holds."""
         for f in data["files"]:
             if f["path"] == GALERA_NODE_TOOL:
                 f["content"] = FAKE_GALERA_NODE
+            if f["path"] == REPLICA_TOOL:
+                f["content"] = FAKE_REPLICA_NODE
         return data
 
     def agent(self, *args: str, stdin: str = "") -> subprocess.CompletedProcess:
@@ -500,3 +522,120 @@ def test_metrics_of_the_backup_node_say_when_its_last_good_backup_was(tmp_path, 
     m = _metrics(other.file(f"{METRICS_DIR}/keystone-multiregion.prom").read_text())
     assert m["keystone_multiregion_backup_node"] == 0
     assert not [k for k in m if "backup_" in k and "backup_node" not in k]
+
+
+# -- a replica region's replica: replica:restart ---------------------------------------------
+
+@pytest.fixture(scope="module")
+def replica_topo():
+    from helpers import with_replica_region
+    from keystone_multiregion import pki
+    from keystone_multiregion.topology import load_topology
+    topo = load_topology(with_replica_region())
+    return topo, pki.generate_secrets(topo)
+
+
+@pytest.fixture
+def replica(tmp_path, replica_topo, monitor):
+    topo, secrets = replica_topo
+    return Node(tmp_path, topo, secrets, "replica-region-r-1", monitor)
+
+
+@pytest.fixture
+def other_replica():
+    """The region's other replica's health check (loopback): answers `code[0]`."""
+    code = [200]
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(code[0])
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield code, server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+def _replica_payload(node, port, **changed):
+    data = node.payload(**changed)
+    data["health"].update(peers=["127.0.0.1"], peer_names={"127.0.0.1": "replica-region-r-2"})
+    data["health"]["ports"]["galera_health"] = port
+    return data
+
+
+def test_a_replicas_push_knows_its_other_replica_and_their_health_port(replica, replica_topo):
+    from keystone_multiregion.roles.galera import GALERA_CONF as CNF, TLS_PATHS
+    topo, _ = replica_topo
+    data = push.payload(topo, replica.rendered)
+    other = topo.node("replica-region-r-2")
+    assert data["health"]["peers"] == [other.address]
+    assert data["health"]["peer_names"] == {other.address: other.name}
+    assert data["health"]["ports"]["galera_health"] == 9200
+    actions = {f["path"]: f["on_change"] for f in data["files"]}
+    assert {p for p, a in actions.items() if a == "replica:restart"} == {CNF, REPLICA_CONFIG, *TLS_PATHS.values()}
+
+
+def test_a_replica_restart_is_refused_while_no_other_replica_is_healthy_and_rolled_when_one_is(replica,
+                                                                                                other_replica):
+    code, port = other_replica
+    text = replica.file(GALERA_CONF).read_text()
+    changed = text + "# changed\n"
+    code[0] = 503  # the other replica does not replicate (or lags beyond max_lag_s)
+    out = replica.apply(_replica_payload(replica, port, **{GALERA_CONF: changed}))
+    assert out.returncode == 2, out.stderr
+    (line,) = out.stderr.strip().splitlines()
+    assert line.startswith("node-agent: refused, nothing changed: refusing to restart MariaDB on this replica: "
+                           "no other replica of the region is healthy (replica-region-r-2 (127.0.0.1): HTTP 503)")
+    assert "Bring the other replica back first (`replica-node status` on it" in line
+    assert replica.file(GALERA_CONF).read_text() == text
+    assert not any(c.startswith("systemctl restart") for c in replica.calls())
+    # Its health port does not answer at all: refused as well, and said so.
+    out = replica.apply(_replica_payload(replica, 1, **{GALERA_CONF: changed}))
+    assert out.returncode == 2 and "replica-region-r-2 (127.0.0.1): no answer" in out.stderr
+    code[0] = 200
+    out = replica.apply(_replica_payload(replica, port, **{GALERA_CONF: changed}))
+    assert out.returncode == 0, out.stderr
+    assert _last_json(out)["actions"] == ["replica:restart"]
+    assert replica.file(GALERA_CONF).read_text() == changed
+    calls = [c.split(" <<")[0] for c in replica.calls() if not c.startswith("replica-node status")]
+    assert calls == ["systemctl restart mariadb", "replica-node start --no-server --timeout 600",
+                     "systemctl restart replica-health", "systemctl restart replica-watch"]
+    assert "replica-node status" in replica.calls()  # waited until it says healthy
+
+
+def test_a_new_replica_json_keeps_mariadb_running(replica, other_replica):
+    _, port = other_replica
+    cfg = json.loads(replica.file(REPLICA_CONFIG).read_text())
+    cfg["max_lag_s"] = 30
+    out = replica.apply(_replica_payload(replica, port, **{REPLICA_CONFIG: json.dumps(cfg)}))
+    assert out.returncode == 0, out.stderr
+    assert _last_json(out)["actions"] == ["replica:restart (replica.json only: MariaDB kept running)"]
+    calls = [c.split(" <<")[0] for c in replica.calls() if not c.startswith("replica-node status")]
+    assert calls == ["replica-node start --no-server --timeout 600", "systemctl restart replica-health",
+                     "systemctl restart replica-watch"]
+
+
+def test_a_replica_that_does_not_replicate_after_its_restart_fails_the_push(replica, other_replica):
+    _, port = other_replica
+    replica.replica.write_text(json.dumps({"healthy": False, "io_running": "Connecting", "sql_running": "Yes",
+                                           "last_io_error": "TLS: certificate verify failed"}))
+    data = _replica_payload(replica, port, **{GALERA_CONF: replica.file(GALERA_CONF).read_text() + "# x\n"})
+    data["health"]["replica_settle_s"] = 1  # the bound, shortened
+    out = replica.apply(data)
+    assert out.returncode == 1
+    line = out.stderr.strip().splitlines()[-1]
+    assert line.startswith("node-agent: failed: replica-region-r-1: files installed, but this replica does not "
+                           "replicate within 1s after the restart: `replica-node status` says ")
+    assert "certificate verify failed" in line
+
+
+def test_node_agent_health_of_a_replica_is_replica_node_status(replica):
+    out = replica.agent("health", "--timeout", "0")
+    assert out.returncode == 0 and _last_json(out)["healthy"] is True
+    replica.replica.write_text(json.dumps({"healthy": False}))
+    out = replica.agent("health", "--timeout", "0")
+    assert out.returncode == 1 and _last_json(out)["healthy"] is False

@@ -283,7 +283,8 @@ def test_replication_reaches_the_core_galera_nodes_from_replicas_only():
         for port in ("galera_replication", "galera_ist", "galera_sst", "galera_health"):
             assert not replicas & _allowed(LAB, region, "galera", PORTS[port]), port
     assert _allowed(LAB, "lab-r", REPLICA, PORTS["mysql"]) == {"sg:proxy"}
-    assert _allowed(LAB, "lab-r", REPLICA, PORTS["galera_health"]) == {"sg:proxy"}
+    # The proxies ask it, and the region's other replicas (node-agent's guard before a restart).
+    assert _allowed(LAB, "lab-r", REPLICA, PORTS["galera_health"]) == {"sg:proxy", f"sg:{REPLICA}"}
     assert {r.group for r in security_rules(LAB, "lab-r")} == {"proxy", "keystone", "memcached", REPLICA}
 
 

@@ -122,11 +122,14 @@ REPLICA_LAYER = RoleLayer(
         ("galera/mysqld-exporter.j2", MYSQLD_EXPORTER_DEFAULTS, "0644"),
     ),
     context=_context, secret_files=_secret_files, cloud_config=_cloud_config,
-    # A changed replica.cnf, replica.json or TLS file needs MariaDB (or the services) restarted:
-    # node-agent has no replica restart yet (README: replica regions, what is left), so a push
-    # writes them and the restart is the operator's (`systemctl restart mariadb` on one replica
-    # at a time: it recovers its relay log from gtid_slave_pos).
+    # A changed replica.cnf or TLS file restarts MariaDB (it recovers its relay log from
+    # gtid_slave_pos); a changed replica.json re-applies the local accounts and restarts the
+    # units that read it (replica-health, replica-watch), MariaDB kept running. node-agent's
+    # replica:restart refuses while no other replica of the region answers its health check,
+    # and waits until `replica-node status` says healthy (agents/node-agent.py).
     on_change={HEALTH_SERVICE: "systemd:daemon-reload", WATCH_SERVICE: "systemd:daemon-reload",
-               DATA_VOLUME_DROPIN: "systemd:daemon-reload", MYSQLD_EXPORTER_DEFAULTS: "exporter:restart"})
+               DATA_VOLUME_DROPIN: "systemd:daemon-reload", MYSQLD_EXPORTER_DEFAULTS: "exporter:restart",
+               GALERA_CONF: "replica:restart", REPLICA_CONFIG: "replica:restart",
+               **{path: "replica:restart" for path in TLS_PATHS.values()}})
 
 LAYERS = {REPLICA: REPLICA_LAYER}

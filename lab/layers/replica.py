@@ -83,6 +83,14 @@ def start_units(dep, name: str) -> None:
         dep.lab.procs.start(name, proc, argv)
 
 
+def restart_unit(dep, name: str, unit: str) -> None:
+    """`systemctl restart replica-health|replica-watch` (node-agent's replica:restart after a
+    new replica.json): the process stopped, then started from its rendered unit."""
+    proc = next(p for p, path in UNITS.items() if path.endswith(f"/{unit}.service"))
+    dep.lab.procs.stop(name, proc, timeout=10)
+    start_units(dep, name)
+
+
 def start_replica(dep, name: str, timeout: float = 180) -> dict:
     """mariadbd, `replica-node start --no-server` (seeds on the first start), the units; waits
     (bounded) until replica-node status says healthy. Returns start's JSON line."""
