@@ -45,9 +45,10 @@ class NodeGroupArgs:
 
 
 def user_data_output(topo: Topology, node_name: str, secrets: pulumi.Input[Mapping[str, str]]) -> pulumi.Output[str]:
-    """The node's cloud-init document, a secret Output when it carries secrets."""
+    """The node's cloud-init document, gzip-compressed and base64-encoded (Nova's limit is
+    65535 bytes: render.encode_user_data), a secret Output when it carries secrets."""
     rendered = pulumi.Output.from_input(secrets).apply(lambda s: render_node(topo, node_name, s))
-    user_data = rendered.apply(lambda r: r.user_data)
+    user_data = rendered.apply(lambda r: r.encoded_user_data)
     # Whether a role carries secrets is known before any value is.
     return pulumi.Output.secret(user_data) if role_has_secrets(topo.node(node_name).role) else user_data
 

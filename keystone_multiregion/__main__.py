@@ -30,7 +30,7 @@ import yaml
 
 from . import changes, gate
 from .recovery import RecoveryError, check_reports, most_advanced
-from .render import render_region, write_rendered
+from .render import NOVA_USER_DATA_LIMIT, render_region, user_data_sizes, write_rendered
 from .secrets import SecretsError, placeholder_secrets
 from .security import project_usage
 from .stacks import region_stacks, stack_config
@@ -137,6 +137,10 @@ def main(argv: list[str] | None = None) -> int:
                       f"{use.rules} of {topo.quotas.security_group_rules}, groups {use.groups} of "
                       f"{topo.quotas.security_groups}")
             print("  stacks: " + (", ".join(f"{s} -> {r}" for s, r in stacks.items()) or "none"))
+            # Every node's cloud-init as Nova gets it (gzip + base64), against Nova's limit.
+            sizes = user_data_sizes(topo)
+            print(f"  user data, largest per role (of Nova's {NOVA_USER_DATA_LIMIT} bytes): "
+                  + ", ".join(f"{role} {size} ({node})" for role, (size, node) in sorted(sizes.items())))
             b = topo.backup
             if b is None:
                 print("  WARNING: no backup section: nothing undoes a mistake that replicates to every region; "

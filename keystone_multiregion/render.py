@@ -9,6 +9,8 @@ render writes it to disk for reviewers; the local lab runs the daemons on the sa
 
 from __future__ import annotations
 
+import base64
+import gzip
 import json
 import os
 from dataclasses import dataclass
@@ -32,12 +34,60 @@ AGENTS = Path(__file__).resolve().parent.parent / "agents"
 FACTS_PATH = "/etc/keystone-multiregion/node.json"
 
 
+# Nova refuses user data over 65535 bytes, base64-encoded. A Galera node's cloud-config is
+# about 140 KB (it carries the node's programs), so every node's goes gzip-compressed, which
+# cloud-init detects and decompresses (cloudinit.user_data.convert_string), and
+# base64-encoded, which gophercloud (under pulumi-openstack) passes to Nova unchanged.
+NOVA_USER_DATA_LIMIT = 65535
+
+
+class UserDataTooLarge(ValueError):
+    pass
+
+
+def encode_user_data(text: str, node_name: str) -> str:
+    """The cloud-config as the instance's user_data: gzip (no timestamp, so the same document
+    always gives the same value and a preview shows no change), then base64."""
+    data = base64.b64encode(gzip.compress(text.encode(), compresslevel=9, mtime=0)).decode("ascii")
+    if len(data) > NOVA_USER_DATA_LIMIT:
+        raise UserDataTooLarge(
+            f"{node_name}: its cloud-init document is {len(data)} bytes gzip-compressed and base64-encoded, over "
+            f"Nova's limit of {NOVA_USER_DATA_LIMIT} bytes: the instance would be refused. Fix: fewer or smaller "
+            "files in the role's cloud-init (keystone_multiregion/roles), e.g. a file pushed after boot instead")
+    return data
+
+
+def decode_user_data(data: str) -> str:
+    return gzip.decompress(base64.b64decode(data, validate=True)).decode()
+
+
+def user_data_sizes(topo: Topology) -> dict[str, tuple[int, str]]:
+    """role -> (bytes, node): the largest user_data of each role as Nova gets it, rendered
+    with secrets of real size (pki.generate_secrets: certificates and keys made for this check
+    and thrown away; store credentials as long as real ones). Raises UserDataTooLarge."""
+    from .pki import generate_secrets
+    from .secrets import BACKUP_STORE, BACKUP_STORE_FIELDS
+    values = generate_secrets(topo)
+    values[BACKUP_STORE] = {f: "s" * 86 for fields in BACKUP_STORE_FIELDS.values() for f in fields}
+    largest: dict[str, tuple[int, str]] = {}
+    for node in topo.nodes():
+        size = len(render_node(topo, node.name, values).encoded_user_data)
+        if size > largest.get(node.role, (0, ""))[0]:
+            largest[node.role] = (size, node.name)
+    return largest
+
+
 @dataclass(frozen=True)
 class RenderedNode:
     node: Node
     files: tuple[File, ...]
-    user_data: str
+    user_data: str  # the cloud-config document, as reviewers read it
     secret: bool  # user_data carries secrets: pass it on as a secret
+
+    @property
+    def encoded_user_data(self) -> str:
+        """What the instance gets (encode_user_data): refused here if Nova would refuse it."""
+        return encode_user_data(self.user_data, self.node.name)
 
 
 def _environment() -> jinja2.Environment:

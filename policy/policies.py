@@ -15,6 +15,8 @@ the real values during `pulumi up`.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import copy
 import ipaddress
 import math
@@ -418,13 +420,19 @@ def check_user_data_size(name: str, props: dict, warn_fraction: float, report: R
     if user_data is UNKNOWN or not isinstance(user_data, str):
         return
     raw = len(user_data.encode())
-    encoded = 4 * math.ceil(raw / 3)
+    # As gophercloud sends it: a value that is base64 already (the stacks send gzip + base64)
+    # goes as it is, anything else is base64-encoded first.
+    try:
+        base64.b64decode(user_data, validate=True)
+        encoded = raw
+    except (binascii.Error, ValueError):
+        encoded = 4 * math.ceil(raw / 3)
     if encoded <= warn_fraction * NOVA_USER_DATA_LIMIT:
         return
     share = 100 * encoded / NOVA_USER_DATA_LIMIT
     state = ("exceeds Nova's limit: the instance cannot be created" if encoded > NOVA_USER_DATA_LIMIT
              else "is close to Nova's limit")
-    report(f"instance '{name}' has {raw} bytes of user data, {encoded} base64-encoded ({share:.0f}% of "
+    report(f"instance '{name}' has {raw} bytes of user data, {encoded} as sent ({share:.0f}% of "
            f"{NOVA_USER_DATA_LIMIT}): it {state}. Fix: keep large files out of cloud-init (smaller "
            "templates, or fetch them at boot) before a template change pushes it over.")
 

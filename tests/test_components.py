@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from helpers import ROOT, example
-from keystone_multiregion.render import render_node
+from keystone_multiregion.render import decode_user_data, render_node
 from keystone_multiregion.secrets import SECRETS
 from keystone_multiregion.security import group_members, security_groups
 from keystone_multiregion.stacks import region_stacks, stack_config
@@ -203,12 +203,14 @@ def test_user_data_is_exactly_the_rendered_document(stack):
     for node in TOPO.nodes(region):
         instance = run.named(f"instance-{node.name}")
         expected = render_node(TOPO, node.name, mock_node_secrets(node.name, region))
-        assert instance.inputs["userData"] == expected.user_data
+        # What Nova gets: the rendered document, gzip-compressed and base64-encoded.
+        assert instance.inputs["userData"] == expected.encoded_user_data
+        assert decode_user_data(instance.inputs["userData"]) == expected.user_data
         assert ("userData" in instance.secret_inputs) is expected.secret
     galera = run.named(f"instance-galera-{region}-1")
     assert "userData" in galera.secret_inputs
-    assert MOCK_SECRETS["galera_root_password"] in galera.inputs["userData"]
-    assert f"mock-private-key-tls-key-galera-{region}-1" in galera.inputs["userData"]
+    assert MOCK_SECRETS["galera_root_password"] in decode_user_data(galera.inputs["userData"])
+    assert f"mock-private-key-tls-key-galera-{region}-1" in decode_user_data(galera.inputs["userData"])
 
 
 def test_galera_nodes_get_certificates_from_the_shared_ca(stack):
@@ -240,9 +242,9 @@ def test_public_endpoint_gets_a_development_certificate_when_the_stack_allows_it
     # Signed by the shared development CA, which every region's proxies trust.
     assert cert.inputs["caPrivateKeyPem"] == MOCK_PUBLIC_DEV_CA_KEY
     assert cert.inputs["caCertPem"] == MOCK_SECRETS["public_ca_cert"]
-    assert "peer-ca.pem" in run.named(f"instance-proxy-{region}-1").inputs["userData"]
+    assert "peer-ca.pem" in decode_user_data(run.named(f"instance-proxy-{region}-1").inputs["userData"])
     proxy = run.named(f"instance-proxy-{region}-1")
-    assert f"mock-private-key-public-key-{region}" in proxy.inputs["userData"]
+    assert f"mock-private-key-public-key-{region}" in decode_user_data(proxy.inputs["userData"])
     assert "userData" in proxy.secret_inputs
 
 
@@ -296,7 +298,7 @@ def test_public_certificate_from_config(tmp_path):
     expected = render_node(TOPO, "proxy-region-c-2",
                            {**shared, "public_tls": {"region-c": {"cert": "REAL-CERT", "key": "REAL-KEY"}},
                             "ssh_host_keys": host_key})
-    assert run.named("instance-proxy-region-c-2").inputs["userData"] == expected.user_data
+    assert decode_user_data(run.named("instance-proxy-region-c-2").inputs["userData"]) == expected.user_data
 
 
 def test_components_are_named_from_the_topology_and_nested(stack):
@@ -412,7 +414,7 @@ def test_witness_stack_runs_only_the_arbitrator(tmp_path):
     instances = run.of_type(INSTANCE)
     assert [i.name for i in instances] == ["instance-arbitrator-witness-1"]
     garbd = instances[0]
-    assert "GALERA_NODES=" in garbd.inputs["userData"] and "userData" in garbd.secret_inputs
+    assert "GALERA_NODES=" in decode_user_data(garbd.inputs["userData"]) and "userData" in garbd.secret_inputs
     assert set(garbd.ignore_changes) >= {"userData", "imageId"}  # stateful role: a voter
     assert run.of_type("openstack:networking/floatingIp:FloatingIp") == []
     groups = run.of_type("openstack:networking/secGroup:SecGroup")
@@ -504,10 +506,10 @@ def test_keys_are_pushed_to_every_keystone_node_over_pinned_ssh(stack):
         # The host key is the one the node's cloud-init installs: no trust on first use.
         assert conn["hostKey"] == f"ssh-ed25519 mock-ssh-host-{node.name}"
         instance = run.named(f"instance-{node.name}")
-        assert f"ssh-ed25519 mock-ssh-host-{node.name}" in instance.inputs["userData"]
+        assert f"ssh-ed25519 mock-ssh-host-{node.name}" in decode_user_data(instance.inputs["userData"])
         assert cmd.inputs["triggers"] == [f"instance-{node.name}-id"]  # a new VM gets the keys again
         for key in list(repos["fernet_keys"].values()) + list(repos["credential_keys"].values()):
-            assert key not in instance.inputs["userData"]
+            assert key not in decode_user_data(instance.inputs["userData"])
     # The catalog (and its readiness gate) waits for every push.
     catalog = run.named(f"catalog-{region}")
     assert {f"keys-{n.name}" for n in nodes} <= {d.rsplit("::", 1)[1] for d in catalog.dependencies}
@@ -661,9 +663,9 @@ def test_backup_secrets_are_pushed_to_galera_nodes_and_never_in_user_data(stack)
     from keystone_multiregion.roles.backup import BACKUP_SECRETS
     region, run = stack
     for instance in run.of_type(INSTANCE):
-        leaked = [v for v in _backup_values() if v in instance.inputs["userData"]]
+        leaked = [v for v in _backup_values() if v in decode_user_data(instance.inputs["userData"])]
         assert leaked == [], (instance.name, leaked)
-        written = [f["path"] for f in yaml.safe_load(instance.inputs["userData"])["write_files"]]
+        written = [f["path"] for f in yaml.safe_load(decode_user_data(instance.inputs["userData"]))["write_files"]]
         assert BACKUP_SECRETS not in written
     for node in TOPO.nodes(region):
         cmd = run.named(f"files-{node.name}")
@@ -775,8 +777,8 @@ def test_replica_region_stack_runs_replicas_on_protected_volumes(tmp_path):
     assert len(names) == 2 + 2 + 3 + 3  # replicas, proxies, keystone, memcached
     replica = run.named("instance-replica-region-r-1")
     assert replica.inputs["metadata"]["keystone-multiregion-role"] == "replica"
-    assert "replica-node" in replica.inputs["userData"] and "userData" in replica.secret_inputs
-    assert "wsrep" not in replica.inputs["userData"].split("99-keystone-multiregion.cnf")[1].split("path:")[0]
+    assert "replica-node" in decode_user_data(replica.inputs["userData"]) and "userData" in replica.secret_inputs
+    assert "wsrep" not in decode_user_data(replica.inputs["userData"]).split("99-keystone-multiregion.cnf")[1].split("path:")[0]
     assert set(replica.ignore_changes) >= {"userData"}  # stateful: a rebuild would have to seed again
     volumes = [v for v in run.of_type("openstack:blockstorage/volume:Volume")]
     assert sorted(v.name for v in volumes) == ["volume-replica-region-r-1", "volume-replica-region-r-2"]

@@ -443,15 +443,21 @@ def test_galera_group_of_its_own_passes(pack):
 # --- advisories ------------------------------------------------------------------------------------
 
 def test_user_data_near_nova_limit_is_advisory(pack):
-    big = instance("keystone-t-1", "keystone", ["sg-1"], userData="x" * 40_000)
+    # Plain text (not base64): sent base64-encoded, 4/3 of its size.
+    big = instance("keystone-t-1", "keystone", ["sg-1"], userData="#" * 40_000)
     big.secret_keys = {"userData"}  # user data carrying secrets reaches the pack as a secret
     d = assert_violation(pack.analyze(big), "user-data-size", "instance-keystone-t-1", level="advisory")
-    assert "40000 bytes of user data, 53336 base64-encoded" in d.message and "close to" in d.message
-    too_big = instance("keystone-t-2", "keystone", ["sg-1"], userData="x" * 50_000)
+    assert "40000 bytes of user data, 53336 as sent" in d.message and "close to" in d.message
+    too_big = instance("keystone-t-2", "keystone", ["sg-1"], userData="#" * 50_000)
     d = assert_violation(pack.analyze(too_big), "user-data-size", "instance-keystone-t-2", level="advisory")
     assert "cannot be created" in d.message
     small = instance("keystone-t-3", "keystone", ["sg-1"], userData="#cloud-config\n" + "x" * 1000)
     assert pack.analyze(small) == []
+    # Base64 already (as the stacks send it, gzip + base64): sent as it is.
+    encoded = instance("keystone-t-4", "keystone", ["sg-1"], userData="QUJD" * 13_000)
+    d = assert_violation(pack.analyze(encoded), "user-data-size", "instance-keystone-t-4", level="advisory")
+    assert "52000 bytes of user data, 52000 as sent" in d.message and "close to" in d.message
+    assert pack.analyze(instance("keystone-t-5", "keystone", ["sg-1"], userData="QUJD" * 10_000)) == []
 
 
 def test_other_world_open_port_is_advisory(pack):

@@ -254,3 +254,64 @@ def test_validate_says_what_is_backed_up_and_warns_without_backups(tmp_path):
     result = _cli("--topology", str(tmp_path / "topology.yaml"), "--project-dir", str(ROOT), "validate")
     assert result.returncode == 0, result.stderr
     assert "WARNING: no backup section" in result.stdout
+
+
+# --- user_data as Nova gets it -----------------------------------------------------------------
+
+def _topologies():
+    from keystone_multiregion.topology import load_topology_file
+    yield "topology.yaml", load_topology_file(ROOT / "topology.yaml")
+    yield "five regions", load_topology(five_regions())
+    for name in ("topology.yaml", "topology-region-d.yaml", "topology-region-r.yaml", "topology-witness.yaml"):
+        yield f"lab/{name}", load_topology_file(ROOT / "lab" / name)
+
+
+def test_every_node_user_data_fits_nova_limit_gzip_compressed():
+    """Nova refuses user data over 65535 bytes (base64): every node of every bundled topology,
+    with real-size secrets, fits once gzip-compressed; the plain document would not (a Galera
+    node's is over twice the limit), which is why it is compressed."""
+    from keystone_multiregion.render import NOVA_USER_DATA_LIMIT, user_data_sizes
+    largest = {}
+    for label, topo in _topologies():
+        for role, (size, node) in user_data_sizes(topo).items():
+            if size > largest.get(role, (0, ""))[0]:
+                largest[role] = (size, f"{label}: {node}")
+    print({role: f"{size} bytes ({where})" for role, (size, where) in sorted(largest.items())})
+    assert {"galera", "keystone", "memcached", "proxy", "replica", "arbitrator"} <= set(largest)
+    assert all(size <= NOVA_USER_DATA_LIMIT for size, _ in largest.values()), largest
+    topo = load_topology(example())
+    galera = render_node(topo, topo.nodes(role="galera")[0].name, SECRETS)
+    assert 4 * len(galera.user_data.encode()) / 3 > NOVA_USER_DATA_LIMIT  # uncompressed it would not fit
+
+
+def test_user_data_round_trips_and_is_the_same_each_time():
+    from keystone_multiregion.render import decode_user_data
+    topo = load_topology(example())
+    name = topo.nodes(role="keystone")[0].name
+    one, two = render_node(topo, name, SECRETS), render_node(topo, name, SECRETS)
+    assert one.encoded_user_data == two.encoded_user_data  # no timestamp in the gzip header: no diff in a preview
+    assert decode_user_data(one.encoded_user_data) == one.user_data
+
+
+def test_cloud_init_itself_decompresses_the_user_data():
+    """Debian's cloud-init (22.4, the image's) reads the gzip-compressed document Nova serves
+    (base64-decoded by Nova's metadata service) as the cloud-config it is."""
+    import base64
+    topo = load_topology(example())
+    rendered = render_node(topo, topo.nodes(role="galera")[0].name, SECRETS)
+    served = base64.b64decode(rendered.encoded_user_data)
+    code = ("import sys; from cloudinit.user_data import convert_string; "
+            "msg = convert_string(sys.stdin.buffer.read()); sys.stdout.buffer.write(msg.get_payload(decode=True))")
+    out = subprocess.run(["/usr/bin/python3", "-c", code], input=served, capture_output=True, timeout=60)
+    assert out.returncode == 0, out.stderr.decode()[-500:]
+    assert out.stdout.decode() == rendered.user_data
+
+
+def test_user_data_over_nova_limit_is_refused_naming_the_node():
+    import base64
+    import random
+    from keystone_multiregion.render import UserDataTooLarge, encode_user_data
+    noise = base64.b64encode(random.Random(1).randbytes(60_000)).decode()  # gzip cannot shrink it much
+    with pytest.raises(UserDataTooLarge, match=r"galera-x-1: its cloud-init document is \d+ bytes .* over Nova's "
+                                               r"limit of 65535 bytes.*Fix: "):
+        encode_user_data("#cloud-config\n" + noise, "galera-x-1")
