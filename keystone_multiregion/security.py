@@ -166,6 +166,9 @@ def security_rules(topo: Topology, region: str) -> tuple[Rule, ...]:
 
     allow("keystone", "tcp", PORTS["keystone"], local("proxy"), "Keystone API from the local proxies")
     allow("memcached", "tcp", PORTS["memcached"], local("keystone"), "memcached from the local Keystone nodes")
+    # node-agent restarts memcached only while another memcached node of the region answers it.
+    allow("memcached", "tcp", PORTS["memcached"], local("memcached"),
+          "memcached from the region's other memcached nodes (node-agent's restart guard)")
 
     allow("proxy", "tcp", PORTS["https"], [ANYWHERE], "Keystone public endpoint (HTTPS)")
     allow("proxy", "tcp", PORTS["haproxy_metrics"], [topo.monitoring.cidr], "Prometheus: HAProxy's exporter")

@@ -72,7 +72,8 @@ def test_security_group_rules(stack):
         | {("tcp", 4568, p) for p in galera_peers} | {("tcp", 4444, p) for p in galera_peers} \
         | {("tcp", 9200, p) for p in all_proxies} | {("tcp", 9104, monitoring)}
     assert _rules(run, region, "keystone") == admin | {("tcp", 5000, local_proxies)}
-    assert _rules(run, region, "memcached") == admin | {("tcp", 11211, local_keystone)}
+    assert _rules(run, region, "memcached") == admin | {("tcp", 11211, local_keystone),
+                                                        ("tcp", 11211, f"sg-memcached-{region}-id")}
     assert _rules(run, region, "proxy") == admin | {("tcp", 443, "0.0.0.0/0")} \
         | {("tcp", 5000, TOPO.region(region).cidr)} | {("tcp", 3306, local_keystone)} \
         | {("112", None, local_proxies)} | {("tcp", 8405, monitoring)}

@@ -203,9 +203,9 @@ BAD = [
      "index, name, openstack_region, public_hostname, replica, roles, sources, witness"),
     ("project over the security group rule quota",
      lambda d: d.update(quotas={"security_group_rules": 60}),
-     "topology: quotas.security_group_rules: region region-a needs 73 security group rules in its project (61 of "
+     "topology: quotas.security_group_rules: region region-a needs 74 security group rules in its project (62 of "
      "its own, 12 that Neutron adds), above the quota of 60; raise the project's quota with `openstack "
-     "--os-region-name region-a quota set --secgroup-rules 73 <project>` and set quotas.security_group_rules: 73 "
+     "--os-region-name region-a quota set --secgroup-rules 74 <project>` and set quotas.security_group_rules: 74 "
      "(or set defaults.peer_rules: cidr, one rule per region)"),
     ("project over the security group quota",
      lambda d: d.update(quotas={"security_groups": 4}),
@@ -404,21 +404,22 @@ def test_peers_in_the_same_region_share_one_group_rule():
                  for p in remote_prefixes(topo, region.name, r)}
         assert {f"{n.address}/32" for n in topo.nodes(role="galera") + topo.nodes(role="proxy")} <= mysql
         memcached = [r for r in rules if r.group == "memcached" and r.port == PORTS["memcached"]]
-        assert [(r.remote, r.remote_group) for r in memcached] == [(None, "keystone")]
+        # The local Keystone nodes, and the other memcached nodes (node-agent's restart guard).
+        assert [(r.remote, r.remote_group) for r in memcached] == [(None, "keystone"), (None, "memcached")]
 
 
 def test_rules_counted_per_project_with_what_neutron_adds():
-    # 61 of ours + 2 egress in each of our 4 groups + the default group's 4.
-    assert project_usage(load_topology(example()), "region-a").rules == 73
+    # 62 of ours + 2 egress in each of our 4 groups + the default group's 4.
+    assert project_usage(load_topology(example()), "region-a").rules == 74
     assert project_usage(load_topology(example()), "region-a").groups == 5
-    assert project_usage(load_topology(five_regions()), "par").rules == 71
-    # Nine regions need 107: above Neutron's default quota, refused with the command that raises it.
-    with pytest.raises(TopologyError, match=r"quotas.security_group_rules: region r1 needs 107 security group "
-                                            r"rules .* --secgroup-rules 107 <project>`"):
+    assert project_usage(load_topology(five_regions()), "par").rules == 72
+    # Nine regions need 108: above Neutron's default quota, refused with the command that raises it.
+    with pytest.raises(TopologyError, match=r"quotas.security_group_rules: region r1 needs 108 security group "
+                                            r"rules .* --secgroup-rules 108 <project>`"):
         load_topology(nine_regions())
     data = nine_regions()
-    data["quotas"] = {"security_group_rules": 107}
-    assert project_usage(load_topology(data), "r9").rules == 107
+    data["quotas"] = {"security_group_rules": 108}
+    assert project_usage(load_topology(data), "r9").rules == 108
     data["defaults"]["peer_rules"] = "cidr"
     del data["quotas"]
     assert project_usage(load_topology(data), "r9").rules < 100
@@ -446,7 +447,8 @@ def test_lab_firewall_expands_group_rules_to_member_addresses():
                 out.add(line.split()[2])
         return out
 
-    assert sources("memcached-lab-a-1", 11211) == {f"{n.address}/32" for n in topo.nodes("lab-a", "keystone")}
+    assert sources("memcached-lab-a-1", 11211) == {f"{n.address}/32" for n in topo.nodes("lab-a", "keystone")
+                                                   + topo.nodes("lab-a", "memcached")}
     assert sources("galera-lab-b-1", 4444) == {f"{n.address}/32" for n in topo.nodes(role="galera")}
     assert sources("keystone-lab-c-1", 5000) == {f"{a}/32" for a in group_members(topo, "lab-c", "proxy")}
     vrrp = [line for line in ruleset(topo, topo.node("proxy-lab-a-1")).splitlines() if "protocol 112" in line]
@@ -471,7 +473,7 @@ def test_validate_checks_every_region_stack(tmp_path, capsys):
     assert main(["--project-dir", str(tmp_path), "validate"]) == 0
     out = capsys.readouterr().out
     assert "stacks: region-a -> region-a, region-b -> region-b\n" in out
-    assert "security group rules 73 of 100, groups 5 of 10" in out
+    assert "security group rules 74 of 100, groups 5 of 10" in out
 
 
 @pytest.mark.parametrize("dns, field, words", [
