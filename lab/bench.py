@@ -1,7 +1,7 @@
 """The benchmark (`./run bench`): the design's claims measured side by side in one run on a
 lab of its own, and printed against their targets.
 
-    ./run bench [--wan-latency-ms 50] [--out DIR] [--report FILE] [--quick]
+    ./run bench [--wan-latency-ms 50] [--out DIR] [--report FILE] [--quick] [--replica]
 
 What it measures, at 0 ms and at N ms one way between regions (the NFQUEUE delayer, or
 netem where the kernel has it):
@@ -19,7 +19,14 @@ netem where the kernel has it):
   persistent database connection, against the round trip to the farthest voter;
 - failovers (the proxy drills, each repeated), a region's rejoin by IST after a partition,
   and SST time against the database's size;
-- the lab's cold start (packages present) and memory per region.
+- the lab's cold start (packages present) and memory per region;
+- with --replica, at the end: a core region against a replica region (issue #15), lab-r of
+  lab/topology-region-r.yaml added to the running lab (LabDeployment.change_topology, as drill
+  R0 adds it): validation by a client in each region against its own VIP, token issue and
+  project create through each region's VIP (lab-r's proxies send the create to a core region),
+  the core's commit with the replica region at N ms (drill R5) against the core's commit with
+  the core regions at N ms, and how long a user created in the core takes to reach lab-r
+  (drill R1, repeated).
 
 Clients are long-running processes (lab/benchclient.py), one per client namespace
 (bench-<region>, outside every security group: a user's machine), each on keep-alive
@@ -57,6 +64,9 @@ SCALING_CONCURRENCY = 16
 SST_SIZES_MB = (0, 100, 300)
 SST_SIZES_MB_QUICK = (10,)
 FILL_DB = "ksl_bench_fill"
+# The replica comparison (--replica): the lab's topology with a replica region (lab-r).
+REPLICA_TOPOLOGY = Path(__file__).with_name("topology-region-r.yaml")
+REPLICA_LAG_RUNS = 3  # drill R1, each time a user created in the core and waited for in lab-r
 SETTLE_S = 1.0  # after a run, before its bytes are counted
 # The targets (issue 16). Each: name, the comparison, the target value, the unit.
 TARGETS = (
@@ -87,6 +97,15 @@ FAILOVERS = (
 QUICK_FAILOVERS = FAILOVERS[:1]
 FAILOVER_TARGET_S = 3
 REJOIN_TARGET_S = 10
+# The replica comparison's targets (judged only when the run has one): a replica region
+# validates as a core region does, and the core never waits for it.
+REPLICA_TARGETS = (
+    ("replica region: validation: bytes its path (client, Keystone, memcached) sent across the WAN per "
+     "validation", "<=", 0, "bytes"),
+    ("replica region: validation p99 vs a core region's own, same run at the WAN latency (times)", "<=", 1.5, "x"),
+    ("replica region at the WAN latency: commit time it adds to the core, as a share of its round trip", "<=", 0.1,
+     "x"),
+)
 
 
 # Round trips between cities, ms (ping, both directions averaged): WonderProxy, "Miles per
@@ -187,6 +206,20 @@ def bench_topology(data: dict) -> dict:
     return out
 
 
+def with_regions_of(current: dict, other: dict) -> dict:
+    """The running lab's topology (as loaded from YAML) with the regions of `other` it lacks
+    appended, and `other`'s defaults for the roles it has none for (a replica region's
+    `replica`): everything else (the bench's Keystone nodes, monitoring, uwsgi processes)
+    stays as the lab runs it, so the change adds those regions and nothing more."""
+    out = json.loads(json.dumps(current))
+    have = {r["name"] for r in out["regions"]}
+    out["regions"] += [json.loads(json.dumps(r)) for r in other.get("regions", []) if r["name"] not in have]
+    defaults = out.setdefault("defaults", {})
+    for role, spec in (other.get("defaults") or {}).items():
+        defaults.setdefault(role, json.loads(json.dumps(spec)))
+    return out
+
+
 def scaling_grid(scaling: dict) -> tuple[list[int], dict[int, list[dict | None]]]:
     """(Keystone node counts, {uwsgi processes: the run at each count, None where not run})."""
     runs = scaling["runs"]
@@ -251,7 +284,82 @@ def targets(report: dict) -> list[dict]:
         out.append(judge(f"failover: {name}: first answer (slowest run)", "<=", FAILOVER_TARGET_S,
                          f["first_answer_s"]["max"], "s"))
         out.append(judge(f"failover: {name}: failed idempotent requests (all runs)", "<=", 0, f["failed"], "requests"))
+    if report.get("replica"):
+        out += replica_targets(report["replica"])
     return out
+
+
+def replica_targets(rep: dict) -> list[dict]:
+    """REPLICA_TARGETS against the replica comparison's figures (None: not measured)."""
+    core = (rep.get("core") or {}).get("validation") or {}
+    replica = (rep.get("replica") or {}).get("validation") or {}
+    ratio = None
+    if core.get("p99") and replica.get("p99") is not None:
+        ratio = round(replica["p99"] / core["p99"], 2)
+    r5 = (rep.get("commit") or {}).get("replica_far") or {}
+    near, far, ms = r5.get("commit_ms_replica_near"), r5.get("commit_ms_replica_at_distance"), r5.get("one_way_ms")
+    share = round((far - near) / (2 * ms), 3) if None not in (near, far) and ms else None
+    measured = {REPLICA_TARGETS[0][0]: replica.get("wan_path_bytes_per_validation"),
+                REPLICA_TARGETS[1][0]: ratio, REPLICA_TARGETS[2][0]: share}
+    return [judge(name, op, value, measured[name], unit) for name, op, value, unit in REPLICA_TARGETS]
+
+
+def _pp(stats: dict | None, keys=("p50", "p95", "p99")) -> str:
+    """"p50 / p95 / p99" of a percentiles() dict, "-" when not measured."""
+    if not stats or stats.get("p50") is None:
+        return "-"
+    return " / ".join(str(stats.get(k)) for k in keys)
+
+
+def _statuses(stats: dict | None) -> str:
+    return ", ".join(f"{code} x{n}" for code, n in sorted(((stats or {}).get("statuses") or {}).items())) or "-"
+
+
+def replica_markdown(rep: dict) -> list[str]:
+    """The replica comparison's lines of the summary: a core region against a replica region
+    at the WAN latency, each figure from the same run."""
+    if rep.get("error"):
+        return [f"Core region vs replica region: not measured ({rep['error']})."]
+    ms, core_name, name = rep.get("wan_latency_ms"), rep.get("core_region"), rep.get("region")
+    core, replica = rep.get("core") or {}, rep.get("replica") or {}
+    commit = rep.get("commit") or {}
+    r5 = commit.get("replica_far") or {}
+    at_wan, near = commit.get("core_at_wan") or {}, commit.get("core_near") or {}
+    lags = rep.get("user_seen_after_s") or {}
+
+    def wan(v: dict) -> str:
+        if not v:
+            return "-"
+        noise = v.get("wan_noise_per_validation")
+        return (f"{v.get('wan_path_bytes_per_validation')} / {v.get('wan_bytes_per_validation')}"
+                + (f" (± {noise})" if noise is not None else ""))
+    cv, rv = core.get("validation") or {}, replica.get("validation") or {}
+    lines = [f"Core region vs replica region at {ms} ms one way ({rep.get('wan_mode')}): {name}, a replica region "
+             f"(lab/topology-region-r.yaml), added to the running lab in {rep.get('added_s')} s; {core_name}, a core "
+             "region; each client in its own region against its own VIP.", "",
+             f"| at {ms} ms one way | core region ({core_name}) | replica region ({name}) |", "|---|---|---|",
+             f"| token validation p50 / p95 / p99 ms (validations) | {_pp(cv)} ({cv.get('n')}) | {_pp(rv)} "
+             f"({rv.get('n')}) |",
+             f"| WAN bytes per validation: its path (exact) / all hosts (background subtracted) | {wan(cv)} | "
+             f"{wan(rv)} |",
+             f"| token issue p50 / p95 ms | {_pp(core.get('token_issue'), ('p50', 'p95'))} | "
+             f"{_pp(replica.get('token_issue'), ('p50', 'p95'))} |",
+             f"| project create p50 / p95 ms (statuses) | {_pp(core.get('project_create'), ('p50', 'p95'))} "
+             f"({_statuses(core.get('project_create'))}) | {_pp(replica.get('project_create'), ('p50', 'p95'))} "
+             f"({_statuses(replica.get('project_create'))}; sent on to a core region) |",
+             f"| the core's commit with a region of this kind {ms} ms away, ms | "
+             f"{(at_wan.get('commit') or {}).get('p50')} p50, {(near.get('commit') or {}).get('p50')} with every "
+             f"region near (one connection from {core_name}'s Keystone node; farthest voter RTT "
+             f"{at_wan.get('farthest_voter_rtt_ms')} ms) | {r5.get('commit_ms_replica_at_distance')} mean, "
+             f"{r5.get('commit_ms_replica_near')} with {name} near ({r5.get('commits')} commits on {r5.get('on')}, "
+             "drill R5) |",
+             f"| a user created in {rep.get('user_created_in')} seen in the region after, s: min / median / max "
+             f"(runs) | - (a member of the synchronous cluster) | {lags.get('min')} / {lags.get('median')} / "
+             f"{lags.get('max')} ({lags.get('runs')}, drill R1) |"]
+    problems = rep.get("problems") or []
+    if problems:
+        lines += ["", "Replica drills' problems in this run: " + "; ".join(problems[:5]) + "."]
+    return lines
 
 
 def markdown(report: dict) -> str:
@@ -327,6 +435,8 @@ def markdown(report: dict) -> str:
         lines += ["", f"Rejoin: {rejoin['region']} cut off for {rejoin['held_s']:g} s while the others committed "
                   f"{rejoin['commits_meanwhile']} writes; healed, every member Synced again after "
                   f"{rejoin['rejoin_s']} s, by {rejoin['transfer']}."]
+    if report.get("replica"):
+        lines += [""] + replica_markdown(report["replica"])
     lines += ["", "| target | measured | met |", "|---|---|---|"]
     for t in report["targets"]:
         met = {True: "met", False: "**missed**", None: "not measured"}[t["met"]]
@@ -422,19 +532,26 @@ def plots(report: dict, out: Path) -> list[str]:
 class Bench:
     def __init__(self, dep, log=print, quick: bool = False):
         self.dep, self.log, self.quick = dep, log, quick
-        self.topo = dep.topo
-        self.serving = [r.name for r in self.topo.regions if self.topo.vips(r.name)]
+        self.clients: dict[str, str] = {}
+        self.refresh()
         if len(self.serving) < 2:
             raise LabError("the bench needs two regions with proxies")
         self.home, self.far = self.serving[1], self.serving[0]  # the client's region, the one-region design's
-        self.clients: dict[str, str] = {}
+
+    def refresh(self) -> None:
+        """The deployment's topology of now (after change_topology added a region)."""
         from .keystone_drills import KeystoneDrills
-        self.ks = KeystoneDrills(dep)
+        self.topo = self.dep.topo
+        self.serving = [r.name for r in self.topo.regions if self.topo.vips(r.name)]
+        self.ks = KeystoneDrills(self.dep)
 
     # the client namespaces and the WAN counters
     def add_clients(self) -> None:
+        """A client namespace in every serving region that has none yet."""
         from . import HostSpec
         for region in self.serving:
+            if region in self.clients:
+                continue
             name = f"bench-{region}"
             net = self.topo.region(region).network
             self.dep.lab.net.add_host(HostSpec(name, region, f"{net.network_address + 250}/{net.prefixlen}"))
@@ -445,7 +562,10 @@ class Bench:
         return [(n.name, n.region) for n in self.topo.nodes()] + [(h, r) for r, h in self.clients.items()]
 
     def install_counters(self) -> None:
+        """On every host, a counter of what it sends to the other regions of now (again after
+        a region is added: the old table removed first, so that one rule counts)."""
         for host, region in self.hosts():
+            self.dep.lab.net.exec(host, ["nft", "delete", "table", *BENCH_TABLE.split()], timeout=10, check=False)
             others = ", ".join(r.cidr for r in self.topo.regions if r.name != region)
             script = (f"table {BENCH_TABLE} {{\n chain out {{\n  type filter hook output priority 0; policy accept;\n"
                       f"  ip daddr {{ {others} }} counter\n }}\n}}\n")
@@ -509,13 +629,17 @@ class Bench:
                "warmup": warmup}
         return self.run_client(self.clients[client_region], cfg, timeout=duration + 120)
 
-    def validations(self, vip_region: str, count: int, concurrency: int = 1, duration: float = 60) -> dict:
+    def validations(self, vip_region: str, count: int, concurrency: int = 1, duration: float = 60,
+                    client_region: str | None = None) -> dict:
+        """Validations by the client of `client_region` (default: the home region) against
+        `vip_region`'s VIP, with the bytes that crossed between regions meanwhile."""
+        client_region = client_region or self.home
         auth, subject = self.ks.admin_token(vip_region), self.ks.admin_token(vip_region)
         idle_s = 5.0 if self.quick else 10.0
         c0 = self.wan_by_host()
         time.sleep(idle_s)
         c1 = self.wan_by_host()
-        out = self.http(self.home, vip_region, "GET", "/v3/auth/tokens",
+        out = self.http(client_region, vip_region, "GET", "/v3/auth/tokens",
                         {"X-Auth-Token": auth, "X-Subject-Token": subject}, count, concurrency, duration)
         time.sleep(SETTLE_S)  # the connection's last packets (its close, delayed by the WAN) belong to the run
         c2 = self.wan_by_host()
@@ -534,8 +658,8 @@ class Bench:
         # (the client, Keystone, memcached): what they send to another region is exact, with
         # no background to subtract. Proxies (health checks of the backups) and Galera
         # (heartbeats) are in the totals above, background subtracted.
-        path = [self.clients[self.home]] + [n.name for r in {self.home, vip_region}
-                                            for n in self.topo.nodes(r) if n.role in ("keystone", "memcached")]
+        path = [self.clients[client_region]] + [n.name for r in {client_region, vip_region}
+                                                for n in self.topo.nodes(r) if n.role in ("keystone", "memcached")]
         path_idle = sum(idle_by[h] for h in path)
         path_during = sum(during_by[h] for h in path)
         stats = percentiles(out["latencies_ms"])
@@ -589,16 +713,28 @@ class Bench:
         """Token issue and project create through the home region's VIP; a raw commit on one
         persistent connection from a Keystone node of the home region through its database
         frontend; the round trip to the farthest voter."""
-        from .layers import proxy as layer
         n = 10 if self.quick else 30
+        return {**self.issue_and_create(self.home, n), **self.commits(n)}
+
+    def issue_and_create(self, region: str, n: int) -> dict:
+        """`n` token issues and `n` project creates by the region's client through the
+        region's own VIP (a replica region's proxies send the create on to a core region)."""
         auth_body = {"auth": {"identity": {"methods": ["password"], "password": {"user": {
             "name": "admin", "domain": {"id": "default"}, "password": self.dep.secrets()["keystone_admin_password"]}}},
             "scope": {"project": {"name": "admin", "domain": {"id": "default"}}}}}
-        issue = self.http(self.home, self.home, "POST", "/v3/auth/tokens", {}, n, body=auth_body, warmup=1)
-        admin = self.ks.admin_token(self.home)
+        issue = self.http(region, region, "POST", "/v3/auth/tokens", {}, n, body=auth_body, warmup=1)
+        admin = self.ks.admin_token(region)
         tag = uuid.uuid4().hex[:6]
-        create = self.http(self.home, self.home, "POST", "/v3/projects", {"X-Auth-Token": admin}, n, warmup=0,
+        create = self.http(region, region, "POST", "/v3/projects", {"X-Auth-Token": admin}, n, warmup=0,
                            body={"project": {"name": f"bench-{tag}-{{seq}}", "domain_id": "default"}})
+        return {"token_issue": {**percentiles(issue["latencies_ms"]), "statuses": issue["statuses"]},
+                "project_create": {**percentiles(create["latencies_ms"]), "statuses": create["statuses"]}}
+
+    def commits(self, n: int) -> dict:
+        """3n raw commits on one persistent connection from a Keystone node of the home region
+        through its database frontend; the round trip to the farthest voter; Galera's own
+        replication latency."""
+        from .layers import proxy as layer
         keystone = self.topo.nodes(self.home, "keystone")[0].name
         layer.ensure_drill_table(self.dep, self.topo.nodes(self.home, "galera")[0].name)
         account = layer.check_account(self.dep)
@@ -623,9 +759,7 @@ class Bench:
                       "max": round(parts[2] * 1000, 1), "samples": int(parts[4])}
         except (IndexError, ValueError):
             evs_ms = None
-        return {"token_issue": {**percentiles(issue["latencies_ms"]), "statuses": issue["statuses"]},
-                "galera_evs_repl_latency_ms": evs_ms,
-                "project_create": {**percentiles(create["latencies_ms"]), "statuses": create["statuses"]},
+        return {"galera_evs_repl_latency_ms": evs_ms,
                 "commit": {**percentiles(sql["latencies_ms"]), "errors": sql["errors"][:3]},
                 "farthest_voter_rtt_ms": round(max(rtts), 1) if rtts else None}
 
@@ -820,6 +954,85 @@ class Bench:
                 out[region] = out.get(region, 0) + rss
         return {r: round(kb / 1024) for r, kb in sorted(out.items())}
 
+    # a core region against a replica region (--replica)
+    def add_replica_region(self, topology_path: str | Path = REPLICA_TOPOLOGY) -> dict:
+        """The replica region of `topology_path` added to the running lab as an operator adds
+        it (LabDeployment.change_topology, as drill R0): the lab's topology of now with that
+        region; then a bench client there, every WAN counter again, the home region's layout
+        again (the pushes reload HAProxy), and a wait (bounded) until every replica is healthy."""
+        import yaml
+
+        from keystone_multiregion.topology import load_topology_file
+
+        from .drills import wait_until
+        from .replica_drills import ReplicaDrills
+        data = with_regions_of(yaml.safe_load(Path(self.dep.topology_path).read_text()),
+                               yaml.safe_load(Path(topology_path).read_text()))
+        path = Path(self.dep.lab.labdir) / "bench-topology-replica.yaml"
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        new = load_topology_file(path)
+        added = [r.name for r in new.regions if r.name not in {x.name for x in self.topo.regions}]
+        if len(added) != 1 or not new.region(added[0]).replica:
+            raise LabError(f"{topology_path} adds {added} to the bench's lab, not one replica region")
+        t = time.monotonic()
+        steps = self.dep.change_topology(new, path, log=lambda *_: None)
+        added_s = round(time.monotonic() - t, 1)
+        self.refresh()
+        self.keystone_serving(1)
+        self.add_clients()
+        self.install_counters()
+        drills = ReplicaDrills(self.dep, log=lambda *_: None)
+        if not wait_until(lambda: all(s.get("healthy") for s in drills.replica_status().values()), 180, 1.0):
+            raise LabError(f"the replicas of {added[0]} are not healthy 180 s after it was added: "
+                           f"{drills.replica_status()}")
+        return {"region": added[0], "added_s": added_s, "steps": steps}
+
+    def replica(self, wan_ms: float, topology_path: str | Path = REPLICA_TOPOLOGY) -> dict:
+        """A core region (the home region) against a replica region, each measured by the same
+        code: the replica region added to the running lab; at 0 ms, the core's commits with
+        it near and at `wan_ms` (drill R5) and the bench's own commits; then at `wan_ms`
+        between every region, validation by a client in each region against its own VIP,
+        token issue and project create through each region's VIP, the bench's commits, and
+        how long a user created in the core takes to reach the replica region (drill R1,
+        REPLICA_LAG_RUNS times)."""
+        from .replica_drills import ReplicaDrills
+        self.set_latency(0)
+        out = {"wan_latency_ms": wan_ms, "core_region": self.home, **self.add_replica_region(topology_path)}
+        region = out["region"]
+        self.log(f"  {region} added in {out['added_s']} s")
+        drills = ReplicaDrills(self.dep, log=lambda *_: None)
+        n, count = (10, 200) if self.quick else (30, 1000)
+        problems: list[str] = []
+        r5 = drills.drill_commit_latency(count=100 if self.quick else 200, ms=wan_ms)
+        problems += r5.problems
+        commit = {"replica_far": r5.measured, "core_near": self.commits(n)}
+        self.log(f"  R5: {r5.measured}; the bench's commit p50 with every region near: "
+                 f"{commit['core_near']['commit']['p50']} ms")
+        out["wan_mode"] = self.set_latency(wan_ms)
+        try:
+            for key, where in (("core", self.home), ("replica", region)):
+                out[key] = {"validation": self.validations(where, count, client_region=where),
+                            **self.issue_and_create(where, n)}
+                self.log(f"  {key} region {where}: validation {_pp(out[key]['validation'])} ms, project create "
+                         f"{_pp(out[key]['project_create'], ('p50', 'p95'))} ms "
+                         f"({_statuses(out[key]['project_create'])})")
+            commit["core_at_wan"] = self.commits(n)
+            out["commit"] = commit
+            lags, runs = [], []
+            for _ in range(1 if self.quick else REPLICA_LAG_RUNS):
+                r1 = drills.drill_local_validation(count=20)
+                lags.append(r1.measured.get("user_seen_in_replica_region_after_s"))
+                out["user_created_in"] = r1.measured.get("user_created_in")
+                runs.append({"passed": r1.passed, "measured": r1.measured, "problems": r1.problems})
+                problems += r1.problems
+            out["user_seen_after_s"] = spread(lags)
+            out["r1"] = runs
+            self.log(f"  a user created in {out.get('user_created_in')} seen in {region} after (s): {lags}")
+        finally:
+            self.set_latency(0)
+        out["problems"] = problems
+        return out
+
     def run(self, wan_ms: float) -> dict:
         count = 200 if self.quick else 1000
         runs = {}
@@ -859,6 +1072,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--report", help="also write the JSON report here")
     ap.add_argument("--quick", action="store_true",
                     help="a smoke run: fewer requests, at --wan-latency-ms only, the first failure only")
+    ap.add_argument("--replica", action="store_true",
+                    help="at the end, a core region against a replica region (lab-r of lab/topology-region-r.yaml, "
+                         "added to the running lab)")
     ap.add_argument("--labdir", default="/tmp/ksl-bench", help="the bench's own lab directory")
     ap.add_argument("--prefix", default="ksb-", help="the bench lab's name prefix")
     args = ap.parse_args(argv)
@@ -891,6 +1107,14 @@ def main(argv: list[str] | None = None) -> int:
         bench.add_clients()
         bench.install_counters()
         report.update(bench.run(args.wan_latency_ms))
+        if args.replica:
+            print(f"a core region against a replica region ({args.wan_latency_ms:g} ms)")
+            try:
+                report["replica"] = bench.replica(args.wan_latency_ms)
+            except Exception as e:  # the rest of the run is reported; the exit status says it failed
+                import traceback
+                traceback.print_exc()
+                report["replica"] = {"error": f"{type(e).__name__}: {e}"[:300]}
         report["bench_s"] = round(time.monotonic() - t0, 1)
     add_scale(report)
     report["targets"] = targets(report)
@@ -902,7 +1126,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / "summary.md").write_text(summary)
     print(summary)
     print(f"report, summary and plots in {out}/")
-    return 0
+    return 1 if (report.get("replica") or {}).get("error") else 0
 
 
 def _machine() -> str:

@@ -270,3 +270,94 @@ def test_a_rejoin_is_judged_by_its_time_and_only_when_it_was_an_ist():
     assert (got["measured"], got["met"], got["why"]) == (None, False, "rejoined by SST")
     report["targets"] = bench.targets(report)
     assert "Rejoin: lab-c cut off for 60 s while the others committed 200 writes" in bench.markdown(report)
+
+
+def _replica(**over) -> dict:
+    """The replica comparison's part of a report (--replica), as Bench.replica returns it."""
+    validation = lambda p99, path: {"n": 1000, "p50": 14.0, "p95": 22.0, "p99": p99,  # noqa: E731
+                                    "wan_path_bytes_per_validation": path, "wan_bytes_per_validation": 0.0,
+                                    "wan_noise_per_validation": 40.0}
+    rep = {"wan_latency_ms": 50, "wan_mode": "nfqueue/in", "core_region": "lab-b", "region": "lab-r",
+           "added_s": 95.2, "user_created_in": "lab-a",
+           "core": {"validation": validation(30.0, 0.0), "token_issue": {"p50": 60.0, "p95": 70.0},
+                    "project_create": {"p50": 140.0, "p95": 160.0, "statuses": {"201": 30}}},
+           "replica": {"validation": validation(33.0, 0.0), "token_issue": {"p50": 61.0, "p95": 72.0},
+                       "project_create": {"p50": 520.0, "p95": 600.0, "statuses": {"201": 30}}},
+           "commit": {"core_near": {"commit": {"p50": 1.3}}, "core_at_wan": {"commit": {"p50": 105.0},
+                                                                            "farthest_voter_rtt_ms": 100.4},
+                      "replica_far": {"commit_ms_replica_near": 1.27, "commit_ms_replica_at_distance": 1.65,
+                                      "one_way_ms": 50, "commits": 200, "on": "galera-lab-a-1"}},
+           "user_seen_after_s": bench.spread([0.31, 0.45, 0.38]), "problems": []}
+    rep.update(over)
+    return rep
+
+
+def test_the_replica_region_is_added_to_the_topology_the_bench_lab_runs():
+    """--replica: the bench's lab of now (two Keystone nodes in lab-b, production's monitoring,
+    uwsgi processes as the scaling run left them) with lab-r of lab/topology-region-r.yaml
+    added, and nothing else changed: the change adds one replica region, no vote."""
+    import yaml
+    from keystone_multiregion import changes
+    from keystone_multiregion.topology import load_topology
+    from lab.deployment import LAB_TOPOLOGY
+    running = bench.bench_topology(yaml.safe_load(open(LAB_TOPOLOGY)))
+    running.setdefault("keystone", {})["uwsgi_processes"] = 2
+    before = yaml.safe_dump(running)
+    data = bench.with_regions_of(running, yaml.safe_load(open(bench.REPLICA_TOPOLOGY)))
+    assert yaml.safe_dump(running) == before  # the running lab's data untouched
+    old, new = load_topology(running), load_topology(data)
+    assert [r.name for r in new.regions] == ["lab-a", "lab-b", "lab-c", "lab-r"]
+    assert new.region("lab-r").replica and len(new.nodes("lab-r", "replica")) == 2
+    assert [len(new.nodes(r, "keystone")) for r in ("lab-a", "lab-b", "lab-c")] == [1, 2, 1]
+    assert new.keystone.uwsgi_processes == 2 and new.monitoring.scrape_interval_s == 15
+    steps = changes.plan(old, new)
+    assert steps[-1].stack == "lab-r" and not any(s.members for s in steps)
+    # Added twice: nothing more.
+    assert bench.with_regions_of(data, yaml.safe_load(open(bench.REPLICA_TOPOLOGY))) == data
+
+
+def test_the_replica_targets_are_judged_only_when_the_run_compared_one():
+    plain = bench.targets(_report())
+    assert not any(t["name"].startswith("replica region") for t in plain)
+    got = {t["name"]: t for t in bench.targets(_report(replica=_replica()))}
+    names = [t[0] for t in bench.REPLICA_TARGETS]
+    assert [t["name"] for t in bench.targets(_report(replica=_replica()))][-3:] == names
+    assert (got[names[0]]["measured"], got[names[0]]["met"]) == (0.0, True)
+    assert (got[names[1]]["measured"], got[names[1]]["met"]) == (1.1, True)  # 33 / 30
+    assert (got[names[2]]["measured"], got[names[2]]["met"]) == (0.004, True)  # 0.38 ms of a 100 ms round trip
+    slow = _replica()
+    slow["replica"]["validation"].update(p99=60.0, wan_path_bytes_per_validation=620.0)
+    slow["commit"]["replica_far"]["commit_ms_replica_at_distance"] = 101.27  # waited a round trip
+    got = {t["name"]: t for t in bench.targets(_report(replica=slow))}
+    assert [got[n]["met"] for n in names] == [False, False, False]
+    assert got[names[2]]["measured"] == 1.0
+    failed = {t["name"]: t for t in bench.targets(_report(replica={"error": "LabError: no"}))}
+    assert [(failed[n]["measured"], failed[n]["met"]) for n in names] == [(None, None)] * 3
+
+
+def test_the_replica_comparison_in_the_summary():
+    plain = _report()
+    plain["targets"] = bench.targets(plain)
+    assert "replica region" not in bench.markdown(plain)  # the committed run's summary stays as it was
+    report = _report(replica=_replica())
+    report["targets"] = bench.targets(report)
+    text = bench.markdown(report)
+    assert "| at 50 ms one way | core region (lab-b) | replica region (lab-r) |" in text
+    assert "| token validation p50 / p95 / p99 ms (validations) | 14.0 / 22.0 / 30.0 (1000) | " \
+           "14.0 / 22.0 / 33.0 (1000) |" in text
+    assert "| 0.0 / 0.0 (± 40.0) | 0.0 / 0.0 (± 40.0) |" in text
+    assert "| project create p50 / p95 ms (statuses) | 140.0 / 160.0 (201 x30) | 520.0 / 600.0 (201 x30; " \
+           "sent on to a core region) |" in text
+    assert "| 105.0 p50, 1.3 with every region near" in text and "| 1.65 mean, 1.27 with lab-r near" in text
+    assert "| a user created in lab-a seen in the region after, s: min / median / max (runs) | " \
+           "- (a member of the synchronous cluster) | 0.31 / 0.38 / 0.45 (3, drill R1) |" in text
+    # Before the targets, which judge it.
+    assert text.index("replica region (lab-r) |") < text.index("| target | measured | met |") \
+        < text.index("| replica region: validation p99 vs a core region's own")
+    report = _report(replica={"error": "LabError: the replicas of lab-r are not healthy"})
+    report["targets"] = bench.targets(report)
+    assert "Core region vs replica region: not measured (LabError: the replicas of lab-r are not healthy)." \
+        in bench.markdown(report)
+    problems = _report(replica=_replica(problems=["1 validations failed: [200, 503]"]))
+    problems["targets"] = bench.targets(problems)
+    assert "Replica drills' problems in this run: 1 validations failed: [200, 503]." in bench.markdown(problems)
