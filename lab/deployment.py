@@ -72,6 +72,23 @@ class LabDeployment:
         """Where the Keystone drills record the key repositories they rotated the nodes to."""
         return Path(self.lab.labdir) / "drill-keys.json"
 
+    def key_state(self, repo: str) -> tuple[list[str], int]:
+        """The key sequence and rotation count the lab's Keystone nodes hold now for `repo`
+        (fernet_keys, credential_keys): recorded by the drills that rotate (so another `drill`
+        run on the same lab continues from there), else the lab's initial repository."""
+        recorded = json.loads(self.drill_keys_path.read_text()).get(repo) if self.drill_keys_path.exists() else None
+        if recorded:
+            return list(recorded[0]), int(recorded[1])
+        current = self.secrets()[repo]
+        return [current[max(current, key=int)], current["0"]], 0
+
+    def key_repositories(self) -> dict:
+        """Both repositories as the nodes hold them now: what a new Keystone node gets (as the
+        shared stack's repositories after its rotations reach a new region's stack)."""
+        from keystone_multiregion.keys import CREDENTIAL_MAX_ACTIVE, repository
+        return {"fernet_keys": repository(*self.key_state("fernet_keys"), self.topo.keystone.max_active_keys),
+                "credential_keys": repository(*self.key_state("credential_keys"), CREDENTIAL_MAX_ACTIVE)}
+
     def secrets(self) -> dict:
         """The lab's own secrets and TLS credentials, generated once per lab directory (0600).
         The public endpoints' certificates come from a development CA of the lab's own, as in a

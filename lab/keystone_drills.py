@@ -271,15 +271,7 @@ class KeystoneDrills:
                            measured, problems)
 
     def _key_state(self, repo: str) -> tuple[list[str], int]:
-        """The key sequence and rotation count the lab's Keystone nodes hold now for `repo`:
-        recorded by the drills that rotate (so another `drill` run on the same lab continues
-        from there), else the lab's initial repository."""
-        path = self.dep.drill_keys_path
-        recorded = json.loads(path.read_text()).get(repo) if path.exists() else None
-        if recorded:
-            return list(recorded[0]), int(recorded[1])
-        current = self.dep.secrets()[repo]
-        return [current[max(current, key=int)], current["0"]], 0
+        return self.dep.key_state(repo)
 
     def _record_key_state(self, repo: str, sequence: list[str], rotations: int) -> None:
         """Kept next to the lab's secrets, readable by root only (it holds keys)."""
@@ -298,12 +290,9 @@ class KeystoneDrills:
 
     def _repos(self, fernet: dict | None = None, credential: dict | None = None) -> dict:
         """Both repositories as pushed: the given ones, else what the nodes hold now."""
-        from keystone_multiregion.keys import CREDENTIAL_MAX_ACTIVE, repository
-        if fernet is None:
-            fernet = repository(*self._fernet_state(), self.topo.keystone.max_active_keys)
-        if credential is None:
-            credential = repository(*self._credential_state(), CREDENTIAL_MAX_ACTIVE)
-        return {"fernet_keys": fernet, "credential_keys": credential}
+        current = self.dep.key_repositories()
+        return {"fernet_keys": current["fernet_keys"] if fernet is None else fernet,
+                "credential_keys": current["credential_keys"] if credential is None else credential}
 
     def drill_rotation(self) -> DrillResult:
         """One Fernet rotation rolled out region by region as the stacks do it: the repository

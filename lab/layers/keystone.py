@@ -8,7 +8,6 @@ import time
 from keystone_multiregion.keys import payload
 from keystone_multiregion.roles.keystone import (KEY_DIRS, KEYSTONE_NODE_TOOL, UWSGI_INI, install_keys_command,
                                                  is_bootstrap)
-from keystone_multiregion.secrets import require_key_repositories
 from keystone_multiregion.security import PORTS
 
 from ..checks import Check
@@ -36,8 +35,9 @@ def install(dep, rendered) -> None:
 def push_keys(dep, name: str, repos: dict | None = None, extra: tuple[str, ...] = (), check: bool = True):
     """What the region stack does (components/keys.py): over SSH from the admin network, host
     key pinned, the same command line with the same payload on stdin. Default: the
-    deployment's current repositories."""
-    repos = repos if repos is not None else require_key_repositories(dep.secrets(), source="lab secrets")
+    repositories the lab's Keystone nodes hold now (after the drills' rotations: a node added
+    later, e.g. a new region's, gets those, as a new region's stack gets the shared stack's)."""
+    repos = repos if repos is not None else dep.key_repositories()
     command = " ".join([install_keys_command(), *extra])
     out = ssh(dep, name, command, input=payload(repos))
     if check and out.returncode != 0:
