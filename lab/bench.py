@@ -1024,7 +1024,7 @@ class Bench:
                 r1 = drills.drill_local_validation(count=20)
                 lags.append(r1.measured.get("user_seen_in_replica_region_after_s"))
                 out["user_created_in"] = r1.measured.get("user_created_in")
-                runs.append({"passed": r1.passed, "measured": r1.measured, "problems": r1.problems})
+                runs.append({"ok": r1.ok, "measured": r1.measured, "problems": r1.problems})
                 problems += r1.problems
             out["user_seen_after_s"] = spread(lags)
             out["r1"] = runs

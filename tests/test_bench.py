@@ -361,3 +361,48 @@ def test_the_replica_comparison_in_the_summary():
     problems = _report(replica=_replica(problems=["1 validations failed: [200, 503]"]))
     problems["targets"] = bench.targets(problems)
     assert "Replica drills' problems in this run: 1 validations failed: [200, 503]." in bench.markdown(problems)
+
+
+def test_the_replica_comparison_composes_the_drills_and_the_bench_measurements(monkeypatch):
+    """Bench.replica's own logic with the lab left out (every measurement faked): the order of
+    latencies, which drill figure lands where, and a report the summary and targets read."""
+    from lab import replica_drills
+    from lab.drills import DrillResult
+    calls = []
+
+    class Drills:
+        def __init__(self, dep, log=print):
+            pass
+
+        def drill_commit_latency(self, count, ms):
+            calls.append(("R5", count, ms))
+            return DrillResult("R5", True, {"commits": count, "on": "galera-lab-a-1", "one_way_ms": ms,
+                                            "commit_ms_replica_near": 1.27, "commit_ms_replica_at_distance": 1.65})
+
+        def drill_local_validation(self, count):
+            calls.append(("R1", count))
+            return DrillResult("R1", True, {"user_created_in": "lab-a",
+                                            "user_seen_in_replica_region_after_s": 0.3 + len(calls) / 100})
+    monkeypatch.setattr(replica_drills, "ReplicaDrills", Drills)
+    b = bench.Bench.__new__(bench.Bench)
+    b.dep, b.home, b.log, b.quick = None, "lab-b", lambda *_: None, True
+    b.set_latency = lambda ms: calls.append(("latency", ms)) or "nfqueue/in"
+    b.add_replica_region = lambda path: {"region": "lab-r", "added_s": 90.0, "steps": []}
+    near_then_far = iter([1.3, 105.0])
+    b.commits = lambda n: calls.append(("commits", n)) or {"commit": {"p50": next(near_then_far)},
+                                                           "farthest_voter_rtt_ms": 100.4}
+    b.validations = lambda where, count, client_region: calls.append(("validate", where, client_region, count)) \
+        or {"n": count, "p50": 14.0, "p95": 22.0, "p99": 30.0, "wan_path_bytes_per_validation": 0.0}
+    b.issue_and_create = lambda where, n: {"token_issue": {"p50": 60.0, "p95": 70.0},
+                                           "project_create": {"p50": 140.0, "p95": 160.0, "statuses": {"201": n}}}
+    rep = b.replica(50)
+    assert calls[:3] == [("latency", 0), ("R5", 200, 50), ("commits", 30)]  # R5 with the core near
+    assert calls[3:6] == [("latency", 50), ("validate", "lab-b", "lab-b", 1000), ("validate", "lab-r", "lab-r", 1000)]
+    assert calls[6:] == [("commits", 30), ("R1", 20), ("R1", 20), ("R1", 20), ("latency", 0)]
+    assert rep["commit"]["core_near"]["commit"]["p50"] == 1.3 and rep["commit"]["core_at_wan"]["commit"]["p50"] == 105.0
+    assert rep["user_seen_after_s"] == {"min": 0.38, "median": 0.39, "max": 0.4, "runs": 3}
+    assert [r["ok"] for r in rep["r1"]] == [True] * 3 and rep["problems"] == []
+    report = _report(replica=rep)
+    report["targets"] = bench.targets(report)
+    assert [t["met"] for t in report["targets"][-3:]] == [True, True, True]
+    assert "| 0.38 / 0.39 / 0.4 (3, drill R1) |" in bench.markdown(report)
