@@ -27,3 +27,14 @@ def secrets(topo):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "lab: runs real daemons in network namespaces (needs root; slow)")
+    config.addinivalue_line("markers", "xdist_group(name): pytest-xdist runs a group's tests on one worker")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the group marker
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (`./run test`: two workers), every lab test in one group: one worker
+    runs them all, in file order (they share the session's lab, and two labs at once would
+    collide), while the other runs the fast tests."""
+    for item in items:
+        if item.get_closest_marker("lab"):
+            item.add_marker(pytest.mark.xdist_group("lab"))
