@@ -1112,7 +1112,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.replica:
             print(f"a core region against a replica region ({args.wan_latency_ms:g} ms)")
             try:
-                report["replica"] = bench.replica(args.wan_latency_ms)
+                report["replica"] = bench.replica(report["wan_latency_ms"])  # 50, not 50.0
             except Exception as e:  # the rest of the run is reported; the exit status says it failed
                 import traceback
                 traceback.print_exc()
