@@ -137,10 +137,13 @@ def main(argv: list[str] | None = None) -> int:
                       f"{use.rules} of {topo.quotas.security_group_rules}, groups {use.groups} of "
                       f"{topo.quotas.security_groups}")
             print("  stacks: " + (", ".join(f"{s} -> {r}" for s, r in stacks.items()) or "none"))
-            # Every node's cloud-init as Nova gets it (gzip + base64), against Nova's limit.
-            sizes = user_data_sizes(topo)
-            print(f"  user data, largest per role (of Nova's {NOVA_USER_DATA_LIMIT} bytes): "
-                  + ", ".join(f"{role} {size} ({node})" for role, (size, node) in sorted(sizes.items())))
+            # Every node's cloud-init as Nova gets it (gzip + base64), against Nova's limit. The
+            # secrets are placeholders here (real certificates and keys add about 2 KB to a Galera
+            # node's); the stack checks the real document at preview.
+            sizes = user_data_sizes(topo, placeholder_secrets([n.name for n in topo.nodes()],
+                                                              [r.name for r in topo.regions]))
+            print(f"  user data with placeholder secrets, largest per role (of Nova's {NOVA_USER_DATA_LIMIT} "
+                  "bytes): " + ", ".join(f"{role} {size} ({node})" for role, (size, node) in sorted(sizes.items())))
             b = topo.backup
             if b is None:
                 print("  WARNING: no backup section: nothing undoes a mistake that replicates to every region; "

@@ -61,17 +61,12 @@ def decode_user_data(data: str) -> str:
     return gzip.decompress(base64.b64decode(data, validate=True)).decode()
 
 
-def user_data_sizes(topo: Topology) -> dict[str, tuple[int, str]]:
+def user_data_sizes(topo: Topology, secrets: Mapping) -> dict[str, tuple[int, str]]:
     """role -> (bytes, node): the largest user_data of each role as Nova gets it, rendered
-    with secrets of real size (pki.generate_secrets: certificates and keys made for this check
-    and thrown away; store credentials as long as real ones). Raises UserDataTooLarge."""
-    from .pki import generate_secrets
-    from .secrets import BACKUP_STORE, BACKUP_STORE_FIELDS
-    values = generate_secrets(topo)
-    values[BACKUP_STORE] = {f: "s" * 86 for fields in BACKUP_STORE_FIELDS.values() for f in fields}
+    with `secrets`. Raises UserDataTooLarge naming the first node over the limit."""
     largest: dict[str, tuple[int, str]] = {}
     for node in topo.nodes():
-        size = len(render_node(topo, node.name, values).encoded_user_data)
+        size = len(render_node(topo, node.name, secrets).encoded_user_data)
         if size > largest.get(node.role, (0, ""))[0]:
             largest[node.role] = (size, node.name)
     return largest

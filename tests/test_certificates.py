@@ -15,6 +15,7 @@ import pulumi_harness
 from helpers import ROOT
 from keystone_multiregion import certificates as lifetimes
 from keystone_multiregion import pki
+from keystone_multiregion.render import decode_user_data
 from keystone_multiregion.stacks import region_stacks, stack_config
 from keystone_multiregion.topology import load_topology
 from pulumi_harness import run_program
@@ -131,7 +132,7 @@ def test_a_renewed_node_certificate_changes_only_ignored_user_data(stack, tmp_pa
             continue
         assert resource.type == INSTANCE and keys == {"userData"}
         assert "userData" in resource.ignore_changes and not resource.delete_before_replace
-        assert "renewed-mock-cert-tls-cert-" in resource.inputs["userData"]
+        assert "renewed-mock-cert-tls-cert-" in decode_user_data(resource.inputs["userData"])
 
 
 def test_a_renewed_public_certificate_replaces_no_proxy(monkeypatch):
