@@ -37,6 +37,7 @@ was measured and met/missed: the bench is where speed is judged, never the drill
 from __future__ import annotations
 
 import argparse
+import copy
 import ipaddress
 import json
 import os
@@ -211,12 +212,12 @@ def with_regions_of(current: dict, other: dict) -> dict:
     appended, and `other`'s defaults for the roles it has none for (a replica region's
     `replica`): everything else (the bench's Keystone nodes, monitoring, uwsgi processes)
     stays as the lab runs it, so the change adds those regions and nothing more."""
-    out = json.loads(json.dumps(current))
+    out, other = copy.deepcopy(current), copy.deepcopy(other)
     have = {r["name"] for r in out["regions"]}
-    out["regions"] += [json.loads(json.dumps(r)) for r in other.get("regions", []) if r["name"] not in have]
+    out["regions"] += [r for r in other.get("regions", []) if r["name"] not in have]
     defaults = out.setdefault("defaults", {})
     for role, spec in (other.get("defaults") or {}).items():
-        defaults.setdefault(role, json.loads(json.dumps(spec)))
+        defaults.setdefault(role, spec)
     return out
 
 

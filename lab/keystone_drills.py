@@ -270,9 +270,6 @@ class KeystoneDrills:
         return DrillResult("K5. a revoked token stops validating in other regions within the bound", not problems,
                            measured, problems)
 
-    def _key_state(self, repo: str) -> tuple[list[str], int]:
-        return self.dep.key_state(repo)
-
     def _record_key_state(self, repo: str, sequence: list[str], rotations: int) -> None:
         """Kept next to the lab's secrets, readable by root only (it holds keys)."""
         path = self.dep.drill_keys_path
@@ -283,10 +280,10 @@ class KeystoneDrills:
             json.dump(state, fh)
 
     def _fernet_state(self) -> tuple[list[str], int]:
-        return self._key_state("fernet_keys")
+        return self.dep.key_state("fernet_keys")
 
     def _credential_state(self) -> tuple[list[str], int]:
-        return self._key_state("credential_keys")
+        return self.dep.key_state("credential_keys")
 
     def _repos(self, fernet: dict | None = None, credential: dict | None = None) -> dict:
         """Both repositories as pushed: the given ones, else what the nodes hold now."""
